@@ -1,0 +1,142 @@
+"""Command line: parse flags into a config dataclass and call the command. No logic here.
+
+torch and transformers are imported inside the commands so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kdistill.config import DistillConfig, DownloadConfig, PrepareDataConfig
+from kdistill.errors import KdistillError
+
+logger = logging.getLogger("kdistill")
+
+
+def _field_type(tp: Any) -> tuple[Callable[[str], Any] | None, bool]:
+    """(converter, is_bool) for a dataclass annotation such as `int | None` or `str`."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0]
+    if tp is bool:
+        return None, True
+    return tp, False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One `--flag-name` per dataclass field; the field's help metadata is the help text."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        conv, is_bool = _field_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        if is_bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=help_text)  # fmt: skip
+            continue
+        default = f.default
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(
+            flag,
+            type=conv,
+            default=default,
+            choices=f.metadata.get("choices"),
+            metavar=None if f.metadata.get("choices") else f.name.upper(),
+            help=help_text + shown,
+        )
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_download_model(args: argparse.Namespace) -> int:
+    from kdistill.download import download_model
+
+    path = download_model(config_from_args(DownloadConfig, args))
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from kdistill.data import prepare
+
+    path, summary = prepare(config_from_args(PrepareDataConfig, args))
+    sys.stdout.write(f"{summary}\nsaved to {path}\n")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from kdistill.distill import distill
+
+    run_dir = distill(config_from_args(DistillConfig, args))
+    sys.stdout.write(f"{run_dir}\n")
+    return 0
+
+
+COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
+    "download-model": (DownloadConfig, cmd_download_model, "Download a model from the Hub."),
+    "prepare-data": (PrepareDataConfig, cmd_prepare_data, "Split, explore and save a data set."),
+    "distill": (DistillConfig, cmd_distill, "Train a student from a frozen teacher."),
+}
+
+
+def build_parser(prog: str = "kdistill") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Online knowledge distillation of text classifiers.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (cls, func, help_text) in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=(cls.__doc__ or help_text).strip(),
+        )
+        add_config_arguments(p, cls)
+        p.set_defaults(func=func)
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # datasets draws a bar for every tiny map/filter/cast; kdistill draws its own where it helps.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "kdistill") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except KdistillError as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,569 @@
+"""Labelled text data: load from an alias, a Hub id or local files; name the classes; split and
+subsample with stratification; save and reload the prepared splits.
+
+Every data set becomes splits with two columns, `text` (str) and `label` (int), plus the ordered
+class names (`label_names`). Class names, not ids, are the label space: teachers are matched to
+the data set by name, so a teacher trained with another label order still lines up.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdistill.errors import KdistillError
+from kdistill.runs import atomic_dir, atomic_write_json
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+    from kdistill.config import PrepareDataConfig
+
+logger = logging.getLogger(__name__)
+
+INFO_FILE = "dataset_info.json"
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation",
+                 "val": "validation", "dev": "validation", "test": "test"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Alias:
+    hub_id: str
+    text_columns: tuple[str, ...]
+    label_column: str
+
+
+# The seed's short names. DBpedia's `title` carries much of the class signal, so it is kept.
+ALIASES = {
+    "dbpedia": Alias("fancyzhx/dbpedia_14", ("title", "content"), "label"),
+    "ag_news": Alias("fancyzhx/ag_news", ("text",), "label"),
+}
+
+
+@dataclass
+class LabelledData:
+    """Splits with `text` and integer `label` columns; `label_names[i]` names class i."""
+
+    name: str
+    label_names: list[str]
+    splits: dict[str, Dataset]
+    source: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+# --------------------------------------------------------------------------- loading sources
+
+
+def dataset_name(dataset: str) -> str:
+    """A folder-safe short name: the alias, the Hub id's last part, or the file's stem."""
+    path = Path(dataset)
+    base = path.stem if path.suffix.lower() in FILE_FORMATS else path.name
+    if not base:
+        base = dataset.rstrip("/").split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base) or "dataset"
+
+
+def _local_files(path: Path) -> dict[str, list[str]]:
+    """Map split -> files. Files named after a split (train.csv, test.jsonl...) give that split;
+    otherwise every supported file in the folder is train."""
+    if path.is_file():
+        if path.suffix.lower() not in FILE_FORMATS:
+            raise KdistillError(
+                f"--dataset {path}: unsupported file type {path.suffix!r}; "
+                f"use one of {', '.join(sorted(FILE_FORMATS))}"
+            )
+        return {"train": [str(path)]}
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in FILE_FORMATS and p.is_file())
+    if not files:
+        raise KdistillError(
+            f"--dataset {path}: the folder holds no CSV/TSV/JSON/JSONL/Parquet file"
+        )
+    by_split: dict[str, list[str]] = {}
+    for p in files:
+        split = SPLIT_ALIASES.get(p.stem.lower().split("-")[0].split(".")[0])
+        if split:
+            by_split.setdefault(split, []).append(str(p))
+    if "train" in by_split:
+        return by_split
+    return {"train": [str(p) for p in files]}
+
+
+def _load_local(path: Path) -> dict[str, Dataset]:
+    from datasets import load_dataset
+
+    splits: dict[str, Dataset] = {}
+    for split, files in _local_files(path).items():
+        suffixes = {Path(f).suffix.lower() for f in files}
+        if len(suffixes) > 1:
+            raise KdistillError(f"--dataset {path}: mixed file types for {split}: {sorted(suffixes)}")
+        suffix = suffixes.pop()
+        kwargs: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        empty = [f for f in files if Path(f).stat().st_size == 0]
+        if empty:
+            raise KdistillError(f"--dataset: {empty[0]} is empty")
+        try:
+            splits[split] = load_dataset(
+                FILE_FORMATS[suffix], data_files=files, split="train", **kwargs
+            )
+        except Exception as e:  # parser errors come in many types; the message is what matters
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise KdistillError(f"--dataset: cannot read {files[0]}: {first}") from e
+    return splits
+
+
+def _load_hub(hub_id: str) -> dict[str, Dataset]:
+    from datasets import load_dataset
+
+    try:
+        dsd = load_dataset(hub_id)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if _looks_offline(e):
+            raise KdistillError(
+                f"--dataset {hub_id}: cannot reach the Hugging Face Hub ({msg}); offline, pass a "
+                "local CSV/JSONL/Parquet file or folder instead, e.g. --dataset path/to/labelled.csv"
+            ) from e
+        raise KdistillError(f"--dataset {hub_id}: could not load it from the Hub: {msg}") from e
+    return {SPLIT_ALIASES.get(k, k): v for k, v in dsd.items()}
+
+
+def _looks_offline(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(
+        s in text
+        for s in ("connect", "offline", "resolve", "network", "timed out", "timeout",
+                  "couldn't reach", "name or service", "localentrynotfound")
+    )  # fmt: skip
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face Hub answers: lets `make demo` stop at once when offline."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host, port = parsed.hostname or "huggingface.co", parsed.port or 443
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_source(dataset: str) -> tuple[dict[str, Dataset], Alias | None]:
+    """Raw splits of an alias, a local file/folder, or a Hub data set id."""
+    path = Path(dataset).expanduser()
+    if path.exists():
+        return _load_local(path), None
+    if dataset in ALIASES:
+        alias = ALIASES[dataset]
+        return _load_hub(alias.hub_id), alias
+    if "/" in dataset and not dataset.startswith((".", "/")) and dataset.count("/") == 1:
+        return _load_hub(dataset), None
+    raise KdistillError(
+        f"--dataset {dataset}: no such file or folder, and not an alias "
+        f"({', '.join(ALIASES)}) or a Hub id (org/name)"
+    )
+
+
+# --------------------------------------------------------------------------- labels and text
+
+
+def _label_names_of(ds: Dataset, column: str) -> list[str] | None:
+    feature = ds.features[column]
+    names = getattr(feature, "names", None)
+    return [str(n) for n in names] if names else None
+
+
+def to_labelled(
+    raw: dict[str, Dataset],
+    text_columns: list[str],
+    label_column: str,
+    where: str,
+) -> tuple[dict[str, Dataset], list[str]]:
+    """Reduce every split to (`text`: str, `label`: int) and name the classes.
+
+    Class names come from a ClassLabel feature when the source has one (its order is kept);
+    otherwise they are the sorted distinct values of train's label column. A validation or test
+    label that train never shows is an error, not a silently dropped row.
+    """
+    if "train" not in raw:
+        raise KdistillError(f"{where}: no train split (found: {', '.join(raw) or 'none'})")
+    for split, ds in raw.items():
+        missing = [c for c in [*text_columns, label_column] if c not in ds.column_names]
+        if missing:
+            flag = "--label-column" if label_column in missing else "--text-column"
+            raise KdistillError(
+                f"{where}: {split} has no column {missing[0]!r} (columns: "
+                f"{', '.join(ds.column_names)}); choose one with {flag}"
+            )
+        if len(ds) == 0:
+            raise KdistillError(f"{where}: the {split} split is empty")
+
+    names = _label_names_of(raw["train"], label_column)
+    if names is None:
+        values = {str(v) for v in raw["train"][label_column] if v is not None and str(v) != ""}
+        if not values:
+            raise KdistillError(f"{where}: the label column {label_column!r} is empty in train")
+        names = sorted(values, key=_natural_key)
+    index = {n: i for i, n in enumerate(names)}
+
+    out: dict[str, Dataset] = {}
+    for split, ds in raw.items():
+        has_names = _label_names_of(ds, label_column) is not None
+
+        def convert(batch: dict[str, list], has_names: bool = has_names) -> dict[str, list]:
+            texts, labels = [], []
+            for i in range(len(batch[label_column])):
+                parts = [batch[c][i] for c in text_columns]
+                parts = [str(p).strip() for p in parts if p is not None and str(p).strip()]
+                value = batch[label_column][i]
+                texts.append(". ".join(parts) if parts else None)
+                if value is None or str(value) == "":
+                    labels.append(None)
+                else:
+                    labels.append(names[value] if has_names else str(value))
+            return {"text": texts, "label_name": labels}
+
+        conv = ds.map(convert, batched=True, remove_columns=ds.column_names, desc=f"{split} rows")
+        before = len(conv)
+        conv = conv.filter(lambda r: r["text"] is not None and r["label_name"] is not None)
+        if len(conv) < before:
+            logger.warning("%s: dropped %d %s rows with empty text or label", where,
+                           before - len(conv), split)  # fmt: skip
+        if len(conv) == 0:
+            raise KdistillError(f"{where}: the {split} split has no row with both text and label")
+        unknown = sorted(set(conv["label_name"]) - set(index), key=_natural_key)
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise KdistillError(
+                f"{where}: {split} has labels that train does not have: {shown}; "
+                f"fix or drop those rows"
+            )
+        conv = conv.map(
+            lambda b: {"label": [index[n] for n in b["label_name"]]},
+            batched=True,
+            remove_columns=["label_name"],
+        )
+        out[split] = conv
+    return out, names
+
+
+def _natural_key(s: str) -> list[Any]:
+    """Sort '2' before '10' so integer labels keep their numeric order."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def stratified_indices(labels: list[int], n: int, seed: int, what: str = "sample") -> list[int]:
+    """Pick `n` row indices keeping each class's share (largest-remainder rounding).
+
+    Every class present gets at least one row, so `n` must be at least the number of classes.
+    Returns indices in their original order.
+    """
+    total = len(labels)
+    if n >= total:
+        return list(range(total))
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    classes = sorted(by_class)
+    if n < len(classes):
+        raise KdistillError(
+            f"{what} {n} is smaller than the {len(classes)} classes; stratified sampling needs at "
+            f"least one example per class, so use {len(classes)} or more"
+        )
+    exact = {c: n * len(by_class[c]) / total for c in classes}
+    quota = {c: max(1, int(exact[c])) for c in classes}
+    # Hand out (or take back) rows by largest (smallest) fractional part until the sum is n.
+    order = sorted(classes, key=lambda c: exact[c] - int(exact[c]), reverse=True)
+    k = 0
+    while sum(quota.values()) < n:
+        c = order[k % len(order)]
+        if quota[c] < len(by_class[c]):
+            quota[c] += 1
+        k += 1
+    k = 0
+    while sum(quota.values()) > n:
+        c = order[::-1][k % len(order)]
+        if quota[c] > 1:
+            quota[c] -= 1
+        k += 1
+    rng = random.Random(seed)
+    chosen: list[int] = []
+    for c in classes:
+        chosen.extend(rng.sample(by_class[c], quota[c]))
+    return sorted(chosen)
+
+
+def split_off_validation(train: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A stratified `share` of train becomes validation; the rest stays train."""
+    labels = train["label"]
+    n_val = max(1, round(share * len(labels)))
+    if n_val >= len(labels):
+        raise KdistillError(f"--validation-split {share} leaves no training rows")
+    n_classes = len(set(labels))
+    if n_val < n_classes:
+        logger.warning("validation has %d rows for %d classes: some classes are missing from it",
+                       n_val, n_classes)  # fmt: skip
+        rng = random.Random(seed)
+        val_idx = sorted(rng.sample(range(len(labels)), n_val))
+    else:
+        val_idx = stratified_indices(labels, n_val, seed, "--validation-split")
+    chosen = set(val_idx)
+    train_idx = [i for i in range(len(labels)) if i not in chosen]
+    return train.select(train_idx), train.select(val_idx)
+
+
+def subsample(ds: Dataset, n: int | None, seed: int, flag: str) -> Dataset:
+    if n is None or n >= len(ds):
+        return ds
+    return ds.select(stratified_indices(ds["label"], n, seed, flag))
+
+
+# --------------------------------------------------------------------------- prepare and reload
+
+
+def _resolve_columns(
+    alias: Alias | None, text_column: str | None, label_column: str | None
+) -> tuple[list[str], str]:
+    if text_column:
+        texts = [c.strip() for c in text_column.split(",") if c.strip()]
+    else:
+        texts = list(alias.text_columns) if alias else ["text"]
+    label = label_column or (alias.label_column if alias else "label")
+    return texts, label
+
+
+def build(
+    dataset: str,
+    text_column: str | None,
+    label_column: str | None,
+    validation_split: float,
+    seed: int,
+    name: str | None = None,
+) -> LabelledData:
+    """Load any source and give it train/validation (and test where the source has one)."""
+    raw, alias = load_source(dataset)
+    texts, label = _resolve_columns(alias, text_column, label_column)
+    splits, names = to_labelled(raw, texts, label, f"--dataset {dataset}")
+    if "validation" not in splits:
+        splits["train"], splits["validation"] = split_off_validation(
+            splits["train"], validation_split, seed
+        )
+    ordered = {s: splits[s] for s in SPLIT_NAMES if s in splits}
+    info = {
+        "name": name or dataset_name(dataset),
+        "source": dataset,
+        "hub_id": alias.hub_id if alias else None,
+        "text_columns": texts,
+        "label_column": label,
+        "label_names": names,
+        "validation_split": validation_split,
+        "seed": seed,
+    }
+    return LabelledData(info["name"], names, ordered, source=dataset, info=info)
+
+
+def _percentiles(values: list[int]) -> dict[str, float]:
+    import numpy as np
+
+    arr = np.asarray(values)
+    return {f"p{q}": float(np.percentile(arr, q)) for q in (5, 25, 50, 75, 95, 99)} | {
+        "mean": float(arr.mean()),
+        "max": int(arr.max()),
+    }
+
+
+def explore(data: LabelledData) -> dict[str, Any]:
+    """Rows and class counts per split, and text length percentiles (characters and words)."""
+    splits = {}
+    for split, ds in data.splits.items():
+        counts = Counter(ds["label"])
+        texts = ds["text"]
+        splits[split] = {
+            "rows": len(ds),
+            "class_counts": {data.label_names[i]: counts.get(i, 0) for i in range(data.num_labels)},
+            "chars": _percentiles([len(t) for t in texts]),
+            "words": _percentiles([len(t.split()) for t in texts]),
+        }
+    return {"num_labels": data.num_labels, "splits": splits}
+
+
+def format_summary(data: LabelledData, summary: dict[str, Any]) -> str:
+    split_names = list(summary["splits"])
+    width = max(len(n) for n in data.label_names) + 2
+    header = f"  {'class':<{width}}" + "".join(f"{s:>12}" for s in split_names)
+    lines = [f"Data set {data.name} ({data.source}): {data.num_labels} classes", header]
+    for name in data.label_names:
+        row = "".join(f"{summary['splits'][s]['class_counts'][name]:>12}" for s in split_names)
+        lines.append(f"  {name:<{width}}{row}")
+    total = "".join(f"{summary['splits'][s]['rows']:>12}" for s in split_names)
+    lines.append(f"  {'total':<{width}}{total}")
+    lines.append("  text length (words)   p5     p50     p95     p99     max")
+    for s in split_names:
+        w = summary["splits"][s]["words"]
+        lines.append(
+            f"  {s:<20}{w['p5']:>5.0f}{w['p50']:>8.0f}{w['p95']:>8.0f}{w['p99']:>8.0f}{w['max']:>8}"
+        )
+    return "\n".join(lines)
+
+
+def prepare(config: PrepareDataConfig) -> tuple[Path, str]:
+    """The prepare-data command: build, explore, save under <data-dir>/<name>/ atomically.
+
+    Returns the folder and a printable summary.
+    """
+    from datasets import Features, Value
+
+    data = build(
+        config.dataset,
+        config.text_column,
+        config.label_column,
+        config.validation_split,
+        config.seed,
+        config.name,
+    )
+    summary = explore(data)
+    target = Path(config.data_dir) / data.name
+    with atomic_dir(target) as tmp:
+        for split, ds in data.splits.items():
+            named = ds.cast_column("label", Value("int64")).map(
+                lambda b: {"label": [data.label_names[i] for i in b["label"]]},
+                batched=True,
+                features=Features({"text": Value("string"), "label": Value("string")}),
+            )
+            named.to_parquet(str(tmp / f"{split}.parquet"))
+        info = data.info | summary | {"created": datetime.now().isoformat(timespec="seconds")}
+        atomic_write_json(tmp / INFO_FILE, info)
+    logger.info("saved %s", target)
+    return target, format_summary(data, summary)
+
+
+def is_prepared(path: Path) -> bool:
+    return (path / INFO_FILE).is_file()
+
+
+def load_prepared(path: Path) -> LabelledData:
+    """Reload what `prepare` saved; the class order is the one in dataset_info.json."""
+    import json
+
+    from datasets import Value, load_dataset
+
+    info = json.loads((path / INFO_FILE).read_text())
+    names: list[str] = info["label_names"]
+    index = {n: i for i, n in enumerate(names)}
+    splits = {}
+    for split in SPLIT_NAMES:
+        f = path / f"{split}.parquet"
+        if not f.is_file():
+            continue
+        ds = load_dataset("parquet", data_files=str(f), split="train")
+        unknown = sorted({str(v) for v in ds["label"]} - set(index))
+        if unknown:
+            raise KdistillError(
+                f"{f}: labels not in {INFO_FILE}: {', '.join(unknown[:5])}; run prepare-data again"
+            )
+        splits[split] = ds.map(
+            lambda b: {"label": [index[str(v)] for v in b["label"]]},
+            batched=True,
+            features=None,
+            desc=f"{split} labels",
+        ).cast_column("label", Value("int64"))
+    if "train" not in splits or "validation" not in splits:
+        raise KdistillError(f"{path}: train.parquet and validation.parquet are both needed")
+    return LabelledData(info.get("name", path.name), names, splits, str(path), info)
+
+
+def load_for_training(
+    dataset: str,
+    data_dir: str,
+    text_column: str | None,
+    label_column: str | None,
+    validation_split: float,
+    seed: int,
+) -> LabelledData:
+    """Prepared data (a path or <data-dir>/<name>) if there is one, else build it in memory."""
+    path = Path(dataset).expanduser()
+    if path.is_dir() and is_prepared(path):
+        return load_prepared(path)
+    under = Path(data_dir) / dataset
+    if "/" not in dataset and is_prepared(under):
+        return load_prepared(under)
+    if dataset in ALIASES and not path.exists():
+        logger.info("%s is not prepared under %s/; loading it from the Hub", dataset, data_dir)
+    return build(dataset, text_column, label_column, validation_split, seed)
+
+
+# --------------------------------------------------------------------------- tokenisation
+
+
+def tokenize(
+    ds: Dataset,
+    tokenizers: dict[str, PreTrainedTokenizerBase],
+    max_length: int,
+) -> Dataset:
+    """Add `<prefix>_input_ids` / `<prefix>_attention_mask` for each model's own tokenizer.
+
+    A Qwen BPE teacher and a WordPiece student see the same raw text, each split its own way;
+    padding happens per batch in `PairCollator`.
+    """
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for prefix, tok in tokenizers.items():
+            enc = tok(batch["text"], truncation=True, max_length=max_length)
+            out[f"{prefix}_input_ids"] = enc["input_ids"]
+            out[f"{prefix}_attention_mask"] = enc["attention_mask"]
+        return out
+
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
+    # A bar only where tokenising takes long enough to wonder about.
+    (enable_progress_bar if len(ds) > 50_000 else disable_progress_bar)()
+    try:
+        return ds.map(encode, batched=True, desc="tokenising")
+    finally:
+        disable_progress_bar()
+
+
+class PairCollator:
+    """Pads each model's inputs to the longest row of the batch; `labels` as a tensor."""
+
+    def __init__(self, tokenizers: dict[str, PreTrainedTokenizerBase]) -> None:
+        self.tokenizers = tokenizers
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch: dict[str, Any] = {"labels": torch.tensor([r["label"] for r in rows])}
+        for prefix, tok in self.tokenizers.items():
+            padded = tok.pad(
+                {
+                    "input_ids": [r[f"{prefix}_input_ids"] for r in rows],
+                    "attention_mask": [r[f"{prefix}_attention_mask"] for r in rows],
+                },
+                return_tensors="pt",
+            )
+            batch[f"{prefix}_input_ids"] = padded["input_ids"]
+            batch[f"{prefix}_attention_mask"] = padded["attention_mask"]
+        return batch

@@ -1,0 +1,426 @@
+"""The distillation run: an Accelerate loop that reads like the seed's pseudo-code.
+
+    for epoch in epochs:
+        for batch in data:
+            with no_grad: teacher_logits = teacher(batch)       # frozen, eval mode
+            student_logits = student(batch)
+            loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE(student, labels)
+            loss.backward(); optimizer.step()                    # only the student learns
+
+Accelerate supplies the device, mixed precision, gradient accumulation and `accelerate launch`;
+the run directory, history and checkpoints are ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from kdistill import __version__
+from kdistill.config import DistillConfig
+from kdistill.errors import KdistillError
+from kdistill.losses import kd_loss
+from kdistill.runs import (
+    atomic_dir,
+    atomic_write_json,
+    finish_run_dir,
+    format_float,
+    new_run_dir,
+)
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from kdistill.teachers import ClassifierTeacher
+
+logger = logging.getLogger(__name__)
+
+# Students above this many parameters get gradient checkpointing under `auto`: below it the
+# activations are small next to the weights and optimizer state, and recomputing them only costs.
+CHECKPOINTING_MIN_PARAMS = 100_000_000
+MAX_GRAD_NORM = 1.0  # the transformers Trainer's default clipping
+
+
+# --------------------------------------------------------------------------- devices and precision
+
+
+def pick_device(requested: str) -> str:
+    """auto: cuda, then mps, then cpu. An explicit device that is absent is an error."""
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if requested == "auto":
+        return next(d for d in ("cuda", "mps", "cpu") if available[d])
+    if not available[requested]:
+        raise KdistillError(f"--device {requested}: not available on this machine; use auto or cpu")
+    return requested
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_mixed_precision(requested: str, device: str) -> str:
+    """auto: bf16 where the hardware does it natively (about 3x fp32 on AVX512-BF16/AMX CPUs),
+    fp16 with loss scaling on GPUs without bf16, full precision elsewhere."""
+    if requested == "auto":
+        if device == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device == "cpu":
+            return "bf16" if cpu_supports_bf16() else "no"
+        return "no"
+    if requested == "fp16" and device == "cpu":
+        raise KdistillError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
+    return requested
+
+
+def make_accelerator(device: str, mixed_precision: str, accumulation: int) -> Accelerator:
+    from accelerate import Accelerator
+
+    return Accelerator(
+        cpu=device == "cpu",
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=accumulation,
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainState:
+    """What the loop carries from epoch to epoch, and what history.json records."""
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_accuracy: float = -1.0
+
+
+def make_optimizer(
+    model: PreTrainedModel, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """AdamW without decay on biases and norm weights, as BERT and the Trainer do."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def student_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": batch["student_input_ids"],
+        "attention_mask": batch["student_attention_mask"],
+    }
+
+
+def train_one_epoch(
+    student: torch.nn.Module,
+    teacher: ClassifierTeacher | None,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    accelerator: Accelerator,
+    temperature: float,
+    alpha: float,
+    desc: str,
+) -> dict[str, float]:
+    """One pass over the training data. Without a teacher (fine-tuning) the loss is plain CE."""
+    from tqdm.auto import tqdm
+
+    student.train()
+    sums = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
+    seen, start = 0, time.perf_counter()
+    bar = tqdm(loader, desc=desc, disable=not accelerator.is_main_process, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        with accelerator.accumulate(student):
+            student_logits = student(**student_inputs(batch)).logits  # (batch, num_labels)
+            if teacher is not None:
+                with accelerator.autocast():
+                    teacher_logits = teacher.logits(batch)  # (batch, num_labels), no grad
+                parts = kd_loss(student_logits, teacher_logits, batch["labels"], temperature, alpha)
+                loss, kl, ce = parts
+            else:
+                loss = ce = torch.nn.functional.cross_entropy(
+                    student_logits.float(), batch["labels"]
+                )
+                kl = torch.zeros(())
+            if not torch.isfinite(loss):
+                raise KdistillError(
+                    f"{desc}: the loss became {loss.item()} at step {step}; lower --learning-rate "
+                    "or use --mixed-precision bf16/no (fp16 can overflow)"
+                )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        n = batch["labels"].shape[0]
+        seen += n
+        for key, value in (("loss", loss), ("kl", kl), ("ce", ce)):
+            sums[key] += float(value.detach()) * n
+        if step % 10 == 0:
+            rate = seen * accelerator.num_processes / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", samples_s=f"{rate:.1f}")
+    elapsed = time.perf_counter() - start
+    totals = accelerator.reduce(
+        torch.tensor([sums["loss"], sums["kl"], sums["ce"], seen], device=accelerator.device),
+        reduction="sum",
+    ).tolist()
+    seen_all = max(totals[3], 1.0)
+    return {
+        "train_loss": totals[0] / seen_all,
+        "train_kl": totals[1] / seen_all,
+        "train_ce": totals[2] / seen_all,
+        "train_samples": int(seen_all),
+        "samples_per_second": seen_all / max(elapsed, 1e-9),
+        "epoch_time_s": elapsed,
+    }
+
+
+def save_model(
+    path: Path,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+) -> None:
+    """save_pretrained (safetensors) + tokenizer into a temp folder, renamed over `path`."""
+    if not accelerator.is_main_process:
+        return
+    with atomic_dir(path) as tmp:
+        accelerator.unwrap_model(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import transformers
+
+    return {
+        "kdistill": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+    }
+
+
+def run_name(dataset: str, temperature: float, alpha: float) -> str:
+    return f"{dataset}_T{format_float(temperature)}_A{format_float(alpha)}"
+
+
+def distill(config: DistillConfig) -> Path:
+    """The distill command. Returns the completed run directory."""
+    from torch.utils.data import DataLoader
+    from transformers import get_linear_schedule_with_warmup, set_seed
+
+    from kdistill.data import PairCollator, load_for_training, subsample, tokenize
+    from kdistill.evaluate import evaluate
+    from kdistill.models import (
+        count_parameters,
+        load_student,
+        load_teacher_classifier,
+        quiet_transformers,
+    )
+    from kdistill.teachers import ClassifierTeacher
+
+    quiet_transformers()
+    device = pick_device(config.device)
+    precision = pick_mixed_precision(config.mixed_precision, device)
+    accelerator = make_accelerator(device, precision, config.gradient_accumulation_steps)
+    set_seed(config.seed)
+
+    # ---- data: the data set's class names are the label space
+    data = load_for_training(
+        config.dataset,
+        config.data_dir,
+        config.text_column,
+        config.label_column,
+        config.validation_split,
+        config.seed,
+    )
+    train = subsample(data.splits["train"], config.max_train_samples, config.seed,
+                      "--max-train-samples")  # fmt: skip
+    val = subsample(data.splits["validation"], config.max_val_samples, config.seed,
+                    "--max-val-samples")  # fmt: skip
+    logger.info("%s: %d classes, %d train rows, %d validation rows", data.name, data.num_labels,
+                len(train), len(val))  # fmt: skip
+
+    # ---- models: teacher frozen in eval mode, student with a fresh head for these classes
+    t_model, t_tok, columns = load_teacher_classifier(
+        config.teacher_model, data.label_names, config.allow_untrained_teacher
+    )
+    teacher = ClassifierTeacher(t_model, t_tok, columns, config.teacher_model)
+    student, s_tok = load_student(config.student_model, data.label_names, config.seed)
+    n_student = count_parameters(student)
+    checkpointing = config.gradient_checkpointing == "on" or (
+        config.gradient_checkpointing == "auto" and n_student > CHECKPOINTING_MIN_PARAMS
+    )
+    if checkpointing:
+        student.gradient_checkpointing_enable()
+        if hasattr(student.config, "use_cache"):
+            student.config.use_cache = False
+
+    tokenizers = {"student": s_tok, "teacher": t_tok}
+    with accelerator.main_process_first():
+        train_tok = tokenize(train, tokenizers, config.max_length)
+        val_tok = tokenize(val, tokenizers, config.max_length)
+    columns_kept = [c for c in train_tok.column_names if c != "text"]
+    train_tok = train_tok.with_format(columns=columns_kept)
+    val_tok = val_tok.with_format(columns=columns_kept)
+    collate = PairCollator(tokenizers)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(train_tok, batch_size=config.batch_size, shuffle=True,
+                              collate_fn=collate, generator=generator)  # fmt: skip
+    eval_bs = config.eval_batch_size or config.batch_size * 4
+    val_loader = DataLoader(val_tok, batch_size=eval_bs, shuffle=False, collate_fn=collate)
+
+    optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
+    # Counted on the unsharded loader: Accelerate steps a prepared scheduler once per process.
+    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
+    )
+    student, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        student, optimizer, train_loader, val_loader, scheduler
+    )
+    teacher.to(accelerator.device)
+
+    # ---- run directory: `.partial` until complete; config.json first so a crash is explained
+    final_dir = partial_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        final_dir, partial_dir = new_run_dir(
+            Path(config.output_dir), run_name(data.name, config.temperature, config.alpha)
+        )
+        resolved = {
+            **config.to_dict(),
+            "resolved": {
+                "device": str(accelerator.device),
+                "mixed_precision": precision,
+                "gradient_checkpointing": checkpointing,
+                "num_processes": accelerator.num_processes,
+                "effective_batch_size": config.batch_size
+                * config.gradient_accumulation_steps
+                * accelerator.num_processes,
+                "total_optimizer_steps": total_steps,
+                "eval_batch_size": eval_bs,
+            },
+            "data": {
+                "name": data.name,
+                "source": data.source,
+                "label_names": data.label_names,
+                "train_rows": len(train),
+                "validation_rows": len(val),
+            },
+            "teacher": {
+                "model": config.teacher_model,
+                "class": type(t_model).__name__,
+                "parameters": count_parameters(t_model),
+                "label_columns": columns,
+            },
+            "student": {
+                "model": config.student_model,
+                "class": type(accelerator.unwrap_model(student)).__name__,
+                "parameters": n_student,
+            },
+            "loss": "alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) [batchmean] "
+            "+ (1 - alpha) * CE(s, labels)",
+            "command": sys.argv,
+            "versions": library_versions(),
+            "started": datetime.now().isoformat(timespec="seconds"),
+        }
+        atomic_write_json(partial_dir / "config.json", resolved)
+        logger.info("run directory: %s (renamed on completion)", final_dir)
+
+    # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
+    teacher_metrics = evaluate(teacher.logits, val_loader, accelerator, data.num_labels,
+                               "teacher eval")  # fmt: skip
+    chance = 1.0 / data.num_labels
+    if teacher_metrics["accuracy"] <= 2 * chance:
+        logger.warning(
+            "the teacher's validation accuracy %.3f is near chance (%.3f): distilling from it "
+            "will not help the student",
+            teacher_metrics["accuracy"],
+            chance,
+        )
+    else:
+        logger.info("teacher validation accuracy %.4f", teacher_metrics["accuracy"])
+
+    history: dict[str, Any] = {
+        "teacher": {
+            "val_accuracy": teacher_metrics["accuracy"],
+            "val_macro_f1": teacher_metrics["macro_f1"],
+            "val_loss": teacher_metrics["loss"],
+        },
+        "chance_accuracy": chance,
+        "epochs": [],
+    }
+    state = TrainState()
+    run_start = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        lr = scheduler.get_last_lr()[0]
+        stats = train_one_epoch(
+            student, teacher, train_loader, optimizer, scheduler, accelerator,
+            config.temperature, config.alpha, f"epoch {epoch}/{config.epochs}",
+        )  # fmt: skip
+        metrics = evaluate(lambda b: student(**student_inputs(b)).logits, val_loader,
+                           accelerator, data.num_labels, "validation")  # fmt: skip
+        record = {
+            "epoch": epoch,
+            **stats,
+            "val_loss": metrics["loss"],
+            "val_accuracy": metrics["accuracy"],
+            "val_macro_f1": metrics["macro_f1"],
+            "learning_rate": lr,
+            "wall_time_s": time.perf_counter() - run_start,
+        }
+        state.epochs.append(record)
+        logger.info(
+            "epoch %d: loss %.4f (KL %.4f, CE %.4f), val acc %.4f, macro-F1 %.4f, %.1f samples/s",
+            epoch, stats["train_loss"], stats["train_kl"], stats["train_ce"],
+            metrics["accuracy"], metrics["macro_f1"], stats["samples_per_second"],
+        )  # fmt: skip
+        if metrics["accuracy"] > state.best_accuracy:
+            state.best_accuracy, state.best_epoch = metrics["accuracy"], epoch
+            save_model(partial_dir / "best_model", student, s_tok, accelerator)
+        history["epochs"] = state.epochs
+        history["best"] = {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy}
+        if accelerator.is_main_process:
+            atomic_write_json(partial_dir / "history.json", history)
+
+    save_model(partial_dir / "final_model", student, s_tok, accelerator)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        history["total_time_s"] = time.perf_counter() - run_start
+        history["completed"] = datetime.now().isoformat(timespec="seconds")
+        atomic_write_json(partial_dir / "history.json", history)
+        finish_run_dir(partial_dir, final_dir)
+        logger.info(
+            "done: best validation accuracy %.4f at epoch %d (teacher %.4f); %s",
+            state.best_accuracy, state.best_epoch, teacher_metrics["accuracy"], final_dir,
+        )  # fmt: skip
+    return final_dir

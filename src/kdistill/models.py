@@ -1,0 +1,240 @@
+"""Load teachers and students as sequence classifiers over the data set's classes.
+
+The correctness core: the data set's class names define the label space. A teacher's logits are
+reordered onto it by name, a teacher whose head was never trained is refused, the student gets a
+fresh head named after the data set's classes, and decoder-only models get a pad token (their
+classification head reads the last non-pad token, so batching is wrong without one).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdistill.errors import KdistillError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+def quiet_transformers() -> None:
+    """Loading reports and weight-loading bars are noise here: kdistill checks the loading info
+    itself and says what matters in one line."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def check_model_path(name: str, flag: str) -> str:
+    """A local folder, a .gguf-free Hub id, or a one-line error naming the flag."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise KdistillError(f"{flag} {name}: the folder has no config.json; is it a model?")
+        return str(path)
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
+    if looks_local:
+        hint = " (download it first: kdistill download-model)" if flag == "--teacher-model" else ""
+        raise KdistillError(f"{flag} {name}: no such folder{hint}")
+    return name  # a Hub id
+
+
+def _load_error(flag: str, name: str, e: BaseException) -> KdistillError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return KdistillError(f"{flag} {name}: cannot load it: {first}")
+
+
+def load_tokenizer(name: str, flag: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise _load_error(flag, name, e) from e
+    if tok.pad_token is None:
+        # Decoder-only tokenizers (Qwen2, Llama) ship without one; eos is the usual stand-in.
+        fallback = tok.eos_token or tok.unk_token
+        if fallback is None:
+            raise KdistillError(f"{flag} {name}: the tokenizer has no pad, eos or unk token")
+        tok.pad_token = fallback
+    return tok
+
+
+def set_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """The sequence-classification heads of decoder-only models pool the last token that is not
+    `config.pad_token_id`; without it they refuse batches > 1 or pool padding."""
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def map_labels(teacher_id2label: dict[int, str], label_names: list[str], flag: str) -> list[int]:
+    """For each data-set class, the teacher logit column with the same name.
+
+    Names match exactly, else ignoring case, spaces and punctuation ("Educational Institution" =
+    "EducationalInstitution"). The teacher may know extra classes (their columns are dropped);
+    a data-set class the teacher lacks is an error that lists the differences.
+    """
+    teacher = {int(i): str(n) for i, n in teacher_id2label.items()}
+    if all(GENERIC_LABEL.match(n) for n in teacher.values()):
+        raise KdistillError(
+            f"{flag}: the teacher's labels are unnamed ({', '.join(list(teacher.values())[:3])}...), "
+            "so they cannot be matched to the data set's classes; set id2label in its config.json "
+            "to the class names"
+        )
+    exact = {n: i for i, n in teacher.items()}
+    loose = {_normalise(n): i for i, n in teacher.items()}
+    columns, missing = [], []
+    for name in label_names:
+        if name in exact:
+            columns.append(exact[name])
+        elif _normalise(name) in loose:
+            columns.append(loose[_normalise(name)])
+        else:
+            missing.append(name)
+    if missing:
+        extra = sorted(set(teacher.values()) - {teacher[c] for c in columns})
+        raise KdistillError(
+            f"{flag}: the teacher's labels do not cover the data set's classes; missing from the "
+            f"teacher: {', '.join(missing)}; teacher-only: {', '.join(extra) or 'none'}; use a "
+            "teacher trained on these classes"
+        )
+    if len(set(columns)) != len(columns):
+        raise KdistillError(f"{flag}: two data-set classes match the same teacher label")
+    return columns
+
+
+def _head_keys(model: PreTrainedModel, keys: list[Any]) -> list[str]:
+    """Keys outside the base model: the task head."""
+    prefix = f"{model.base_model_prefix}."
+    names = [k if isinstance(k, str) else str(k[0]) for k in keys]
+    return [k for k in names if not k.startswith(prefix)]
+
+
+def load_classifier(
+    name: str, flag: str, **kwargs: Any
+) -> tuple[PreTrainedModel, dict[str, list[Any]]]:
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            name, output_loading_info=True, **kwargs
+        )
+    except KdistillError:
+        raise
+    except Exception as e:
+        raise _load_error(flag, name, e) from e
+    return model, info
+
+
+def load_teacher_classifier(
+    name: str, label_names: list[str], allow_untrained: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[int]]:
+    """Load a frozen teacher; returns (model, tokenizer, logit columns in data-set class order)."""
+    flag = "--teacher-model"
+    name = check_model_path(name, flag)
+    tokenizer = load_tokenizer(name, flag)
+    model, info = load_classifier(name, flag)
+    untrained = _head_keys(model, info.get("missing_keys", [])) + _head_keys(
+        model, info.get("mismatched_keys", [])
+    )
+    n = len(label_names)
+    if untrained:
+        if not allow_untrained:
+            raise KdistillError(
+                f"{flag} {name}: the teacher has no trained classification head for these {n} "
+                f"labels (newly initialised: {', '.join(sorted(untrained)[:2])}), so its soft "
+                "targets would be noise; fine-tune it on this data set first, or pass "
+                "--allow-untrained-teacher to use it anyway"
+            )
+        logger.warning("%s: the teacher's head is untrained; its logits are noise", name)
+        model, _ = load_classifier(
+            name,
+            flag,
+            num_labels=n,
+            id2label=dict(enumerate(label_names)),
+            label2id={k: i for i, k in enumerate(label_names)},
+            ignore_mismatched_sizes=True,
+        )
+        columns = list(range(n))
+    else:
+        columns = map_labels(model.config.id2label, label_names, flag)
+    set_pad_token(model, tokenizer)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer, columns
+
+
+def load_student(
+    name: str, label_names: list[str], seed: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A trainable classifier with the data set's id2label/label2id and a fresh head.
+
+    A student checkpoint whose head already has exactly these class names keeps it (continued
+    training); any other head is re-initialised, since its rows mean other classes.
+    """
+    from transformers import AutoConfig, set_seed
+
+    flag = "--student-model"
+    name = check_model_path(name, flag)
+    tokenizer = load_tokenizer(name, flag)
+    try:
+        original = AutoConfig.from_pretrained(name)
+    except Exception as e:
+        raise _load_error(flag, name, e) from e
+    same_labels = [original.id2label[i] for i in sorted(original.id2label)] == label_names
+    set_seed(seed)
+    model, info = load_classifier(
+        name,
+        flag,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={k: i for i, k in enumerate(label_names)},
+        ignore_mismatched_sizes=True,
+    )
+    fresh = _head_keys(model, info.get("missing_keys", [])) + _head_keys(
+        model, info.get("mismatched_keys", [])
+    )
+    if not fresh and not same_labels:
+        reset_head(model)
+        logger.info("student %s: its head was trained for other labels; re-initialised", name)
+    elif not fresh:
+        logger.info("student %s: keeping its head, trained for these labels", name)
+    set_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def reset_head(model: PreTrainedModel) -> None:
+    import torch
+
+    std = getattr(model.config, "initializer_range", 0.02)
+    for child_name, child in model.named_children():
+        if child_name == model.base_model_prefix:
+            continue
+        for module in child.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+
+
+def count_parameters(model: torch.nn.Module) -> int:  # noqa: F821
+    return sum(p.numel() for p in model.parameters())
+
+
+def is_decoder_only(model: PreTrainedModel) -> bool:
+    return not getattr(model.config, "is_encoder_decoder", False) and (
+        model.config.model_type in {"qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2",
+                                    "phi3", "gpt2", "gpt_neox", "smollm3"}
+        or "CausalLM" in " ".join(getattr(model.config, "architectures", None) or [])
+    )  # fmt: skip
