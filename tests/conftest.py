@@ -31,7 +31,7 @@ def make_texts(n_per_class: int = 30, seed: int = 0) -> list[tuple[str, str]]:
     rows = []
     for label in CLASSES:
         vocab = WORDS[label].split()
-        common = "the a of is in and was by with".split()
+        common = ["the", "a", "of", "is", "in", "and", "was", "by", "with"]
         for _ in range(n_per_class):
             k = rng.randint(5, 20)
             rows.append((" ".join(rng.choice(vocab + common) for _ in range(k)), label))
@@ -156,5 +156,7 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def dbpedia_csv() -> Path:
     if not DBPEDIA_CSV.is_file():
-        pytest.fail(f"{DBPEDIA_CSV} is missing: tests read the shared DBpedia sample from ../shared")
+        pytest.fail(
+            f"{DBPEDIA_CSV} is missing: tests read the shared DBpedia sample from ../shared"
+        )
     return DBPEDIA_CSV

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kdistill.config import DistillConfig, DownloadConfig, PrepareDataConfig
+from kdistill.config import DistillConfig, DownloadConfig, FinetuneConfig, PrepareDataConfig
 from kdistill.errors import KdistillError
 
 logger = logging.getLogger("kdistill")
@@ -85,9 +85,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune_teacher(args: argparse.Namespace) -> int:
+    from kdistill.finetune import finetune_teacher
+
+    path = finetune_teacher(config_from_args(FinetuneConfig, args))
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "download-model": (DownloadConfig, cmd_download_model, "Download a model from the Hub."),
     "prepare-data": (PrepareDataConfig, cmd_prepare_data, "Split, explore and save a data set."),
+    "finetune-teacher": (FinetuneConfig, cmd_finetune_teacher, "Fine-tune a classifier teacher."),
     "distill": (DistillConfig, cmd_distill, "Train a student from a frozen teacher."),
 }
 

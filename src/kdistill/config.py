@@ -128,7 +128,8 @@ class DistillConfig:
         0.2, "Validation share when --dataset is not prepared yet and has no validation split."
     )
     allow_untrained_teacher: bool = _opt(
-        False, "Use a teacher whose classification head is newly initialised (its logits are noise)."
+        False,
+        "Use a teacher whose classification head is newly initialised (its logits are noise).",
     )
 
     def __post_init__(self) -> None:
@@ -160,6 +161,60 @@ class DistillConfig:
             0.0 < self.validation_split < 1.0,
             f"--validation-split must be between 0 and 1 (got {self.validation_split})",
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tune a checkpoint as a sequence classifier on a data set, to serve as a teacher."""
+
+    model: str = _opt(
+        "models/DeepSeek-R1-Distill-Qwen-1.5B", "Checkpoint to fine-tune: a local folder or Hub id."
+    )
+    dataset: str = _opt("dbpedia", "Prepared data, or anything prepare-data accepts.")
+    output_dir: str = _opt("models", "Parent folder; the teacher lands in <output-dir>/<name>/.")
+    name: str | None = _opt(None, "Folder name (default: <model name>-<dataset name>).")
+    epochs: int = _opt(1, "Training epochs.")
+    batch_size: int = _opt(16, "Examples per step per device.")
+    max_length: int = _opt(128, "Maximum tokens per text.")
+    max_train_samples: int | None = _opt(None, "Stratified subsample of train.")
+    max_val_samples: int | None = _opt(None, "Stratified subsample of validation.")
+    learning_rate: float = _opt(5e-5, "Peak learning rate of AdamW (linear warm-up and decay).")
+    weight_decay: float = _opt(0.01, "AdamW weight decay.")
+    warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
+    seed: int = _opt(42, "Seed for sampling, shuffling and the new head.")
+    gradient_accumulation_steps: int = _opt(1, "Micro-batches per optimiser step.")
+    gradient_checkpointing: str = _opt(
+        "auto", "auto: on for models over 100M parameters.", choices=["auto", "on", "off"]
+    )
+    mixed_precision: str = _opt(
+        "auto", "auto: bf16 where supported, fp16 on older GPUs, else no.",
+        choices=["auto", "no", "fp16", "bf16"],
+    )  # fmt: skip
+    device: str = _opt(
+        "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
+    )
+    eval_batch_size: int | None = _opt(None, "Batch size for evaluation (default: 4x batch-size).")
+    data_dir: str = _opt("data", "Where prepared data sets live.")
+    text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
+    label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
+    validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})")
+        _check(self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
+        _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
+        _check(self.learning_rate > 0, f"--learning-rate must be > 0 (got {self.learning_rate})")
+        _check(
+            0.0 <= self.warmup_ratio < 1.0,
+            f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})",
+        )
+        _check(self.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be >= 1")
+        for flag, value in (("--max-train-samples", self.max_train_samples),
+                            ("--max-val-samples", self.max_val_samples)):  # fmt: skip
+            _check(value is None or value >= 1, f"{flag} must be >= 1 (got {value})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

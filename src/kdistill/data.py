@@ -29,7 +29,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INFO_FILE = "dataset_info.json"
-FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+FILE_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+}
 SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation",
                  "val": "validation", "dev": "validation", "test": "test"}  # fmt: skip
@@ -108,7 +114,9 @@ def _load_local(path: Path) -> dict[str, Dataset]:
     for split, files in _local_files(path).items():
         suffixes = {Path(f).suffix.lower() for f in files}
         if len(suffixes) > 1:
-            raise KdistillError(f"--dataset {path}: mixed file types for {split}: {sorted(suffixes)}")
+            raise KdistillError(
+                f"--dataset {path}: mixed file types for {split}: {sorted(suffixes)}"
+            )
         suffix = suffixes.pop()
         kwargs: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
         empty = [f for f in files if Path(f).stat().st_size == 0]
@@ -134,7 +142,8 @@ def _load_hub(hub_id: str) -> dict[str, Dataset]:
         if _looks_offline(e):
             raise KdistillError(
                 f"--dataset {hub_id}: cannot reach the Hugging Face Hub ({msg}); offline, pass a "
-                "local CSV/JSONL/Parquet file or folder instead, e.g. --dataset path/to/labelled.csv"
+                "local CSV/JSONL/Parquet file or folder instead, e.g. "
+                "--dataset path/to/labelled.csv"
             ) from e
         raise KdistillError(f"--dataset {hub_id}: could not load it from the Hub: {msg}") from e
     return {SPLIT_ALIASES.get(k, k): v for k, v in dsd.items()}

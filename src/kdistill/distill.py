@@ -39,8 +39,11 @@ from kdistill.runs import (
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from datasets import Dataset
+    from torch.utils.data import DataLoader
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from kdistill.config import FinetuneConfig
     from kdistill.teachers import ClassifierTeacher
 
 logger = logging.getLogger(__name__)
@@ -58,7 +61,8 @@ def pick_device(requested: str) -> str:
     """auto: cuda, then mps, then cpu. An explicit device that is absent is an error."""
     available = {
         "cuda": torch.cuda.is_available(),
-        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None
+        and torch.backends.mps.is_available(),
         "cpu": True,
     }
     if requested == "auto":
@@ -111,9 +115,7 @@ class TrainState:
     best_accuracy: float = -1.0
 
 
-def make_optimizer(
-    model: PreTrainedModel, lr: float, weight_decay: float
-) -> torch.optim.Optimizer:
+def make_optimizer(model: PreTrainedModel, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW without decay on biases and norm weights, as BERT and the Trainer do."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -125,6 +127,61 @@ def make_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=lr)
+
+
+def make_loaders(
+    train: Dataset,
+    val: Dataset,
+    tokenizers: dict[str, PreTrainedTokenizerBase],
+    config: DistillConfig | FinetuneConfig,
+    accelerator: Accelerator,
+) -> tuple[DataLoader, DataLoader]:
+    """Tokenise once per model (`student_*`, `teacher_*` columns), pad per batch."""
+    from torch.utils.data import DataLoader
+
+    from kdistill.data import PairCollator, tokenize
+
+    with accelerator.main_process_first():
+        train_tok = tokenize(train, tokenizers, config.max_length)
+        val_tok = tokenize(val, tokenizers, config.max_length)
+    keep = [c for c in train_tok.column_names if c != "text"]
+    collate = PairCollator(tokenizers)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(train_tok.with_format(columns=keep), batch_size=config.batch_size,
+                              shuffle=True, collate_fn=collate, generator=generator)  # fmt: skip
+    eval_bs = config.eval_batch_size or config.batch_size * 4
+    val_loader = DataLoader(val_tok.with_format(columns=keep), batch_size=eval_bs, shuffle=False,
+                            collate_fn=collate)  # fmt: skip
+    return train_loader, val_loader
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, batches_per_epoch: int, config: DistillConfig | FinetuneConfig
+) -> tuple[Any, int]:
+    """Linear warm-up then linear decay to zero, counted in optimiser steps.
+
+    Counted on the unsharded loader: Accelerate steps a prepared scheduler once per process.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    total = steps_per_epoch * config.epochs
+    warmup = math.ceil(config.warmup_ratio * total)
+    return get_linear_schedule_with_warmup(optimizer, warmup, total), total
+
+
+def apply_gradient_checkpointing(model: PreTrainedModel, setting: str) -> bool:
+    """auto: on above CHECKPOINTING_MIN_PARAMS parameters."""
+    from kdistill.models import count_parameters
+
+    on = setting == "on" or (
+        setting == "auto" and count_parameters(model) > CHECKPOINTING_MIN_PARAMS
+    )
+    if on:
+        model.gradient_checkpointing_enable()
+        if hasattr(model.config, "use_cache"):
+            model.config.use_cache = False
+    return on
 
 
 def student_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -234,10 +291,9 @@ def run_name(dataset: str, temperature: float, alpha: float) -> str:
 
 def distill(config: DistillConfig) -> Path:
     """The distill command. Returns the completed run directory."""
-    from torch.utils.data import DataLoader
-    from transformers import get_linear_schedule_with_warmup, set_seed
+    from transformers import set_seed
 
-    from kdistill.data import PairCollator, load_for_training, subsample, tokenize
+    from kdistill.data import load_for_training, subsample
     from kdistill.evaluate import evaluate
     from kdistill.models import (
         count_parameters,
@@ -276,38 +332,16 @@ def distill(config: DistillConfig) -> Path:
     teacher = ClassifierTeacher(t_model, t_tok, columns, config.teacher_model)
     student, s_tok = load_student(config.student_model, data.label_names, config.seed)
     n_student = count_parameters(student)
-    checkpointing = config.gradient_checkpointing == "on" or (
-        config.gradient_checkpointing == "auto" and n_student > CHECKPOINTING_MIN_PARAMS
-    )
-    if checkpointing:
-        student.gradient_checkpointing_enable()
-        if hasattr(student.config, "use_cache"):
-            student.config.use_cache = False
+    checkpointing = apply_gradient_checkpointing(student, config.gradient_checkpointing)
 
     tokenizers = {"student": s_tok, "teacher": t_tok}
-    with accelerator.main_process_first():
-        train_tok = tokenize(train, tokenizers, config.max_length)
-        val_tok = tokenize(val, tokenizers, config.max_length)
-    columns_kept = [c for c in train_tok.column_names if c != "text"]
-    train_tok = train_tok.with_format(columns=columns_kept)
-    val_tok = val_tok.with_format(columns=columns_kept)
-    collate = PairCollator(tokenizers)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(train_tok, batch_size=config.batch_size, shuffle=True,
-                              collate_fn=collate, generator=generator)  # fmt: skip
-    eval_bs = config.eval_batch_size or config.batch_size * 4
-    val_loader = DataLoader(val_tok, batch_size=eval_bs, shuffle=False, collate_fn=collate)
-
+    train_loader, val_loader = make_loaders(train, val, tokenizers, config, accelerator)
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
-    # Counted on the unsharded loader: Accelerate steps a prepared scheduler once per process.
-    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
-    )
+    scheduler, total_steps = make_scheduler(optimizer, len(train_loader), config)
     student, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         student, optimizer, train_loader, val_loader, scheduler
     )
+    eval_bs = config.eval_batch_size or config.batch_size * 4
     teacher.to(accelerator.device)
 
     # ---- run directory: `.partial` until complete; config.json first so a crash is explained

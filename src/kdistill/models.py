@@ -88,7 +88,8 @@ def map_labels(teacher_id2label: dict[int, str], label_names: list[str], flag: s
     teacher = {int(i): str(n) for i, n in teacher_id2label.items()}
     if all(GENERIC_LABEL.match(n) for n in teacher.values()):
         raise KdistillError(
-            f"{flag}: the teacher's labels are unnamed ({', '.join(list(teacher.values())[:3])}...), "
+            f"{flag}: the teacher's labels are unnamed "
+            f"({', '.join(list(teacher.values())[:3])}...), "
             "so they cannot be matched to the data set's classes; set id2label in its config.json "
             "to the class names"
         )

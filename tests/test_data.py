@@ -1,0 +1,165 @@
+import json
+from collections import Counter
+
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+from kdistill import data as kdata
+from kdistill.config import PrepareDataConfig
+from kdistill.errors import KdistillError
+
+
+def test_stratified_indices_keep_class_proportions():
+    labels = [0] * 600 + [1] * 300 + [2] * 100
+    idx = kdata.stratified_indices(labels, 100, seed=0)
+    assert len(idx) == 100 and len(set(idx)) == 100
+    assert Counter(labels[i] for i in idx) == {0: 60, 1: 30, 2: 10}
+    assert idx == sorted(idx)
+    assert idx != kdata.stratified_indices(labels, 100, seed=1)  # the seed matters
+    assert idx == kdata.stratified_indices(labels, 100, seed=0)  # and is reproducible
+
+
+def test_stratified_indices_give_every_class_a_row():
+    labels = [0] * 97 + [1] * 2 + [2]
+    idx = kdata.stratified_indices(labels, 10, seed=0)
+    assert set(labels[i] for i in idx) == {0, 1, 2} and len(idx) == 10
+
+
+def test_stratified_sampling_needs_one_row_per_class():
+    with pytest.raises(KdistillError, match="--max-train-samples 3 is smaller than the 4 classes"):
+        kdata.stratified_indices([0, 1, 2, 3] * 10, 3, 0, "--max-train-samples")
+
+
+def test_validation_split_is_stratified_and_disjoint():
+    ds = Dataset.from_dict({"text": [f"t{i}" for i in range(500)], "label": [i % 5 for i in range(500)]})
+    train, val = kdata.split_off_validation(ds, 0.2, seed=42)
+    assert len(val) == 100 and len(train) == 400
+    assert Counter(val["label"]) == {c: 20 for c in range(5)}
+    assert not set(train["text"]) & set(val["text"])
+
+
+def write_csv(path, rows, header=("text", "label")):
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_prepare_data_writes_splits_and_info(labelled_csv, tmp_path):
+    cfg = PrepareDataConfig(dataset=str(labelled_csv), data_dir=str(tmp_path / "data"))
+    path, summary = kdata.prepare(cfg)
+    assert path == tmp_path / "data" / "toy"
+    assert sorted(p.name for p in path.iterdir()) == [
+        "dataset_info.json", "train.parquet", "validation.parquet"
+    ]  # fmt: skip
+    info = json.loads((path / "dataset_info.json").read_text())
+    assert info["label_names"] == ["Animal", "Building", "Company", "Film"]
+    assert info["splits"]["train"]["rows"] == 96 and info["splits"]["validation"]["rows"] == 24
+    assert info["splits"]["validation"]["class_counts"] == {c: 6 for c in info["label_names"]}
+    assert info["splits"]["train"]["words"]["p50"] > 0
+    assert "Animal" in summary and "validation" in summary
+    again = kdata.load_prepared(path)
+    assert again.label_names == info["label_names"]
+    assert len(again.splits["train"]) == 96
+    assert set(again.splits["validation"]["label"]) == {0, 1, 2, 3}
+
+
+def test_folder_with_named_splits_keeps_test(tmp_path):
+    folder = tmp_path / "news"
+    folder.mkdir()
+    rows = [(f"text {i}", ["b", "a", "c"][i % 3]) for i in range(60)]
+    write_csv(folder / "train.csv", rows)
+    write_csv(folder / "test.csv", rows[:12])
+    data = kdata.build(str(folder), None, None, 0.25, 0)
+    assert list(data.splits) == ["train", "validation", "test"]
+    assert data.label_names == ["a", "b", "c"]  # sorted names
+    assert len(data.splits["test"]) == 12 and len(data.splits["validation"]) == 15
+
+
+def test_jsonl_and_parquet_sources(tmp_path):
+    rows = [{"sentence": f"s{i}", "y": i % 2} for i in range(20)]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    data = kdata.build(str(jsonl), "sentence", "y", 0.2, 0)
+    assert data.label_names == ["0", "1"]
+    pq = tmp_path / "d.parquet"
+    Dataset.from_list(rows).to_parquet(str(pq))
+    assert kdata.build(str(pq), "sentence", "y", 0.2, 0).label_names == ["0", "1"]
+
+
+def test_integer_labels_sort_numerically(tmp_path):
+    csv = write_csv(tmp_path / "n.csv", [(f"t{i}", i % 12) for i in range(48)])
+    assert kdata.build(str(csv), None, None, 0.25, 0).label_names == [str(i) for i in range(12)]
+
+
+def test_unknown_label_in_test_is_an_error(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write_csv(folder / "train.csv", [("x", "a"), ("y", "b")] * 5)
+    write_csv(folder / "test.csv", [("z", "c")])
+    with pytest.raises(KdistillError, match="test has labels that train does not have: c"):
+        kdata.build(str(folder), None, None, 0.2, 0)
+
+
+def test_missing_column_names_the_flag(labelled_csv):
+    with pytest.raises(KdistillError, match=r"no column 'body'.*--text-column"):
+        kdata.build(str(labelled_csv), "body", None, 0.2, 0)
+    with pytest.raises(KdistillError, match=r"no column 'category'.*--label-column"):
+        kdata.build(str(labelled_csv), None, "category", 0.2, 0)
+
+
+def test_empty_and_header_only_files(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(KdistillError, match="empty"):
+        kdata.build(str(empty), None, None, 0.2, 0)
+    header = write_csv(tmp_path / "header.csv", [])
+    with pytest.raises(KdistillError, match="empty|no row"):
+        kdata.build(str(header), None, None, 0.2, 0)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(KdistillError, match="no such file or folder"):
+        kdata.load_source("no_such_dataset_here")
+
+
+def test_dbpedia_alias_joins_title_and_content(monkeypatch):
+    """The Hub is mocked at datasets' boundary: the alias asks for fancyzhx/dbpedia_14."""
+    import datasets
+
+    features = Features({"label": ClassLabel(names=["Company", "EducationalInstitution", "Artist"]),
+                         "title": Value("string"), "content": Value("string")})  # fmt: skip
+    def split(n):
+        return Dataset.from_dict(
+            {"label": [i % 3 for i in range(n)], "title": [f"T{i}" for i in range(n)],
+             "content": [f"body {i}" for i in range(n)]}, features=features)  # fmt: skip
+    calls = []
+
+    def fake_load_dataset(path, *args, **kwargs):
+        calls.append(path)
+        return DatasetDict({"train": split(30), "test": split(9)})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data = kdata.build("dbpedia", None, None, 0.2, 0)
+    assert calls == ["fancyzhx/dbpedia_14"]
+    assert data.name == "dbpedia"
+    assert data.label_names == ["Company", "EducationalInstitution", "Artist"]  # ClassLabel order
+    assert data.splits["test"][0]["text"] == "T0. body 0"
+    assert set(data.splits) == {"train", "validation", "test"}
+
+
+def test_offline_hub_gives_one_line_with_the_local_form(monkeypatch):
+    import datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach 'fancyzhx/ag_news' on the Hub (ConnectError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(KdistillError) as e:
+        kdata.build("ag_news", None, None, 0.2, 0)
+    assert "cannot reach the Hugging Face Hub" in str(e.value)
+    assert "--dataset path/to/labelled.csv" in str(e.value)
+    assert "\n" not in str(e.value)
