@@ -101,8 +101,25 @@ COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
 }
 
 
-def build_parser(prog: str = "kdistill") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints the whole usage block before an error; one line that names the flag and
+    points at --help is easier to read in a log."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(prog: str = "kdistill", command: str | None = None) -> argparse.ArgumentParser:
+    """The `kdistill` parser with every subcommand, or, with `command`, that command's flags
+    alone under `prog` (the seed's scripts)."""
+    if command is not None:
+        cls, func, help_text = COMMANDS[command]
+        parser = OneLineParser(prog=prog, description=(cls.__doc__ or help_text).strip())
+        parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+        add_config_arguments(parser, cls)
+        parser.set_defaults(func=func)
+        return parser
+    parser = OneLineParser(
         prog=prog,
         description="Online knowledge distillation of text classifiers.",
     )
@@ -114,6 +131,8 @@ def build_parser(prog: str = "kdistill") -> argparse.ArgumentParser:
             help=help_text,
             description=(cls.__doc__ or help_text).strip(),
         )
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="Debug logging.")  # fmt: skip
         add_config_arguments(p, cls)
         p.set_defaults(func=func)
     return parser
@@ -133,8 +152,11 @@ def setup_logging(verbose: bool) -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "kdistill") -> int:
-    parser = build_parser(prog)
+def main(
+    argv: Sequence[str] | None = None, prog: str = "kdistill", command: str | None = None
+) -> int:
+    """Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted."""
+    parser = build_parser(prog, command)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:

@@ -74,7 +74,14 @@ class DistillConfig:
         "models/DeepSeek-R1-Distill-Qwen-1.5B",
         "Teacher: a local folder or Hub id of a sequence classifier trained on these labels.",
     )
-    student_model: str = _opt("Qwen/Qwen2.5-0.5B", "Student: a local folder or Hub id.")
+    student_model: str = _opt(
+        "Qwen/Qwen2.5-0.5B",
+        "Student: a local folder or Hub id; a folder with only a config.json starts from random "
+        "weights.",
+    )
+    student_tokenizer: str | None = _opt(
+        None, "Tokenizer for the student (default: the student's own)."
+    )
     epochs: int = _opt(3, "Training epochs.")
     batch_size: int = _opt(4, "Examples per step per device.")
     max_length: int = _opt(128, "Maximum tokens per text (each model's own tokenizer).")

@@ -330,7 +330,9 @@ def distill(config: DistillConfig) -> Path:
         config.teacher_model, data.label_names, config.allow_untrained_teacher
     )
     teacher = ClassifierTeacher(t_model, t_tok, columns, config.teacher_model)
-    student, s_tok = load_student(config.student_model, data.label_names, config.seed)
+    student, s_tok = load_student(
+        config.student_model, data.label_names, config.seed, config.student_tokenizer
+    )
     n_student = count_parameters(student)
     checkpointing = apply_gradient_checkpointing(student, config.gradient_checkpointing)
 
@@ -421,6 +423,7 @@ def distill(config: DistillConfig) -> Path:
             student, teacher, train_loader, optimizer, scheduler, accelerator,
             config.temperature, config.alpha, f"epoch {epoch}/{config.epochs}",
         )  # fmt: skip
+        student.eval()  # dropout off: the numbers must be the model's, not one noisy draw
         metrics = evaluate(lambda b: student(**student_inputs(b)).logits, val_loader,
                            accelerator, data.num_labels, "validation")  # fmt: skip
         record = {

@@ -66,6 +66,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     for epoch in range(1, config.epochs + 1):
         stats = train_one_epoch(model, None, train_loader, optimizer, scheduler, accelerator,
                                 1.0, 0.0, f"fine-tune {epoch}/{config.epochs}")  # fmt: skip
+        model.eval()
         metrics = evaluate(lambda b: model(**student_inputs(b)).logits, val_loader, accelerator,
                            data.num_labels, "validation")  # fmt: skip
         epochs.append(

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
+LOCAL_ROOTS = {"models", "outputs", "data"}  # the folders kdistill writes
 
 
 def quiet_transformers() -> None:
@@ -39,7 +40,15 @@ def check_model_path(name: str, flag: str) -> str:
         if path.is_dir() and not (path / "config.json").is_file():
             raise KdistillError(f"{flag} {name}: the folder has no config.json; is it a model?")
         return str(path)
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
+    # `models/X` reads like a Hub id `org/X`, but when `models/` is a local folder (or one of our
+    # own output folders) the user means a path: say it is missing instead of asking the Hub.
+    first = path.parts[0] if path.parts else ""
+    looks_local = (
+        name.startswith((".", "/", "~"))
+        or name.count("/") != 1
+        or first in LOCAL_ROOTS
+        or Path(first).is_dir()
+    )
     if looks_local:
         hint = " (download it first: kdistill download-model)" if flag == "--teacher-model" else ""
         raise KdistillError(f"{flag} {name}: no such folder{hint}")
@@ -176,25 +185,53 @@ def load_teacher_classifier(
     return model, tokenizer, columns
 
 
+def has_weights(path: str) -> bool:
+    folder = Path(path)
+    return not folder.is_dir() or any(
+        any(folder.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.gguf")
+    )
+
+
 def load_student(
-    name: str, label_names: list[str], seed: int
+    name: str, label_names: list[str], seed: int, tokenizer_name: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A trainable classifier with the data set's id2label/label2id and a fresh head.
 
     A student checkpoint whose head already has exactly these class names keeps it (continued
-    training); any other head is re-initialised, since its rows mean other classes.
+    training); any other head is re-initialised, since its rows mean other classes. A local
+    folder with a config.json and no weights is an architecture: the student starts from random
+    weights (a from-scratch bert-tiny, say), with the tokenizer from `tokenizer_name` if its
+    folder has none.
     """
-    from transformers import AutoConfig, set_seed
+    from transformers import AutoConfig, AutoModelForSequenceClassification, set_seed
 
     flag = "--student-model"
     name = check_model_path(name, flag)
-    tokenizer = load_tokenizer(name, flag)
+    tok_source = check_model_path(tokenizer_name, "--student-tokenizer") if tokenizer_name else name
+    tokenizer = load_tokenizer(tok_source, "--student-tokenizer" if tokenizer_name else flag)
     try:
         original = AutoConfig.from_pretrained(name)
     except Exception as e:
         raise _load_error(flag, name, e) from e
+    if getattr(original, "vocab_size", None) and len(tokenizer) > original.vocab_size:
+        raise KdistillError(
+            f"{flag} {name}: its vocabulary has {original.vocab_size} tokens but the tokenizer "
+            f"{tok_source} has {len(tokenizer)}; pass the tokenizer it was built for "
+            "(--student-tokenizer)"
+        )
     same_labels = [original.id2label[i] for i in sorted(original.id2label)] == label_names
     set_seed(seed)
+    if not has_weights(name):
+        original.num_labels = len(label_names)
+        original.id2label = dict(enumerate(label_names))
+        original.label2id = {k: i for i, k in enumerate(label_names)}
+        try:
+            model = AutoModelForSequenceClassification.from_config(original)
+        except Exception as e:
+            raise _load_error(flag, name, e) from e
+        logger.info("student %s: no weights in the folder; starting from random weights", name)
+        set_pad_token(model, tokenizer)
+        return model, tokenizer
     model, info = load_classifier(
         name,
         flag,

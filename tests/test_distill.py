@@ -1,0 +1,193 @@
+"""The distill run on tiny real models: the seed's output layout, what the files say, that only
+the student learns, and that the recorded numbers are the saved model's."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CLASSES
+from kdistill.cli import main
+
+RUN_DIR = re.compile(r"^toy_T3\.0_A0\.7_\d{8}_\d{6}(_\d+)?$")
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch, labelled_csv):
+    """A project folder with the toy data prepared as data/toy/, like the seed's Step 2."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare-data", "--dataset", str(labelled_csv)]) == 0
+    return tmp_path
+
+
+def seed_quick_test(teacher: Path, student: Path, *extra: str) -> list[str]:
+    """The seed's "Quick Testing" command with local models for the Hub ids."""
+    return [
+        "--dataset", "toy", "--teacher-model", str(teacher), "--student-model", str(student),
+        "--max-train-samples", "100", "--max-val-samples", "100", "--batch-size", "2",
+        "--max-length", "128", "--epochs", "2", "--mixed-precision", "no", *extra,
+    ]  # fmt: skip
+
+
+def run_distill(argv: list[str]) -> Path:
+    assert main(argv, prog="train_soft_distillation.py", command="distill") == 0
+    runs = sorted(Path("outputs/student_soft_distill").iterdir())
+    return runs[-1]
+
+
+def test_seed_quick_test_writes_the_seed_layout(workdir, tiny_models):
+    run = run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"]))
+    assert RUN_DIR.match(run.name), run.name
+    assert not list(run.parent.glob("*.partial"))
+    for name in ("best_model", "final_model"):
+        folder = run / name
+        assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+        assert (folder / "tokenizer.json").is_file()  # a self-contained classifier
+    history = json.loads((run / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    for record in history["epochs"]:
+        for key in ("train_loss", "train_kl", "train_ce", "val_loss", "val_accuracy",
+                    "val_macro_f1", "learning_rate", "samples_per_second"):  # fmt: skip
+            assert isinstance(record[key], float), key
+        # loss = alpha * KL + (1 - alpha) * CE, averaged over the same rows
+        assert record["train_loss"] == pytest.approx(
+            0.7 * record["train_kl"] + 0.3 * record["train_ce"], rel=1e-4
+        )
+        assert record["train_samples"] == 96  # 100 stratified over 4 classes of 24 rows in train
+    assert 0.0 <= history["teacher"]["val_accuracy"] <= 1.0
+    assert history["best"]["val_accuracy"] == max(e["val_accuracy"] for e in history["epochs"])
+    config = json.loads((run / "config.json").read_text())
+    assert (config["temperature"], config["alpha"], config["epochs"]) == (3.0, 0.7, 2)
+    assert config["data"]["label_names"] == CLASSES
+    assert config["data"]["train_rows"] == 96 and config["data"]["validation_rows"] == 24
+    assert config["teacher"]["label_columns"] == [3, 2, 1, 0]  # the teacher's head is reversed
+    assert config["resolved"]["mixed_precision"] == "no"
+
+
+def test_saved_student_is_a_plain_classifier_whose_accuracy_matches_history(workdir, tiny_models):
+    from datasets import load_dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run = run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"],
+                                      "--learning-rate", "3e-3", "--epochs", "3"))  # fmt: skip
+    history = json.loads((run / "history.json").read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(run / "best_model").eval()
+    tok = AutoTokenizer.from_pretrained(run / "best_model")
+    assert model.config.id2label == dict(enumerate(CLASSES))
+    val = load_dataset("parquet", data_files=str(workdir / "data/toy/validation.parquet"))["train"]
+    with torch.no_grad():
+        enc = tok(list(val["text"]), padding=True, truncation=True, max_length=128, return_tensors="pt")
+        preds = model(**enc).logits.argmax(-1)
+    labels = torch.tensor([CLASSES.index(name) for name in val["label"]])  # stored as names
+    accuracy = (preds == labels).float().mean().item()
+    # The number in history.json is the saved model's, measured in eval mode (no dropout).
+    assert accuracy == pytest.approx(history["best"]["val_accuracy"], abs=1e-6)
+    assert accuracy > 0.5  # the words give the classes away; chance is 0.25
+
+
+def test_only_the_student_learns(workdir, tiny_models, monkeypatch):
+    """The teacher is frozen: its weights after the run are bit-identical, and no grad reaches it."""
+    from kdistill import distill as distill_module
+
+    captured = {}
+    original = distill_module.train_one_epoch
+
+    def spy(student, teacher, *args, **kwargs):
+        if "before" not in captured:
+            captured["teacher"] = teacher.model
+            captured["before"] = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+            captured["student_before"] = {
+                k: v.detach().clone() for k, v in student.state_dict().items()
+            }
+        out = original(student, teacher, *args, **kwargs)
+        captured["student_after"] = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        return out
+
+    monkeypatch.setattr(distill_module, "train_one_epoch", spy)
+    run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"]))
+    teacher = captured["teacher"]
+    assert not teacher.training
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    after = teacher.state_dict()
+    assert all(torch.equal(captured["before"][k], after[k]) for k in after)
+    changed = [k for k, v in captured["student_after"].items()
+               if not torch.equal(v, captured["student_before"][k])]  # fmt: skip
+    assert len(changed) > len(captured["student_after"]) // 2
+
+
+def test_qwen_teacher_teaches_a_bert_student_and_vice_versa(workdir, tiny_models):
+    """Different tokenizers for the same text; a decoder-only model without a pad token."""
+    run = run_distill(seed_quick_test(tiny_models["qwen_teacher"], tiny_models["bert_student"],
+                                      "--epochs", "1"))  # fmt: skip
+    assert (run / "best_model" / "model.safetensors").is_file()
+    run = run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["qwen_lm"],
+                                      "--epochs", "1", "--batch-size", "4"))  # fmt: skip
+    config = json.loads((run / "best_model" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForSequenceClassification"]
+    assert config["pad_token_id"] is not None  # batches > 1 pool the last real token
+
+
+def test_two_runs_never_overwrite_each_other(workdir, tiny_models):
+    argv = seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"], "--epochs", "1")
+    first = run_distill(argv)
+    second = run_distill(argv)
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_alpha_zero_is_plain_supervised_training(workdir, tiny_models):
+    run = run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"],
+                                      "--alpha", "0", "--epochs", "1"))  # fmt: skip
+    record = json.loads((run / "history.json").read_text())["epochs"][0]
+    assert record["train_loss"] == pytest.approx(record["train_ce"], rel=1e-6)
+    assert record["train_kl"] > 0  # still measured, so runs can be compared
+
+
+def test_alpha_one_learns_the_task_from_the_teacher_alone(workdir, tiny_models, trained_teacher):
+    """alpha = 1: the labels carry no weight, so all the student knows comes from the teacher."""
+    teacher_eval = json.loads((trained_teacher / "teacher_eval.json").read_text())
+    run = run_distill(seed_quick_test(trained_teacher, tiny_models["bert_student"],
+                                      "--alpha", "1", "--epochs", "8", "--batch-size", "8",
+                                      "--learning-rate", "3e-3"))  # fmt: skip
+    history = json.loads((run / "history.json").read_text())
+    epochs = history["epochs"]
+    assert epochs[-1]["train_loss"] == pytest.approx(epochs[-1]["train_kl"], rel=1e-6)
+    assert epochs[-1]["train_kl"] < 0.5 * epochs[0]["train_kl"]
+    assert history["teacher"]["val_accuracy"] >= 0.9
+    assert teacher_eval["val_accuracy"] >= 0.9
+    assert history["best"]["val_accuracy"] >= 0.75  # chance is 0.25
+
+
+def test_untrained_teacher_runs_when_allowed_and_the_run_says_so(workdir, tiny_models, caplog):
+    run = run_distill(seed_quick_test(tiny_models["qwen_lm"], tiny_models["bert_student"],
+                                      "--epochs", "1", "--allow-untrained-teacher"))  # fmt: skip
+    assert "untrained" in caplog.text
+    assert json.loads((run / "config.json").read_text())["allow_untrained_teacher"] is True
+
+
+def test_config_only_student_starts_from_random_weights(workdir, tiny_models, tmp_path):
+    from transformers import BertConfig
+
+    arch = tmp_path / "arch"
+    BertConfig(vocab_size=200, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=32).save_pretrained(arch)  # fmt: skip
+    run = run_distill(seed_quick_test(tiny_models["bert_teacher"], arch, "--epochs", "1",
+                                      "--student-tokenizer", str(tiny_models["bert_student"])))  # fmt: skip
+    config = json.loads((run / "final_model" / "config.json").read_text())
+    assert config["hidden_size"] == 16 and config["id2label"]["0"] == "Animal"
+
+
+def test_a_failed_run_leaves_a_partial_folder_with_its_config(workdir, tiny_models, monkeypatch):
+    from kdistill import distill as distill_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(distill_module, "train_one_epoch", boom)
+    with pytest.raises(RuntimeError):
+        main(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"]),
+             command="distill")  # fmt: skip
+    (partial,) = Path("outputs/student_soft_distill").glob("*.partial")
+    assert json.loads((partial / "config.json").read_text())["alpha"] == 0.7
+    assert not (partial / "best_model").exists()
