@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Step 1 of the seed workflow: download the teacher (default deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B) into models/.
+"""Step 1 of the seed workflow: download the teacher into models/.
+
+The default is deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B.
 
 A thin wrapper over `kdistill download-model` with the seed's flags; `--help` lists them all.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Step 2 of the seed workflow: load, split (stratified validation), explore and save a data set under data/.
+"""Step 2 of the seed workflow: load, split, explore and save a data set under data/.
 
 A thin wrapper over `kdistill prepare-data` with the seed's flags; `--help` lists them all.
 """

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, build_tiny_bert
+
 from kdistill.cli import build_parser, config_from_args, main
 from kdistill.config import DistillConfig, DownloadConfig, PrepareDataConfig
 
@@ -196,4 +196,3 @@ def test_scripts_run_as_files(in_tmp, labelled_csv):
     assert bad.stderr.strip() == (
         "train_soft_distillation.py: error: --alpha must be in [0, 1] (got 2.0)"
     )
-

@@ -31,7 +31,9 @@ def test_stratified_sampling_needs_one_row_per_class():
 
 
 def test_validation_split_is_stratified_and_disjoint():
-    ds = Dataset.from_dict({"text": [f"t{i}" for i in range(500)], "label": [i % 5 for i in range(500)]})
+    ds = Dataset.from_dict(
+        {"text": [f"t{i}" for i in range(500)], "label": [i % 5 for i in range(500)]}
+    )
     train, val = kdata.split_off_validation(ds, 0.2, seed=42)
     assert len(val) == 100 and len(train) == 400
     assert Counter(val["label"]) == {c: 20 for c in range(5)}
@@ -132,10 +134,12 @@ def test_dbpedia_alias_joins_title_and_content(monkeypatch):
 
     features = Features({"label": ClassLabel(names=["Company", "EducationalInstitution", "Artist"]),
                          "title": Value("string"), "content": Value("string")})  # fmt: skip
+
     def split(n):
         return Dataset.from_dict(
             {"label": [i % 3 for i in range(n)], "title": [f"T{i}" for i in range(n)],
              "content": [f"body {i}" for i in range(n)]}, features=features)  # fmt: skip
+
     calls = []
 
     def fake_load_dataset(path, *args, **kwargs):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CLASSES
+
 from kdistill.cli import main
 
 RUN_DIR = re.compile(r"^toy_T3\.0_A0\.7_\d{8}_\d{6}(_\d+)?$")
@@ -78,7 +78,9 @@ def test_saved_student_is_a_plain_classifier_whose_accuracy_matches_history(work
     assert model.config.id2label == dict(enumerate(CLASSES))
     val = load_dataset("parquet", data_files=str(workdir / "data/toy/validation.parquet"))["train"]
     with torch.no_grad():
-        enc = tok(list(val["text"]), padding=True, truncation=True, max_length=128, return_tensors="pt")
+        enc = tok(
+            list(val["text"]), padding=True, truncation=True, max_length=128, return_tensors="pt"
+        )
         preds = model(**enc).logits.argmax(-1)
     labels = torch.tensor([CLASSES.index(name) for name in val["label"]])  # stored as names
     accuracy = (preds == labels).float().mean().item()
@@ -88,7 +90,7 @@ def test_saved_student_is_a_plain_classifier_whose_accuracy_matches_history(work
 
 
 def test_only_the_student_learns(workdir, tiny_models, monkeypatch):
-    """The teacher is frozen: its weights after the run are bit-identical, and no grad reaches it."""
+    """The teacher is frozen: its weights end bit-identical, and no grad reaches it."""
     from kdistill import distill as distill_module
 
     captured = {}
@@ -130,7 +132,9 @@ def test_qwen_teacher_teaches_a_bert_student_and_vice_versa(workdir, tiny_models
 
 
 def test_two_runs_never_overwrite_each_other(workdir, tiny_models):
-    argv = seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"], "--epochs", "1")
+    argv = seed_quick_test(
+        tiny_models["bert_teacher"], tiny_models["bert_student"], "--epochs", "1"
+    )
     first = run_distill(argv)
     second = run_distill(argv)
     assert first != second and first.is_dir() and second.is_dir()
@@ -172,8 +176,9 @@ def test_config_only_student_starts_from_random_weights(workdir, tiny_models, tm
     arch = tmp_path / "arch"
     BertConfig(vocab_size=200, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                intermediate_size=32).save_pretrained(arch)  # fmt: skip
+    tokenizer = str(tiny_models["bert_student"])
     run = run_distill(seed_quick_test(tiny_models["bert_teacher"], arch, "--epochs", "1",
-                                      "--student-tokenizer", str(tiny_models["bert_student"])))  # fmt: skip
+                                      "--student-tokenizer", tokenizer))  # fmt: skip
     config = json.loads((run / "final_model" / "config.json").read_text())
     assert config["hidden_size"] == 16 and config["id2label"]["0"] == "Animal"
 
@@ -191,3 +196,12 @@ def test_a_failed_run_leaves_a_partial_folder_with_its_config(workdir, tiny_mode
     (partial,) = Path("outputs/student_soft_distill").glob("*.partial")
     assert json.loads((partial / "config.json").read_text())["alpha"] == 0.7
     assert not (partial / "best_model").exists()
+
+
+def test_runs_with_different_precision_in_one_process(workdir, tiny_models):
+    """A sweep or a notebook calls distill repeatedly; Accelerate's global state must not leak."""
+    for precision in ("bf16", "no"):
+        argv = seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"])
+        run = run_distill([*argv, "--epochs", "1", "--mixed-precision", precision])
+        config = json.loads((run / "config.json").read_text())
+        assert config["resolved"]["mixed_precision"] == precision

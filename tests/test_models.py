@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import CLASSES
 
 from kdistill.errors import KdistillError
 from kdistill.models import load_student, load_teacher_classifier, map_labels
 from kdistill.teachers import ClassifierTeacher
-
-from conftest import CLASSES
 
 
 def test_map_labels_reorders_by_name():
@@ -32,7 +31,10 @@ def test_map_labels_refuses_unnamed_labels():
 
 def _batch(tok, texts, prefix="teacher"):
     enc = tok(texts, padding=True, return_tensors="pt")
-    return {f"{prefix}_input_ids": enc["input_ids"], f"{prefix}_attention_mask": enc["attention_mask"]}
+    return {
+        f"{prefix}_input_ids": enc["input_ids"],
+        f"{prefix}_attention_mask": enc["attention_mask"],
+    }
 
 
 def test_teacher_logits_follow_the_data_sets_class_order(tiny_models):
@@ -41,7 +43,9 @@ def test_teacher_logits_follow_the_data_sets_class_order(tiny_models):
     assert [model.config.id2label[c] for c in columns] == CLASSES
     teacher = ClassifierTeacher(model, tok, columns, "t")
     batch = _batch(tok, ["a film directed by", "a species of moth"])
-    raw = model(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
+    raw = model(
+        input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+    ).logits
     assert torch.equal(teacher.logits(batch), raw.flip(-1))
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
 
@@ -52,7 +56,9 @@ def test_untrained_head_is_refused(tiny_models, key):
         load_teacher_classifier(str(tiny_models[key]), CLASSES, allow_untrained=False)
     assert "no trained classification head for these 4 labels" in str(e.value)
     assert "--allow-untrained-teacher" in str(e.value)
-    model, _, columns = load_teacher_classifier(str(tiny_models[key]), CLASSES, allow_untrained=True)
+    model, _, columns = load_teacher_classifier(
+        str(tiny_models[key]), CLASSES, allow_untrained=True
+    )
     assert model.config.num_labels == 4 and columns == [0, 1, 2, 3]
 
 
@@ -92,3 +98,15 @@ def test_decoder_only_pad_token_and_batched_logits_agree(tiny_models, key):
         single = torch.cat([model(**tok([t], return_tensors="pt")).logits for t in texts])
     assert batch["attention_mask"].sum(1).tolist() != [batch["input_ids"].shape[1]] * 3  # padded
     assert torch.allclose(batched, single, atol=1e-5)
+
+
+def test_hub_id_without_a_network_uses_the_cache_and_fails_in_one_line(monkeypatch):
+    """No network (HF_HUB_OFFLINE here): the clients go cache-only instead of retrying."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(KdistillError) as e:
+        load_student("some-org/not-cached", CLASSES, seed=0)
+    assert str(e.value).startswith("--student-model some-org/not-cached: cannot load it")
+    assert "\n" not in str(e.value)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdistill.errors import KdistillError
+from kdistill.hub import use_cache_if_offline
 from kdistill.runs import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ def _load_hub(hub_id: str) -> dict[str, Dataset]:
     from datasets import load_dataset
 
     try:
+        use_cache_if_offline()
         dsd = load_dataset(hub_id)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -158,26 +160,12 @@ def _looks_offline(e: BaseException) -> bool:
     )  # fmt: skip
 
 
-def hub_reachable(timeout: float = 5.0) -> bool:
-    """Whether the Hugging Face Hub answers: lets `make demo` stop at once when offline."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host, port = parsed.hostname or "huggingface.co", parsed.port or 443
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def load_source(dataset: str) -> tuple[dict[str, Dataset], Alias | None]:
     """Raw splits of an alias, a local file/folder, or a Hub data set id."""
+    import datasets
+
+    # datasets draws a bar for every tiny split generation, map and cast; kdistill draws its own.
+    datasets.disable_progress_bars()
     path = Path(dataset).expanduser()
     if path.exists():
         return _load_local(path), None

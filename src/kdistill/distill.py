@@ -94,8 +94,15 @@ def pick_mixed_precision(requested: str, device: str) -> str:
 
 
 def make_accelerator(device: str, mixed_precision: str, accumulation: int) -> Accelerator:
+    """A fresh Accelerator per command. Accelerate keeps its settings in a process-wide
+    singleton that refuses a second, different mixed precision; a program that runs several
+    commands (a sweep, a notebook, the tests) needs each to start clean. The process group
+    (PartialState) is kept."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(
         cpu=device == "cpu",
         mixed_precision=mixed_precision,

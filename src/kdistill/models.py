@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdistill.errors import KdistillError
+from kdistill.hub import use_cache_if_offline
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -52,6 +53,8 @@ def check_model_path(name: str, flag: str) -> str:
     if looks_local:
         hint = " (download it first: kdistill download-model)" if flag == "--teacher-model" else ""
         raise KdistillError(f"{flag} {name}: no such folder{hint}")
+    if not use_cache_if_offline():
+        logger.info("%s %s: the Hub is unreachable; looking in the local cache", flag, name)
     return name  # a Hub id
 
 
