@@ -464,7 +464,9 @@ def distill(config: DistillConfig) -> Path:
         atomic_write_json(partial_dir / "history.json", history)
         finish_run_dir(partial_dir, final_dir)
         logger.info(
-            "done: best validation accuracy %.4f at epoch %d (teacher %.4f); %s",
-            state.best_accuracy, state.best_epoch, teacher_metrics["accuracy"], final_dir,
+            "done: best validation accuracy %.4f at epoch %d; teacher %.4f; student %.1fM "
+            "parameters, teacher %.1fM; %s",
+            state.best_accuracy, state.best_epoch, teacher_metrics["accuracy"],
+            n_student / 1e6, count_parameters(t_model) / 1e6, final_dir,
         )  # fmt: skip
     return final_dir

@@ -47,3 +47,25 @@ def use_cache_if_offline() -> bool:
         pass
     logger.debug("the Hugging Face Hub is unreachable: using the local cache only")
     return False
+
+
+def check_demo_dataset(dataset: str) -> int:
+    """`make demo`'s first step: a Hub data set on a machine without the Hub stops at once, in one
+    line that shows the offline form."""
+    from pathlib import Path
+
+    if Path(dataset).expanduser().exists() or hub_reachable():
+        return 0
+    shared = Path("../shared/data/dbpedia/dbpedia_5k.csv")
+    example = f" (here: make demo DATASET={shared})" if shared.is_file() else ""
+    print(
+        f"make demo: --dataset {dataset} needs the Hugging Face Hub, which is unreachable; run "
+        f"offline on a labelled file instead: make demo DATASET=path/to/labelled.csv{example}"
+    )
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(check_demo_dataset(sys.argv[1]))
