@@ -205,3 +205,19 @@ def test_runs_with_different_precision_in_one_process(workdir, tiny_models):
         run = run_distill([*argv, "--epochs", "1", "--mixed-precision", precision])
         config = json.loads((run / "config.json").read_text())
         assert config["resolved"]["mixed_precision"] == precision
+
+
+def test_gradient_checkpointing_auto_follows_the_student_size(tiny_models, monkeypatch):
+    from kdistill import distill as distill_module
+    from kdistill.models import load_student
+
+    model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
+    assert distill_module.apply_gradient_checkpointing(model, "auto") is False
+    assert not model.is_gradient_checkpointing
+    assert distill_module.apply_gradient_checkpointing(model, "off") is False
+    monkeypatch.setattr(distill_module, "CHECKPOINTING_MIN_PARAMS", 1000)
+    assert distill_module.apply_gradient_checkpointing(model, "auto") is True
+    assert model.is_gradient_checkpointing
+    fresh, _ = load_student(str(tiny_models["qwen_lm"]), CLASSES, seed=0)
+    assert distill_module.apply_gradient_checkpointing(fresh, "on") is True
+    assert fresh.is_gradient_checkpointing and fresh.config.use_cache is False

@@ -177,12 +177,23 @@ def make_scheduler(
     return get_linear_schedule_with_warmup(optimizer, warmup, total), total
 
 
-def apply_gradient_checkpointing(model: PreTrainedModel, setting: str) -> bool:
-    """auto: on above CHECKPOINTING_MIN_PARAMS parameters."""
+def near_memory_limit(model: torch.nn.Module, device: str) -> bool:
+    """Whether training state alone (fp32 weights, grads and two AdamW moments: 16 bytes per
+    parameter) would take over half the accelerator's free memory, leaving little for
+    activations. Only CUDA reports free memory; elsewhere the parameter count decides."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return False
+    free, _total = torch.cuda.mem_get_info()
+    return 16 * sum(p.numel() for p in model.parameters()) > free / 2
+
+
+def apply_gradient_checkpointing(model: PreTrainedModel, setting: str, device: str = "cpu") -> bool:
+    """auto: on above CHECKPOINTING_MIN_PARAMS parameters or near the device's memory limit."""
     from kdistill.models import count_parameters
 
     on = setting == "on" or (
-        setting == "auto" and count_parameters(model) > CHECKPOINTING_MIN_PARAMS
+        setting == "auto"
+        and (count_parameters(model) > CHECKPOINTING_MIN_PARAMS or near_memory_limit(model, device))
     )
     if on:
         model.gradient_checkpointing_enable()
@@ -341,7 +352,7 @@ def distill(config: DistillConfig) -> Path:
         config.student_model, data.label_names, config.seed, config.student_tokenizer
     )
     n_student = count_parameters(student)
-    checkpointing = apply_gradient_checkpointing(student, config.gradient_checkpointing)
+    checkpointing = apply_gradient_checkpointing(student, config.gradient_checkpointing, device)
 
     tokenizers = {"student": s_tok, "teacher": t_tok}
     train_loader, val_loader = make_loaders(train, val, tokenizers, config, accelerator)

@@ -52,7 +52,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     val = subsample(data.splits["validation"], config.max_val_samples, config.seed,
                     "--max-val-samples")  # fmt: skip
     model, tokenizer = load_student(config.model, data.label_names, config.seed)
-    checkpointing = apply_gradient_checkpointing(model, config.gradient_checkpointing)
+    checkpointing = apply_gradient_checkpointing(model, config.gradient_checkpointing, device)
     # The "student" prefix names the inputs of the model being trained.
     train_loader, val_loader = make_loaders(train, val, {"student": tokenizer}, config, accelerator)
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
