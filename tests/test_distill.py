@@ -89,26 +89,35 @@ def test_saved_student_is_a_plain_classifier_whose_accuracy_matches_history(work
     assert accuracy > 0.5  # the words give the classes away; chance is 0.25
 
 
-def test_only_the_student_learns(workdir, tiny_models, monkeypatch):
+@pytest.mark.parametrize("cache", ["off", "memory"])
+def test_only_the_student_learns(workdir, tiny_models, monkeypatch, cache):
     """The teacher is frozen: its weights end bit-identical, and no grad reaches it."""
     from kdistill import distill as distill_module
+    from kdistill import models as models_module
 
     captured = {}
-    original = distill_module.train_one_epoch
+    load_teacher = models_module.load_teacher_classifier
+    train_one_epoch = distill_module.train_one_epoch
 
-    def spy(student, teacher, *args, **kwargs):
-        if "before" not in captured:
-            captured["teacher"] = teacher.model
-            captured["before"] = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+    def load_spy(*args, **kwargs):
+        model, tok, columns = load_teacher(*args, **kwargs)
+        captured["teacher"] = model
+        captured["before"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return model, tok, columns
+
+    def train_spy(student, *args, **kwargs):
+        if "student_before" not in captured:
             captured["student_before"] = {
                 k: v.detach().clone() for k, v in student.state_dict().items()
             }
-        out = original(student, teacher, *args, **kwargs)
+        out = train_one_epoch(student, *args, **kwargs)
         captured["student_after"] = {k: v.detach().clone() for k, v in student.state_dict().items()}
         return out
 
-    monkeypatch.setattr(distill_module, "train_one_epoch", spy)
-    run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"]))
+    monkeypatch.setattr(models_module, "load_teacher_classifier", load_spy)
+    monkeypatch.setattr(distill_module, "train_one_epoch", train_spy)
+    run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"],
+                                "--teacher-cache", cache))  # fmt: skip
     teacher = captured["teacher"]
     assert not teacher.training
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())

@@ -138,12 +138,42 @@ class DistillConfig:
         False,
         "Use a teacher whose classification head is newly initialised (its logits are noise).",
     )
+    teacher_cache: str = _opt(
+        "auto",
+        "Teacher logits: off runs the teacher on every batch (the seed's loop); memory computes "
+        "them once in a length-sorted pass and reuses them every epoch; disk also saves them "
+        "(keyed by teacher, tokenizer, max-length, precision and texts) so later runs on the "
+        "same teacher and data skip the teacher; auto = memory, reusing a matching disk entry.",
+        choices=["auto", "off", "memory", "disk"],
+    )
+    teacher_cache_dir: str | None = _opt(
+        None, "Folder of the disk cache (default: $KDISTILL_CACHE or ~/.cache/kdistill)."
+    )
+    teacher_batch_size: int = _opt(
+        64, "Batch size of teacher inference (no gradients, so larger than the student's)."
+    )
+    teacher_dtype: str = _opt(
+        "auto",
+        "Teacher weights' precision: auto = bf16 where the device does it natively, fp16 on "
+        "older GPUs, else fp32.",
+        choices=["auto", "fp32", "bf16", "fp16"],
+    )
+    group_by_length: bool = _opt(
+        True,
+        "Batch training examples of similar token length (shuffled groups, as the transformers "
+        "Trainer does): less padding, same data every epoch.",
+    )
+    compile: bool = _opt(False, "torch.compile the student (helps on some GPUs; slow to start).")
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"--temperature must be > 0 (got {self.temperature})")
         _check(0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1] (got {self.alpha})")
         _check(self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})")
         _check(self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
+        _check(
+            self.teacher_batch_size >= 1,
+            f"--teacher-batch-size must be >= 1 (got {self.teacher_batch_size})",
+        )
         _check(
             self.eval_batch_size is None or self.eval_batch_size >= 1,
             f"--eval-batch-size must be >= 1 (got {self.eval_batch_size})",

@@ -553,6 +553,8 @@ class PairCollator:
         import torch
 
         batch: dict[str, Any] = {"labels": torch.tensor([r["label"] for r in rows])}
+        if "row" in rows[0]:
+            batch["row"] = torch.tensor([r["row"] for r in rows])
         for prefix, tok in self.tokenizers.items():
             padded = tok.pad(
                 {

@@ -18,6 +18,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from kdistill.config import FinetuneConfig
-    from kdistill.teachers import ClassifierTeacher
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,14 @@ def pick_mixed_precision(requested: str, device: str) -> str:
     if requested == "fp16" and device == "cpu":
         raise KdistillError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
     return requested
+
+
+def pick_teacher_dtype(requested: str, precision: str) -> tuple[torch.dtype, str]:
+    """auto: the training run's mixed precision (bf16 or fp16 weights), fp32 when it has none."""
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if requested == "auto":
+        requested = precision if precision in ("bf16", "fp16") else "fp32"
+    return names[requested], requested
 
 
 def make_accelerator(device: str, mixed_precision: str, accumulation: int) -> Accelerator:
@@ -142,24 +150,48 @@ def make_loaders(
     tokenizers: dict[str, PreTrainedTokenizerBase],
     config: DistillConfig | FinetuneConfig,
     accelerator: Accelerator,
-) -> tuple[DataLoader, DataLoader]:
-    """Tokenise once per model (`student_*`, `teacher_*` columns), pad per batch."""
+    train_prefixes: tuple[str, ...] | None = None,
+) -> tuple[DataLoader, DataLoader, Dataset]:
+    """Tokenise once per model (`student_*`, `teacher_*` columns), pad per batch.
+
+    Training batches group examples of similar student length (shuffled groups of batches, the
+    Trainer's `group_by_length`), so little compute goes to padding; every example is seen once
+    per epoch. `train_prefixes` limits which models' inputs the training batches carry (with
+    cached teacher logits, only the student's). Each row keeps its index in `row`, to find its
+    cached teacher logits. Returns the loaders and the tokenised training set.
+    """
     from torch.utils.data import DataLoader
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from kdistill.data import PairCollator, tokenize
 
     with accelerator.main_process_first():
         train_tok = tokenize(train, tokenizers, config.max_length)
         val_tok = tokenize(val, tokenizers, config.max_length)
+    train_tok = train_tok.add_column("row", list(range(len(train_tok))))
+    val_tok = val_tok.add_column("row", list(range(len(val_tok))))
     keep = [c for c in train_tok.column_names if c != "text"]
-    collate = PairCollator(tokenizers)
+    train_tokenizers = {p: tokenizers[p] for p in (train_prefixes or tuple(tokenizers))}
     generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(train_tok.with_format(columns=keep), batch_size=config.batch_size,
-                              shuffle=True, collate_fn=collate, generator=generator)  # fmt: skip
+    if getattr(config, "group_by_length", True):
+        lengths = [len(ids) for ids in train_tok.select_columns(["student_input_ids"])[:][
+            "student_input_ids"]]  # fmt: skip
+        sampler = LengthGroupedSampler(config.batch_size, lengths=lengths, generator=generator)
+        shuffle, generator_arg = False, None
+    else:
+        sampler, shuffle, generator_arg = None, True, generator
+    train_loader = DataLoader(
+        train_tok.with_format(columns=keep),
+        batch_size=config.batch_size,
+        sampler=sampler,
+        shuffle=shuffle,
+        generator=generator_arg,
+        collate_fn=PairCollator(train_tokenizers),
+    )
     eval_bs = config.eval_batch_size or config.batch_size * 4
     val_loader = DataLoader(val_tok.with_format(columns=keep), batch_size=eval_bs, shuffle=False,
-                            collate_fn=collate)  # fmt: skip
-    return train_loader, val_loader
+                            collate_fn=PairCollator(tokenizers))  # fmt: skip
+    return train_loader, val_loader, train_tok
 
 
 def make_scheduler(
@@ -211,7 +243,7 @@ def student_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def train_one_epoch(
     student: torch.nn.Module,
-    teacher: ClassifierTeacher | None,
+    teacher: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None,
     loader: torch.utils.data.DataLoader,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -220,7 +252,8 @@ def train_one_epoch(
     alpha: float,
     desc: str,
 ) -> dict[str, float]:
-    """One pass over the training data. Without a teacher (fine-tuning) the loss is plain CE."""
+    """One pass over the training data. `teacher(batch)` gives the batch's teacher logits
+    (online or from the cache); without one (fine-tuning) the loss is plain CE."""
     from tqdm.auto import tqdm
 
     student.train()
@@ -231,8 +264,7 @@ def train_one_epoch(
         with accelerator.accumulate(student):
             student_logits = student(**student_inputs(batch)).logits  # (batch, num_labels)
             if teacher is not None:
-                with accelerator.autocast():
-                    teacher_logits = teacher.logits(batch)  # (batch, num_labels), no grad
+                teacher_logits = teacher(batch)  # (batch, num_labels), no grad
                 parts = kd_loss(student_logits, teacher_logits, batch["labels"], temperature, alpha)
                 loss, kl, ce = parts
             else:
@@ -344,8 +376,9 @@ def distill(config: DistillConfig) -> Path:
                 len(train), len(val))  # fmt: skip
 
     # ---- models: teacher frozen in eval mode, student with a fresh head for these classes
+    t_dtype, t_dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
     t_model, t_tok, columns = load_teacher_classifier(
-        config.teacher_model, data.label_names, config.allow_untrained_teacher
+        config.teacher_model, data.label_names, config.allow_untrained_teacher, t_dtype
     )
     teacher = ClassifierTeacher(t_model, t_tok, columns, config.teacher_model)
     student, s_tok = load_student(
@@ -354,8 +387,13 @@ def distill(config: DistillConfig) -> Path:
     n_student = count_parameters(student)
     checkpointing = apply_gradient_checkpointing(student, config.gradient_checkpointing, device)
 
+    if config.compile:
+        student = torch.compile(student)
+    cached = config.teacher_cache != "off"
     tokenizers = {"student": s_tok, "teacher": t_tok}
-    train_loader, val_loader = make_loaders(train, val, tokenizers, config, accelerator)
+    train_loader, val_loader, train_tok = make_loaders(
+        train, val, tokenizers, config, accelerator, ("student",) if cached else None
+    )
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
     scheduler, total_steps = make_scheduler(optimizer, len(train_loader), config)
     student, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
@@ -382,6 +420,7 @@ def distill(config: DistillConfig) -> Path:
                 * accelerator.num_processes,
                 "total_optimizer_steps": total_steps,
                 "eval_batch_size": eval_bs,
+                "teacher_dtype": t_dtype_name,
             },
             "data": {
                 "name": data.name,
@@ -433,12 +472,34 @@ def distill(config: DistillConfig) -> Path:
         "chance_accuracy": chance,
         "epochs": [],
     }
+
+    # ---- teacher targets: online every batch (--teacher-cache off, the seed's loop), or the
+    # logits of every training example computed once in a length-sorted pass and looked up by row
+    if cached:
+        from kdistill.cache import teacher_logits_for
+
+        texts = list(train_tok.select_columns(["text"])[:]["text"])
+        cache, history["teacher_cache"] = teacher_logits_for(
+            config.teacher_cache, teacher, train_tok, texts, config, accelerator,
+            data.num_labels, t_dtype_name,
+        )  # fmt: skip
+        cache = cache.to(accelerator.device)
+
+        def teacher_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return cache.index_select(0, batch["row"])
+    else:
+        history["teacher_cache"] = {"mode": "off"}
+
+        def teacher_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            with accelerator.autocast():
+                return teacher.logits(batch)
+
     state = TrainState()
     run_start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         lr = scheduler.get_last_lr()[0]
         stats = train_one_epoch(
-            student, teacher, train_loader, optimizer, scheduler, accelerator,
+            student, teacher_targets, train_loader, optimizer, scheduler, accelerator,
             config.temperature, config.alpha, f"epoch {epoch}/{config.epochs}",
         )  # fmt: skip
         student.eval()  # dropout off: the numbers must be the model's, not one noisy draw

@@ -54,7 +54,8 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     model, tokenizer = load_student(config.model, data.label_names, config.seed)
     checkpointing = apply_gradient_checkpointing(model, config.gradient_checkpointing, device)
     # The "student" prefix names the inputs of the model being trained.
-    train_loader, val_loader = make_loaders(train, val, {"student": tokenizer}, config, accelerator)
+    train_loader, val_loader, _ = make_loaders(train, val, {"student": tokenizer}, config,
+                                               accelerator)  # fmt: skip
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler, _ = make_scheduler(optimizer, len(train_loader), config)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(

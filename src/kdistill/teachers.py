@@ -7,7 +7,7 @@ returning (batch, num_labels) can teach.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 class ClassifierTeacher:
     """A frozen `*ForSequenceClassification` model; its own tokenizer, its own inputs."""
+
+    mode = "classifier"
 
     def __init__(
         self,
@@ -31,6 +33,10 @@ class ClassifierTeacher:
         # Logit column of each data-set class; identity when the teacher's order already matches.
         self.columns = torch.tensor(columns, dtype=torch.long)
         self._identity = columns == list(range(model.config.num_labels))
+
+    def settings(self) -> dict[str, Any]:
+        """What, besides weights and tokenizer, decides the logits (part of the cache key)."""
+        return {"label_columns": self.columns.tolist(), "dtype": str(self.model.dtype)}
 
     def to(self, device: torch.device) -> ClassifierTeacher:
         self.model.to(device)

@@ -1,0 +1,241 @@
+"""Teacher-logit cache: a frozen teacher in eval mode gives the same logits for the same text
+every epoch, so compute them once, in one length-sorted inference pass, and reuse them.
+
+Class logits are tiny (N x C floats: 560k DBpedia rows x 14 classes = 31 MB), so memory is the
+default. On disk they live in a safetensors file named after a key made of everything the logits
+depend on: the teacher's weights, how it is used, its tokenizer and max_length, its precision,
+and the exact training texts in order. The key is stored inside the file as well and compared in
+full on load, so a stale or mismatched cache is never used.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from kdistill.errors import KdistillError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from datasets import Dataset
+
+    from kdistill.teachers import ClassifierTeacher
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = "kdistill-teacher-logits/1"
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("KDISTILL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdistill"
+    )
+    return Path(root) / "teacher_logits"
+
+
+@functools.cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file; memoised per (path, size, mtime) so a sweep hashes a teacher once."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def teacher_identity(name: str, model: Any) -> str:
+    """A local folder: its resolved path and the hash of its weight files. A Hub id: the id and
+    the commit it resolved to."""
+    path = Path(name)
+    if path.is_dir():
+        h = hashlib.sha256()
+        files = sorted({f for pattern in WEIGHT_PATTERNS for f in path.glob(pattern)})
+        for f in files:
+            st = f.stat()
+            h.update(f.name.encode())
+            h.update(_file_digest(str(f.resolve()), st.st_size, st.st_mtime_ns).encode())
+        return f"local:{path.resolve()}:{h.hexdigest()}"
+    revision = getattr(getattr(model, "config", None), "_commit_hash", None) or "unknown"
+    return f"hub:{name}@{revision}"
+
+
+def tokenizer_identity(tokenizer: Any) -> str:
+    if getattr(tokenizer, "is_fast", False):
+        # Canonical JSON: the serialised vocabulary's key order varies between loads, and the
+        # truncation/padding entries are runtime state, not the tokenizer.
+        spec_dict = json.loads(tokenizer.backend_tokenizer.to_str())
+        spec_dict.pop("truncation", None)
+        spec_dict.pop("padding", None)
+        spec = json.dumps(spec_dict, sort_keys=True)
+    else:
+        spec = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    extra = f"{type(tokenizer).__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}"
+    return hashlib.sha256((spec + extra).encode()).hexdigest()
+
+
+def texts_digest(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    parts: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def to_json(self) -> str:
+        return json.dumps(self.parts, sort_keys=True)
+
+
+def make_key(
+    teacher: ClassifierTeacher, texts: list[str], max_length: int, precision: str
+) -> CacheKey:
+    return CacheKey(
+        {
+            "format": CACHE_FORMAT,
+            "teacher": teacher_identity(teacher.name, teacher.model),
+            "mode": teacher.mode,
+            "settings": teacher.settings(),
+            "tokenizer": tokenizer_identity(teacher.tokenizer),
+            "max_length": max_length,
+            "precision": precision,
+            "rows": len(texts),
+            "texts": texts_digest(texts),
+        }
+    )
+
+
+def load_disk(path: Path, key: CacheKey, num_labels: int) -> torch.Tensor | None:
+    """The cached logits if `path` holds exactly this key's, else None (and why, in the log)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = (f.metadata() or {}).get("key")
+            if stored != key.to_json():
+                logger.warning("teacher cache %s: made for other inputs; recomputing", path.name)
+                return None
+            logits = f.get_tensor("logits")
+    except Exception as e:  # a truncated or foreign file is a miss, never a crash
+        logger.warning("teacher cache %s unreadable (%s); recomputing", path.name, e)
+        return None
+    if tuple(logits.shape) != (key.parts["rows"], num_labels):
+        logger.warning("teacher cache %s: shape %s is wrong; recomputing", path.name, logits.shape)
+        return None
+    return logits
+
+
+def save_disk(path: Path, key: CacheKey, logits: torch.Tensor) -> None:
+    """Atomic: written beside the target, then renamed over it."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({"logits": logits.contiguous().cpu()}, str(tmp), metadata={"key": key.to_json()})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@torch.inference_mode()
+def compute_teacher_logits(
+    teacher: ClassifierTeacher,
+    ds: Dataset,
+    batch_size: int,
+    accelerator: Accelerator,
+    num_labels: int,
+) -> torch.Tensor:
+    """(len(ds), num_labels) fp32 logits on CPU, row i for example i.
+
+    Longest first, in batches of similar length (little padding, an out-of-memory error shows at
+    once); under `accelerate launch` each process takes a share and the results are gathered.
+    """
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    ids = ds.select_columns(["teacher_input_ids"])[:]["teacher_input_ids"]  # honours select()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    pad_id = teacher.tokenizer.pad_token_id
+    results: list[tuple[list[int], torch.Tensor]] = []
+    with accelerator.split_between_processes(batches) as mine:
+        for rows in tqdm(mine, desc="teacher logits", disable=not accelerator.is_main_process):
+            width = max(len(ids[i]) for i in rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, i in enumerate(rows):
+                row = ids[i]
+                if teacher.tokenizer.padding_side == "left":
+                    input_ids[j, width - len(row) :] = torch.tensor(row)
+                    mask[j, width - len(row) :] = 1
+                else:
+                    input_ids[j, : len(row)] = torch.tensor(row)
+                    mask[j, : len(row)] = 1
+            batch = {
+                "teacher_input_ids": input_ids.to(accelerator.device),
+                "teacher_attention_mask": mask.to(accelerator.device),
+            }
+            with accelerator.autocast():
+                logits = teacher.logits(batch)
+            results.append((rows, logits.float().cpu()))
+    if accelerator.num_processes > 1:
+        results = gather_object(results)
+    out = torch.full((len(ids), num_labels), float("nan"))
+    for rows, logits in results:
+        out[torch.tensor(rows)] = logits
+    if torch.isnan(out).any():
+        raise KdistillError("teacher logits: some rows were not computed (a distributed error?)")
+    return out
+
+
+def teacher_logits_for(
+    mode: str,
+    teacher: ClassifierTeacher,
+    ds: Dataset,
+    texts: list[str],
+    config: Any,
+    accelerator: Accelerator,
+    num_labels: int,
+    precision: str,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Resolve --teacher-cache (auto, memory, disk) into logits plus a record for history.json.
+
+    auto: a matching disk entry is reused when there is one, else the logits stay in memory.
+    """
+    key = make_key(teacher, texts, config.max_length, precision)
+    cache_dir = Path(config.teacher_cache_dir) if config.teacher_cache_dir else default_cache_dir()
+    path = cache_dir / f"{key.digest}.safetensors"
+    record: dict[str, Any] = {"mode": mode, "key": key.digest, "hit": False}
+    start = time.perf_counter()
+    logits = load_disk(path, key, num_labels) if mode in ("auto", "disk") else None
+    if logits is not None:
+        record.update(hit=True, path=str(path))
+        logger.info("teacher logits: reusing %s", path)
+    else:
+        logits = compute_teacher_logits(teacher, ds, config.teacher_batch_size, accelerator,
+                                        num_labels)  # fmt: skip
+        if mode == "disk" and accelerator.is_main_process:
+            save_disk(path, key, logits)
+            record["path"] = str(path)
+            logger.info("teacher logits: saved to %s", path)
+    record["time_s"] = time.perf_counter() - start
+    return logits, record

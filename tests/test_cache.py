@@ -1,0 +1,211 @@
+"""Teacher-logit cache, length-grouped batches and precision choices: faster, never different."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import CLASSES
+
+from kdistill import cache as kcache
+from kdistill.cli import main
+from kdistill.distill import (
+    make_accelerator,
+    make_loaders,
+    pick_mixed_precision,
+    pick_teacher_dtype,
+)
+from kdistill.models import load_teacher_classifier, load_tokenizer
+from kdistill.teachers import ClassifierTeacher
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch, labelled_csv):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    assert main(["prepare-data", "--dataset", str(labelled_csv)]) == 0
+    return tmp_path
+
+
+def quick(teacher, student, *extra):
+    return ["--dataset", "toy", "--teacher-model", str(teacher), "--student-model", str(student),
+            "--batch-size", "4", "--epochs", "2", "--mixed-precision", "no", "--learning-rate",
+            "1e-3", *extra]  # fmt: skip
+
+
+def run(argv) -> Path:
+    parent = Path("outputs/student_soft_distill")
+    before = set(parent.iterdir()) if parent.is_dir() else set()
+    assert main(argv, command="distill") == 0
+    (new,) = set(parent.iterdir()) - before
+    return new
+
+
+def toy_texts(n=40):
+    from conftest import make_texts
+
+    return [t for t, _ in make_texts(10)][:n]
+
+
+def teacher_and_data(tiny_models, key="qwen_teacher"):
+    from datasets import Dataset
+
+    from kdistill.data import tokenize
+
+    model, tok, columns = load_teacher_classifier(str(tiny_models[key]), CLASSES, False)
+    teacher = ClassifierTeacher(model, tok, columns, str(tiny_models[key]))
+    texts = toy_texts()
+    ds = Dataset.from_dict({"text": texts, "label": [0] * len(texts)})
+    return teacher, tokenize(ds, {"teacher": tok}, 64), texts
+
+
+@pytest.mark.parametrize("key", ["qwen_teacher", "bert_teacher"])
+def test_cached_logits_equal_online_logits(tiny_models, key):
+    """The sorted pass pads differently from training batches: the logits must not care."""
+    teacher, ds, _ = teacher_and_data(tiny_models, key)
+    accelerator = make_accelerator("cpu", "no", 1)
+    cached = kcache.compute_teacher_logits(teacher, ds, 7, accelerator, len(CLASSES))
+    tok = teacher.tokenizer
+    for i in range(0, len(ds), 5):  # online: batches in data order, padded to their own longest
+        rows = ds[i : i + 5]
+        enc = tok.pad({"input_ids": rows["teacher_input_ids"]}, return_tensors="pt")
+        online = teacher.logits({"teacher_input_ids": enc["input_ids"],
+                                 "teacher_attention_mask": enc["attention_mask"]})  # fmt: skip
+        torch.testing.assert_close(cached[i : i + 5], online, atol=1e-5, rtol=1e-4)
+
+
+def test_cache_key_changes_with_every_part(tiny_models, tmp_path):
+    teacher, _, texts = teacher_and_data(tiny_models)
+    base = kcache.make_key(teacher, texts, 64, "fp32")
+    assert base == kcache.make_key(teacher, list(texts), 64, "fp32")  # deterministic
+    variants = {
+        "max_length": kcache.make_key(teacher, texts, 32, "fp32"),
+        "precision": kcache.make_key(teacher, texts, 64, "bf16"),
+        "texts": kcache.make_key(teacher, texts[:-1] + ["another text"], 64, "fp32"),
+        "order": kcache.make_key(teacher, texts[::-1], 64, "fp32"),
+    }
+    other_tok = load_tokenizer(str(tiny_models["bert_teacher"]), "--teacher-model")
+    variants["tokenizer"] = kcache.make_key(
+        SimpleNamespace(**{**vars(teacher), "tokenizer": other_tok}, mode=teacher.mode,
+                        settings=teacher.settings), texts, 64, "fp32")  # fmt: skip
+    variants["labels"] = kcache.make_key(
+        SimpleNamespace(**vars(teacher), mode=teacher.mode,
+                        settings=lambda: {"label_columns": [3, 2, 1, 0]}), texts, 64, "fp32",
+    )  # fmt: skip
+    # New weights in the same folder (a re-fine-tuned teacher): a new key.
+    import shutil
+
+    folder = tmp_path / "teacher"
+    shutil.copytree(tiny_models["qwen_teacher"], folder)
+    copy = ClassifierTeacher(
+        teacher.model, teacher.tokenizer, teacher.columns.tolist(), str(folder)
+    )
+    before = kcache.make_key(copy, texts, 64, "fp32")
+    with torch.no_grad():
+        teacher.model.score.weight.add_(1.0)
+    teacher.model.save_pretrained(folder)
+    variants["weights"] = kcache.make_key(copy, texts, 64, "fp32")
+    assert before.parts["teacher"] != variants["weights"].parts["teacher"]
+    digests = {name: key.digest for name, key in variants.items()}
+    assert base.digest not in digests.values()
+    assert len(set(digests.values())) == len(digests)
+
+
+def test_a_mismatched_or_broken_cache_file_is_never_used(tiny_models, tmp_path):
+    teacher, _, texts = teacher_and_data(tiny_models)
+    key = kcache.make_key(teacher, texts, 64, "fp32")
+    path = tmp_path / f"{key.digest}.safetensors"
+    logits = torch.randn(len(texts), 4)
+    kcache.save_disk(path, key, logits)
+    assert torch.equal(kcache.load_disk(path, key, 4), logits)
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically
+    # Same file name, other inputs (a hash collision or a hand-copied file): rejected.
+    other = kcache.make_key(teacher, texts, 32, "fp32")
+    kcache.save_disk(path, other, logits)
+    assert kcache.load_disk(path, key, 4) is None
+    # Right key, wrong shape: rejected.
+    kcache.save_disk(path, key, torch.randn(len(texts) - 1, 4))
+    assert kcache.load_disk(path, key, 4) is None
+    # Truncated file: rejected, no crash.
+    path.write_bytes(b"\x00\x01garbage")
+    assert kcache.load_disk(path, key, 4) is None
+
+
+def test_cache_off_and_memory_train_the_same_student(workdir, tiny_models):
+    runs = {}
+    for mode in ("off", "memory"):
+        run_dir = run(quick(tiny_models["bert_teacher"], tiny_models["bert_student"],
+                            "--teacher-cache", mode))  # fmt: skip
+        runs[mode] = json.loads((run_dir / "history.json").read_text())
+    off, mem = runs["off"], runs["memory"]
+    assert mem["teacher_cache"]["mode"] == "memory" and off["teacher_cache"]["mode"] == "off"
+    for a, b in zip(off["epochs"], mem["epochs"], strict=True):
+        assert a["val_accuracy"] == b["val_accuracy"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["train_kl"] == pytest.approx(b["train_kl"], rel=1e-3)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+
+
+def test_disk_cache_is_reused_across_runs_without_the_teacher(workdir, tiny_models, monkeypatch):
+    args = quick(tiny_models["bert_teacher"], tiny_models["bert_student"], "--teacher-cache",
+                 "disk", "--epochs", "1")  # fmt: skip
+    first = json.loads((run(args) / "history.json").read_text())["teacher_cache"]
+    assert first["hit"] is False and Path(first["path"]).is_file()
+    assert Path(first["path"]).parent == workdir / "cache" / "teacher_logits"
+
+    def no_teacher(*a, **k):
+        raise AssertionError("the teacher ran although its logits were on disk")
+
+    monkeypatch.setattr(kcache, "compute_teacher_logits", no_teacher)
+    # A sweep over T and alpha on the same teacher and data: all hits (auto reuses disk too).
+    for extra in (["--temperature", "2"], ["--alpha", "0.5", "--teacher-cache", "auto"]):
+        second = json.loads((run(args + extra) / "history.json").read_text())["teacher_cache"]
+        assert second["hit"] is True and second["key"] == first["key"]
+    # Other data (a different subsample): the key differs, so the teacher must run.
+    with pytest.raises(AssertionError, match="the teacher ran"):
+        main(args + ["--max-train-samples", "40"], command="distill")
+
+
+def test_length_grouped_batches_cover_every_example_once_per_epoch(tiny_models):
+    from datasets import Dataset
+
+    texts = toy_texts(40)
+    ds = Dataset.from_dict({"text": texts, "label": [i % 4 for i in range(len(texts))]})
+    tok = load_tokenizer(str(tiny_models["bert_student"]), "--student-model")
+    config = SimpleNamespace(max_length=64, batch_size=4, seed=0, eval_batch_size=None,
+                             group_by_length=True)  # fmt: skip
+    loader, _, train_tok = make_loaders(ds, ds, {"student": tok}, config,
+                                        make_accelerator("cpu", "no", 1))  # fmt: skip
+    lengths = [len(x) for x in train_tok["student_input_ids"]]
+    orders, padded = [], 0
+    for _epoch in range(2):
+        rows = []
+        for batch in loader:
+            rows += batch["row"].tolist()
+            padded += batch["student_input_ids"].numel()
+        assert sorted(rows) == list(range(len(texts)))  # each example exactly once
+        orders.append(rows)
+    assert orders[0] != orders[1]  # reshuffled every epoch
+    config.group_by_length = False
+    plain, _, _ = make_loaders(ds, ds, {"student": tok}, config, make_accelerator("cpu", "no", 1))
+    padded_plain = sum(b["student_input_ids"].numel() for _ in range(2) for b in plain)
+    assert padded < padded_plain  # grouping spends less on padding
+    assert padded >= 2 * sum(lengths)
+
+
+def test_mixed_precision_auto_on_cpu(monkeypatch):
+    from kdistill import distill as distill_module
+    from kdistill.errors import KdistillError
+
+    monkeypatch.setattr(distill_module, "cpu_supports_bf16", lambda: True)
+    assert pick_mixed_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(distill_module, "cpu_supports_bf16", lambda: False)
+    assert pick_mixed_precision("auto", "cpu") == "no"
+    assert pick_mixed_precision("auto", "mps") == "no"
+    assert pick_mixed_precision("no", "cpu") == "no"
+    with pytest.raises(KdistillError, match="fp16 needs a GPU"):
+        pick_mixed_precision("fp16", "cpu")
+    assert pick_teacher_dtype("auto", "bf16") == (torch.bfloat16, "bf16")
+    assert pick_teacher_dtype("auto", "no") == (torch.float32, "fp32")
+    assert pick_teacher_dtype("fp32", "bf16") == (torch.float32, "fp32")
