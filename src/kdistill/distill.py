@@ -394,6 +394,7 @@ def distill(config: DistillConfig) -> Path:
     train_loader, val_loader, train_tok = make_loaders(
         train, val, tokenizers, config, accelerator, ("student",) if cached else None
     )
+    val_tok = val_loader.dataset
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
     scheduler, total_steps = make_scheduler(optimizer, len(train_loader), config)
     student, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
@@ -450,8 +451,21 @@ def distill(config: DistillConfig) -> Path:
         logger.info("run directory: %s (renamed on completion)", final_dir)
 
     # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
-    teacher_metrics = evaluate(teacher.logits, val_loader, accelerator, data.num_labels,
-                               "teacher eval")  # fmt: skip
+    # With a cache, the validation logits are cached too: a sweep evaluates the teacher once.
+    if cached:
+        from kdistill.cache import teacher_logits_for
+        from kdistill.evaluate import classification_metrics
+
+        val_logits, _ = teacher_logits_for(
+            config.teacher_cache, teacher, val_tok, list(val["text"]), config, accelerator,
+            data.num_labels, t_dtype_name,
+        )  # fmt: skip
+        teacher_metrics = classification_metrics(
+            val_logits, torch.tensor(list(val["label"])), data.num_labels
+        )
+    else:
+        teacher_metrics = evaluate(teacher.logits, val_loader, accelerator, data.num_labels,
+                                   "teacher eval")  # fmt: skip
     chance = 1.0 / data.num_labels
     if teacher_metrics["accuracy"] <= 2 * chance:
         logger.warning(
@@ -495,6 +509,9 @@ def distill(config: DistillConfig) -> Path:
                 return teacher.logits(batch)
 
     state = TrainState()
+    # Reseed: what ran before (teacher evaluation or cache pass) must not shift dropout and
+    # shuffling, so the same seed trains the same student with or without a cache.
+    set_seed(config.seed)
     run_start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         lr = scheduler.get_last_lr()[0]

