@@ -435,6 +435,8 @@ def distill(config: DistillConfig) -> Path:
                 "class": type(t_model).__name__,
                 "parameters": count_parameters(t_model),
                 "label_columns": columns,
+                "dtype": t_dtype_name,
+                "attn_implementation": getattr(t_model.config, "_attn_implementation", None),
             },
             "student": {
                 "model": config.student_model,
