@@ -209,3 +209,19 @@ def test_mixed_precision_auto_on_cpu(monkeypatch):
     assert pick_teacher_dtype("auto", "bf16") == (torch.bfloat16, "bf16")
     assert pick_teacher_dtype("auto", "no") == (torch.float32, "fp32")
     assert pick_teacher_dtype("fp32", "bf16") == (torch.float32, "fp32")
+
+
+@pytest.mark.slow  # torch.compile takes minutes on two cores
+def test_compiled_student_trains_and_saves_a_plain_classifier(workdir, tiny_models):
+    from transformers import AutoModelForSequenceClassification
+
+    run_dir = run(quick(tiny_models["bert_teacher"], tiny_models["bert_student"], "--compile",
+                        "--epochs", "1"))  # fmt: skip
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        run_dir / "best_model", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # no `_orig_mod.` prefixes
+    assert model.config.id2label[0] == "Animal"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["compile"] is True
+    assert config["student"]["class"] == "BertForSequenceClassification"

@@ -316,7 +316,7 @@ def save_model(
     if not accelerator.is_main_process:
         return
     with atomic_dir(path) as tmp:
-        accelerator.unwrap_model(model).save_pretrained(tmp)
+        accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
 
@@ -440,7 +440,7 @@ def distill(config: DistillConfig) -> Path:
             },
             "student": {
                 "model": config.student_model,
-                "class": type(accelerator.unwrap_model(student)).__name__,
+                "class": type(accelerator.unwrap_model(student, keep_torch_compile=False)).__name__,
                 "parameters": n_student,
             },
             "loss": "alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) [batchmean] "

@@ -81,7 +81,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     target = Path(config.output_dir) / name
     if accelerator.is_main_process:
         with atomic_dir(target) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp)
+            accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             atomic_write_json(tmp / "teacher_eval.json", {
                 "val_accuracy": epochs[-1]["val_accuracy"],
