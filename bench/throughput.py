@@ -9,8 +9,8 @@ init, seed 0), same epochs:
      teacher run on every batch of every epoch
   b  the common Trainer recipe: a Trainer subclass whose compute_loss runs the teacher under
      no_grad, DataCollatorWithPadding, default TrainingArguments with the same batch and epochs
-  c  kdistill's defaults (teacher-logit cache in memory, length-grouped batches, bf16 where the
-     CPU has it)
+  c  kdistill's defaults (teacher-logit cache in memory, per-batch padding, bf16 where the CPU
+     has it)
   d  a 9-run sweep (T in 2,3,4 x alpha in 0.5,0.7,0.9) with kdistill's disk cache, against nine
      runs of (a)
 
@@ -280,7 +280,10 @@ def main() -> None:
           "--temperature", str(args.temperature), "--alpha", str(args.alpha)]  # fmt: skip
     if args.train_rows:
         me += ["--train-rows", str(args.train_rows)]
-    results: dict[str, dict] = {}
+    # Variants not rerun keep their last numbers (`--variants c` after a code change).
+    saved = work / "results.json"
+    results: dict[str, dict] = json.loads(saved.read_text()) if saved.is_file() else {}
+    results = {k: v for k, v in results.items() if k not in args.variants}
     for v in "ab":
         if v in args.variants:
             print(f"running ({v}) ...", flush=True)

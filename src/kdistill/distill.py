@@ -144,6 +144,34 @@ def make_optimizer(model: PreTrainedModel, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(groups, lr=lr)
 
 
+class ShuffledLengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """The Trainer's length grouping (random megabatches of 50 batches, each sorted by length),
+    then the batches themselves shuffled.
+
+    Without that last step training walks every megabatch from its longest batch to its
+    shortest; where length goes with the class (DBpedia: villages are short, albums long),
+    consecutive steps see the same few classes. Measured on the DBpedia sample (bert-tiny,
+    batch 4, 3 epochs, seed 42): 47% validation accuracy with the Trainer's order, 74% with
+    shuffled groups, 82% with plain random batches (seed 1: 62% vs 66%). Hence opt-in.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], generator: torch.Generator) -> None:
+        self.batch_size = batch_size
+        self.lengths = lengths
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        order = get_length_grouped_indices(self.lengths, self.batch_size, generator=self.generator)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield from batches[b]
+
+
 def make_loaders(
     train: Dataset,
     val: Dataset,
@@ -154,14 +182,13 @@ def make_loaders(
 ) -> tuple[DataLoader, DataLoader, Dataset]:
     """Tokenise once per model (`student_*`, `teacher_*` columns), pad per batch.
 
-    Training batches group examples of similar student length (shuffled groups of batches, the
-    Trainer's `group_by_length`), so little compute goes to padding; every example is seen once
-    per epoch. `train_prefixes` limits which models' inputs the training batches carry (with
-    cached teacher logits, only the student's). Each row keeps its index in `row`, to find its
-    cached teacher logits. Returns the loaders and the tokenised training set.
+    With --group-by-length, training batches group examples of similar student length
+    (shuffled groups of batches), so little compute goes to padding; every example is seen once
+    per epoch either way. `train_prefixes` limits which models' inputs the training batches
+    carry (with cached teacher logits, only the student's). Each row keeps its index in `row`,
+    to find its cached teacher logits. Returns the loaders and the tokenised training set.
     """
     from torch.utils.data import DataLoader
-    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from kdistill.data import PairCollator, tokenize
 
@@ -173,10 +200,10 @@ def make_loaders(
     keep = [c for c in train_tok.column_names if c != "text"]
     train_tokenizers = {p: tokenizers[p] for p in (train_prefixes or tuple(tokenizers))}
     generator = torch.Generator().manual_seed(config.seed)
-    if getattr(config, "group_by_length", True):
+    if getattr(config, "group_by_length", False):
         lengths = [len(ids) for ids in train_tok.select_columns(["student_input_ids"])[:][
             "student_input_ids"]]  # fmt: skip
-        sampler = LengthGroupedSampler(config.batch_size, lengths=lengths, generator=generator)
+        sampler = ShuffledLengthGroupedSampler(config.batch_size, lengths, generator)
         shuffle, generator_arg = False, None
     else:
         sampler, shuffle, generator_arg = None, True, generator
