@@ -141,7 +141,11 @@ def make_optimizer(model: PreTrainedModel, lr: float, weight_decay: float) -> to
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr)
+    # torch's default AdamW on CPU is a Python loop over tensors (a third of a bert-tiny step
+    # here); the fused kernel does the update in one pass on CPU and CUDA.
+    device = next(model.parameters()).device.type
+    fused = device in ("cpu", "cuda") and all(p.is_floating_point() for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
 
 
 class ShuffledLengthGroupedSampler(torch.utils.data.Sampler[int]):
