@@ -230,3 +230,19 @@ def test_gradient_checkpointing_auto_follows_the_student_size(tiny_models, monke
     fresh, _ = load_student(str(tiny_models["qwen_lm"]), CLASSES, seed=0)
     assert distill_module.apply_gradient_checkpointing(fresh, "on") is True
     assert fresh.is_gradient_checkpointing and fresh.config.use_cache is False
+
+
+def test_optimizer_is_fused_and_spares_biases_and_norms(tiny_models):
+    from kdistill.distill import make_optimizer
+    from kdistill.models import load_student
+
+    model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
+    opt = make_optimizer(model, 1e-3, 0.01)
+    assert opt.defaults["fused"] is True  # the per-tensor loop is twice as slow on CPU
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("LayerNorm" in names[id(p)] or names[id(p)].endswith("bias")
+               for p in no_decay["params"])  # fmt: skip
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
