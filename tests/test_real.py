@@ -71,7 +71,7 @@ def test_bert_tiny_student_learns_from_the_teacher(project, minilm_path, monkeyp
     print(f"teacher {history['teacher']['val_accuracy']:.4f}, student {student:.4f}, "
           f"{config['student']['parameters']:,} vs {config['teacher']['parameters']:,} params, "
           f"{history['total_time_s']:.0f} s")  # fmt: skip
-    assert student >= 0.88, student  # measured 0.935; chance is 0.071
+    assert student >= 0.88, student  # measured 0.920-0.935; chance is 0.071
     assert config["student"]["parameters"] < config["teacher"]["parameters"] / 4
     accs = [e["val_accuracy"] for e in history["epochs"]]
     assert accs[-1] > accs[0]
