@@ -58,16 +58,11 @@ def load_split(work: Path, split: str, rows: int | None):
     return ds, data.label_names
 
 
-def worker_seed_loop(work: Path, args: argparse.Namespace) -> dict:
-    """(a): the seed's pseudo-code, literally."""
+def load_models_and_data(work: Path, args: argparse.Namespace):
+    """What (a) and (b) share: the splits, the teacher's tokenizer (the student uses the same
+    vocabulary), the fine-tuned teacher in eval mode and a seeded random-init student."""
     import torch
-    import torch.nn.functional as F
-    from transformers import (
-        AutoConfig,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        get_linear_schedule_with_warmup,
-    )
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     torch.manual_seed(0)
     train, names = load_split(work, "train", args.train_rows)
@@ -75,8 +70,19 @@ def worker_seed_loop(work: Path, args: argparse.Namespace) -> dict:
     tok = AutoTokenizer.from_pretrained(minilm_path())
     teacher = AutoModelForSequenceClassification.from_pretrained(work / "models" / "teacher")
     teacher.eval()
-    cfg = AutoConfig.from_pretrained(STUDENT, num_labels=len(names))
-    student = AutoModelForSequenceClassification.from_config(cfg)
+    student = AutoModelForSequenceClassification.from_config(
+        AutoConfig.from_pretrained(STUDENT, num_labels=len(names))
+    )
+    return train, val, tok, teacher, student
+
+
+def worker_seed_loop(work: Path, args: argparse.Namespace) -> dict:
+    """(a): the seed's pseudo-code, literally."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import get_linear_schedule_with_warmup
+
+    train, val, tok, teacher, student = load_models_and_data(work, args)
     opt = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=0.01)
     steps = math.ceil(len(train) / 4) * args.epochs
     sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
@@ -128,24 +134,9 @@ def worker_trainer(work: Path, args: argparse.Namespace) -> dict:
     """(b): the Trainer recipe most tutorials show."""
     import torch
     import torch.nn.functional as F
-    from transformers import (
-        AutoConfig,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    torch.manual_seed(0)
-    train, names = load_split(work, "train", args.train_rows)
-    val, _ = load_split(work, "validation", None)
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    teacher = AutoModelForSequenceClassification.from_pretrained(work / "models" / "teacher")
-    teacher.eval()
-    student = AutoModelForSequenceClassification.from_config(
-        AutoConfig.from_pretrained(STUDENT, num_labels=len(names))
-    )
+    train, val, tok, teacher, student = load_models_and_data(work, args)
     T, alpha = args.temperature, args.alpha
     timer = {"teacher": 0.0}
 

@@ -20,6 +20,33 @@ def _check(ok: bool, message: str) -> None:
         raise KdistillError(message)
 
 
+def _check_training(c: DistillConfig | FinetuneConfig) -> None:
+    """The ranges every training command shares."""
+    _check(c.epochs >= 1, f"--epochs must be >= 1 (got {c.epochs})")
+    _check(c.batch_size >= 1, f"--batch-size must be >= 1 (got {c.batch_size})")
+    _check(
+        c.eval_batch_size is None or c.eval_batch_size >= 1,
+        f"--eval-batch-size must be >= 1 (got {c.eval_batch_size})",
+    )
+    _check(c.max_length >= 2, f"--max-length must be >= 2 (got {c.max_length})")
+    for flag, value in (
+        ("--max-train-samples", c.max_train_samples),
+        ("--max-val-samples", c.max_val_samples),
+    ):
+        _check(value is None or value >= 1, f"{flag} must be >= 1 (got {value})")
+    _check(c.learning_rate > 0, f"--learning-rate must be > 0 (got {c.learning_rate})")
+    _check(c.weight_decay >= 0, f"--weight-decay must be >= 0 (got {c.weight_decay})")
+    _check(0.0 <= c.warmup_ratio < 1.0, f"--warmup-ratio must be in [0, 1) (got {c.warmup_ratio})")
+    _check(
+        c.gradient_accumulation_steps >= 1,
+        f"--gradient-accumulation-steps must be >= 1 (got {c.gradient_accumulation_steps})",
+    )
+    _check(
+        0.0 < c.validation_split < 1.0,
+        f"--validation-split must be between 0 and 1 (got {c.validation_split})",
+    )
+
+
 @dataclass
 class DownloadConfig:
     """Download a model snapshot from the Hugging Face Hub into models/<name>/."""
@@ -169,35 +196,10 @@ class DistillConfig:
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"--temperature must be > 0 (got {self.temperature})")
         _check(0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1] (got {self.alpha})")
-        _check(self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})")
-        _check(self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
+        _check_training(self)
         _check(
             self.teacher_batch_size >= 1,
             f"--teacher-batch-size must be >= 1 (got {self.teacher_batch_size})",
-        )
-        _check(
-            self.eval_batch_size is None or self.eval_batch_size >= 1,
-            f"--eval-batch-size must be >= 1 (got {self.eval_batch_size})",
-        )
-        _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
-        for flag, value in (
-            ("--max-train-samples", self.max_train_samples),
-            ("--max-val-samples", self.max_val_samples),
-        ):
-            _check(value is None or value >= 1, f"{flag} must be >= 1 (got {value})")
-        _check(self.learning_rate > 0, f"--learning-rate must be > 0 (got {self.learning_rate})")
-        _check(self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})")
-        _check(
-            0.0 <= self.warmup_ratio < 1.0,
-            f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})",
-        )
-        _check(
-            self.gradient_accumulation_steps >= 1,
-            f"--gradient-accumulation-steps must be >= 1 (got {self.gradient_accumulation_steps})",
-        )
-        _check(
-            0.0 < self.validation_split < 1.0,
-            f"--validation-split must be between 0 and 1 (got {self.validation_split})",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,18 +243,7 @@ class FinetuneConfig:
     validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})")
-        _check(self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
-        _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
-        _check(self.learning_rate > 0, f"--learning-rate must be > 0 (got {self.learning_rate})")
-        _check(
-            0.0 <= self.warmup_ratio < 1.0,
-            f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})",
-        )
-        _check(self.gradient_accumulation_steps >= 1, "--gradient-accumulation-steps must be >= 1")
-        for flag, value in (("--max-train-samples", self.max_train_samples),
-                            ("--max-val-samples", self.max_val_samples)):  # fmt: skip
-            _check(value is None or value >= 1, f"{flag} must be >= 1 (got {value})")
+        _check_training(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from kdistill.config import FinetuneConfig
+    from kdistill.data import LabelledData
 
 logger = logging.getLogger(__name__)
 
@@ -370,41 +371,53 @@ def run_name(dataset: str, temperature: float, alpha: float) -> str:
     return f"{dataset}_T{format_float(temperature)}_A{format_float(alpha)}"
 
 
-def distill(config: DistillConfig) -> Path:
-    """The distill command. Returns the completed run directory."""
+@dataclass
+class RunSetup:
+    """What every training command starts from: the resolved device and precision, a fresh
+    Accelerator, the labelled data and its (subsampled) train and validation splits."""
+
+    device: str
+    precision: str
+    accelerator: Accelerator
+    data: LabelledData
+    train: Dataset
+    val: Dataset
+
+
+def setup_run(config: DistillConfig | FinetuneConfig) -> RunSetup:
     from transformers import set_seed
 
     from kdistill.data import load_for_training, subsample
-    from kdistill.evaluate import evaluate
-    from kdistill.models import (
-        count_parameters,
-        load_student,
-        load_teacher_classifier,
-        quiet_transformers,
-    )
-    from kdistill.teachers import ClassifierTeacher
+    from kdistill.models import quiet_transformers
 
     quiet_transformers()
     device = pick_device(config.device)
     precision = pick_mixed_precision(config.mixed_precision, device)
     accelerator = make_accelerator(device, precision, config.gradient_accumulation_steps)
     set_seed(config.seed)
-
-    # ---- data: the data set's class names are the label space
-    data = load_for_training(
-        config.dataset,
-        config.data_dir,
-        config.text_column,
-        config.label_column,
-        config.validation_split,
-        config.seed,
-    )
+    # The data set's class names are the label space.
+    data = load_for_training(config.dataset, config.data_dir, config.text_column,
+                             config.label_column, config.validation_split, config.seed)  # fmt: skip
     train = subsample(data.splits["train"], config.max_train_samples, config.seed,
                       "--max-train-samples")  # fmt: skip
     val = subsample(data.splits["validation"], config.max_val_samples, config.seed,
                     "--max-val-samples")  # fmt: skip
     logger.info("%s: %d classes, %d train rows, %d validation rows", data.name, data.num_labels,
                 len(train), len(val))  # fmt: skip
+    return RunSetup(device, precision, accelerator, data, train, val)
+
+
+def distill(config: DistillConfig) -> Path:
+    """The distill command. Returns the completed run directory."""
+    from transformers import set_seed
+
+    from kdistill.evaluate import evaluate
+    from kdistill.models import count_parameters, load_student, load_teacher_classifier
+    from kdistill.teachers import ClassifierTeacher
+
+    run = setup_run(config)
+    device, precision, accelerator = run.device, run.precision, run.accelerator
+    data, train, val = run.data, run.train, run.val
 
     # ---- models: teacher frozen in eval mode, student with a fresh head for these classes
     t_dtype, t_dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
@@ -421,17 +434,18 @@ def distill(config: DistillConfig) -> Path:
     if config.compile:
         student = torch.compile(student)
     cached = config.teacher_cache != "off"
+    if cached:
+        from kdistill.cache import teacher_logits_for
     tokenizers = {"student": s_tok, "teacher": t_tok}
     train_loader, val_loader, train_tok = make_loaders(
         train, val, tokenizers, config, accelerator, ("student",) if cached else None
     )
-    val_tok = val_loader.dataset
+    val_tok, eval_bs = val_loader.dataset, val_loader.batch_size
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
     scheduler, total_steps = make_scheduler(optimizer, len(train_loader), config)
     student, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         student, optimizer, train_loader, val_loader, scheduler
     )
-    eval_bs = config.eval_batch_size or config.batch_size * 4
     teacher.to(accelerator.device)
 
     # ---- run directory: `.partial` until complete; config.json first so a crash is explained
@@ -486,7 +500,6 @@ def distill(config: DistillConfig) -> Path:
     # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
     # With a cache, the validation logits are cached too: a sweep evaluates the teacher once.
     if cached:
-        from kdistill.cache import teacher_logits_for
         from kdistill.evaluate import classification_metrics
 
         val_logits, _ = teacher_logits_for(
@@ -523,8 +536,6 @@ def distill(config: DistillConfig) -> Path:
     # ---- teacher targets: online every batch (--teacher-cache off, the seed's loop), or the
     # logits of every training example computed once in a length-sorted pass and looked up by row
     if cached:
-        from kdistill.cache import teacher_logits_for
-
         texts = list(train_tok.select_columns(["text"])[:]["text"])
         cache, history["teacher_cache"] = teacher_logits_for(
             config.teacher_cache, teacher, train_tok, texts, config, accelerator,

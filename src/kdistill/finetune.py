@@ -21,36 +21,23 @@ logger = logging.getLogger(__name__)
 
 def finetune_teacher(config: FinetuneConfig) -> Path:
     """Returns the saved teacher folder (model, tokenizer, teacher_eval.json)."""
-    from transformers import set_seed
-
-    from kdistill.data import dataset_name, load_for_training, subsample
+    from kdistill.data import dataset_name
     from kdistill.distill import (
         apply_gradient_checkpointing,
         library_versions,
-        make_accelerator,
         make_loaders,
         make_optimizer,
         make_scheduler,
-        pick_device,
-        pick_mixed_precision,
+        setup_run,
         student_inputs,
         train_one_epoch,
     )
     from kdistill.evaluate import evaluate
-    from kdistill.models import load_student, quiet_transformers
+    from kdistill.models import load_student
 
-    quiet_transformers()
-    device = pick_device(config.device)
-    precision = pick_mixed_precision(config.mixed_precision, device)
-    accelerator = make_accelerator(device, precision, config.gradient_accumulation_steps)
-    set_seed(config.seed)
-
-    data = load_for_training(config.dataset, config.data_dir, config.text_column,
-                             config.label_column, config.validation_split, config.seed)  # fmt: skip
-    train = subsample(data.splits["train"], config.max_train_samples, config.seed,
-                      "--max-train-samples")  # fmt: skip
-    val = subsample(data.splits["validation"], config.max_val_samples, config.seed,
-                    "--max-val-samples")  # fmt: skip
+    run = setup_run(config)
+    device, precision, accelerator = run.device, run.precision, run.accelerator
+    data, train, val = run.data, run.train, run.val
     model, tokenizer = load_student(config.model, data.label_names, config.seed)
     checkpointing = apply_gradient_checkpointing(model, config.gradient_checkpointing, device)
     # The "student" prefix names the inputs of the model being trained.
