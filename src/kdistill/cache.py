@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from datasets import Dataset
 
-    from kdistill.teachers import ClassifierTeacher
+    from kdistill.teachers import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +103,7 @@ class CacheKey:
         return json.dumps(self.parts, sort_keys=True)
 
 
-def make_key(
-    teacher: ClassifierTeacher, texts: list[str], max_length: int, precision: str
-) -> CacheKey:
+def make_key(teacher: Teacher, texts: list[str], max_length: int, precision: str) -> CacheKey:
     return CacheKey(
         {
             "format": CACHE_FORMAT,
@@ -158,7 +156,7 @@ def save_disk(path: Path, key: CacheKey, logits: torch.Tensor) -> None:
 
 @torch.inference_mode()
 def compute_teacher_logits(
-    teacher: ClassifierTeacher,
+    teacher: Teacher,
     ds: Dataset,
     batch_size: int,
     accelerator: Accelerator,
@@ -209,7 +207,7 @@ def compute_teacher_logits(
 
 def teacher_logits_for(
     mode: str,
-    teacher: ClassifierTeacher,
+    teacher: Teacher,
     ds: Dataset,
     texts: list[str],
     config: Any,

@@ -34,7 +34,10 @@ def _field_type(tp: Any) -> tuple[Callable[[str], Any] | None, bool]:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One `--flag-name` per dataclass field; the field's help metadata is the help text."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    own = cls.__dict__.get("__annotations__", {})
+    # The command's own flags first in --help, then those it shares (teacher options).
+    ordered = sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)
+    for f in ordered:
         flag = "--" + f.name.replace("_", "-")
         conv, is_bool = _field_type(hints[f.name])
         help_text = f.metadata.get("help", "")

@@ -89,7 +89,64 @@ class PrepareDataConfig:
 
 
 @dataclass
-class DistillConfig:
+class TeacherOptions:
+    """How a teacher is loaded and asked: shared by distill and eval-teacher."""
+
+    teacher_mode: str = _opt(
+        "auto",
+        "classifier reads a trained *ForSequenceClassification head; prompt scores each class's "
+        "label words with a causal LM (zero/few-shot); auto picks classifier for a model with a "
+        "classification head and prompt for a causal LM.",
+        choices=["auto", "classifier", "prompt"],
+    )
+    prompt_template: str | None = _opt(
+        None,
+        "Prompt teacher: the text before the label word, with a {text} slot and an optional "
+        "{labels} slot (default: a prompt listing the classes, in the chat template when the "
+        "tokenizer has one).",
+    )
+    label_words: str | None = _opt(
+        None,
+        "Prompt teacher: words the LLM should say for each class, as "
+        "'EducationalInstitution=School,MeanOfTransportation=Vehicle' or a JSON file (default: "
+        "the class names split into words).",
+    )
+    few_shot: int = _opt(0, "Prompt teacher: K stratified training examples shown in the prompt.")
+    calibrate: bool = _opt(
+        True,
+        "Prompt teacher: contextual calibration (Zhao et al. 2021): divide the class "
+        "probabilities by those the prompt gives a content-free input, removing the LLM's bias "
+        "towards some label words.",
+    )
+    teacher_batch_size: int = _opt(
+        64, "Batch size of teacher inference (no gradients, so larger than the student's)."
+    )
+    teacher_dtype: str = _opt(
+        "auto",
+        "Teacher weights' precision: auto = bf16 where the device does it natively, fp16 on "
+        "older GPUs, else fp32.",
+        choices=["auto", "fp32", "bf16", "fp16"],
+    )
+    allow_untrained_teacher: bool = _opt(
+        False,
+        "Use a classifier teacher whose head is newly initialised (its logits are noise).",
+    )
+
+    def _check_teacher(self) -> None:
+        _check(self.few_shot >= 0, f"--few-shot must be >= 0 (got {self.few_shot})")
+        _check(
+            self.teacher_batch_size >= 1,
+            f"--teacher-batch-size must be >= 1 (got {self.teacher_batch_size})",
+        )
+        if self.prompt_template is not None:
+            _check(
+                "{text}" in self.prompt_template,
+                "--prompt-template must contain the {text} slot where the example goes",
+            )
+
+
+@dataclass
+class DistillConfig(TeacherOptions):
     """Train a student from a frozen teacher: loss = alpha * T^2 * KL + (1 - alpha) * CE."""
 
     dataset: str = _opt(
@@ -99,7 +156,8 @@ class DistillConfig:
     )
     teacher_model: str = _opt(
         "models/DeepSeek-R1-Distill-Qwen-1.5B",
-        "Teacher: a local folder or Hub id of a sequence classifier trained on these labels.",
+        "Teacher: a local folder, Hub id or .gguf file: a classifier trained on these labels, or a "
+        "causal LM used as a prompt teacher (see --teacher-mode).",
     )
     student_model: str = _opt(
         "Qwen/Qwen2.5-0.5B",
@@ -161,10 +219,6 @@ class DistillConfig:
     validation_split: float = _opt(
         0.2, "Validation share when --dataset is not prepared yet and has no validation split."
     )
-    allow_untrained_teacher: bool = _opt(
-        False,
-        "Use a teacher whose classification head is newly initialised (its logits are noise).",
-    )
     teacher_cache: str = _opt(
         "auto",
         "Teacher logits: off runs the teacher on every batch (the seed's loop); memory computes "
@@ -176,15 +230,6 @@ class DistillConfig:
     teacher_cache_dir: str | None = _opt(
         None, "Folder of the disk cache (default: $KDISTILL_CACHE or ~/.cache/kdistill)."
     )
-    teacher_batch_size: int = _opt(
-        64, "Batch size of teacher inference (no gradients, so larger than the student's)."
-    )
-    teacher_dtype: str = _opt(
-        "auto",
-        "Teacher weights' precision: auto = bf16 where the device does it natively, fp16 on "
-        "older GPUs, else fp32.",
-        choices=["auto", "fp32", "bf16", "fp16"],
-    )
     group_by_length: bool = _opt(
         False,
         "Batch training examples of similar token length (shuffled groups of batches): less "
@@ -192,14 +237,28 @@ class DistillConfig:
         "and accuracy can drop a few points, so it is off unless padding dominates.",
     )
     compile: bool = _opt(False, "torch.compile the student (helps on some GPUs; slow to start).")
+    allow_weak_teacher: bool = _opt(
+        False,
+        "Distil from a teacher whose validation accuracy is at or below chance (refused "
+        "otherwise: its soft targets would teach the student noise).",
+    )
+    student_layers: str | None = _opt(
+        None,
+        "Keep only these transformer layers of a pretrained student, e.g. 0,5 (DistilBERT-style: "
+        "a small student that starts from real weights).",
+    )
+    student_num_layers: int | None = _opt(
+        None, "Keep this many evenly spaced layers of a pretrained student (first and last kept)."
+    )
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"--temperature must be > 0 (got {self.temperature})")
         _check(0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1] (got {self.alpha})")
         _check_training(self)
+        self._check_teacher()
         _check(
-            self.teacher_batch_size >= 1,
-            f"--teacher-batch-size must be >= 1 (got {self.teacher_batch_size})",
+            self.student_layers is None or self.student_num_layers is None,
+            "--student-layers and --student-num-layers: pass one of them, not both",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,10 +280,26 @@ class FinetuneConfig:
     max_length: int = _opt(128, "Maximum tokens per text.")
     max_train_samples: int | None = _opt(None, "Stratified subsample of train.")
     max_val_samples: int | None = _opt(None, "Stratified subsample of validation.")
-    learning_rate: float = _opt(5e-5, "Peak learning rate of AdamW (linear warm-up and decay).")
+    learning_rate: float | None = _opt(
+        None, "Peak AdamW learning rate, linear warm-up and decay (default: 5e-5 full, 5e-4 LoRA)."
+    )
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
     seed: int = _opt(42, "Seed for sampling, shuffling and the new head.")
+    method: str = _opt(
+        "full",
+        "full trains every weight; lora trains low-rank adapters (peft) and the new head, then "
+        "merges them into the weights on save, so the result loads as a plain classifier.",
+        choices=["full", "lora"],
+    )
+    lora_r: int = _opt(8, "LoRA rank.")
+    lora_alpha: float = _opt(16.0, "LoRA scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = _opt(0.05, "Dropout on the LoRA branch, in [0, 1).")
+    target_modules: str | None = _opt(
+        None,
+        "Comma-separated module names that get adapters (default: q_proj,k_proj,v_proj,o_proj "
+        "for Qwen2/Llama, query,key,value for BERT-family).",
+    )
     gradient_accumulation_steps: int = _opt(1, "Micro-batches per optimiser step.")
     gradient_checkpointing: str = _opt(
         "auto", "auto: on for models over 100M parameters.", choices=["auto", "on", "off"]
@@ -243,7 +318,79 @@ class FinetuneConfig:
     validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
 
     def __post_init__(self) -> None:
+        if self.learning_rate is None:
+            # Adapters start at zero and move few weights: they need a larger step than full
+            # fine-tuning to learn in the same epochs.
+            self.learning_rate = 5e-4 if self.method == "lora" else 5e-5
         _check_training(self)
+        _check(self.lora_r >= 1, f"--lora-r must be >= 1 (got {self.lora_r})")
+        _check(self.lora_alpha > 0, f"--lora-alpha must be > 0 (got {self.lora_alpha})")
+        _check(
+            0.0 <= self.lora_dropout < 1.0,
+            f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalTeacherConfig(TeacherOptions):
+    """Measure a teacher before distilling from it: accuracy, macro-F1, per-class accuracy and
+    calibration (ECE) on a split, in any --teacher-mode."""
+
+    teacher_model: str = _opt(
+        "models/DeepSeek-R1-Distill-Qwen-1.5B",
+        "Teacher: a local folder, Hub id or .gguf file (classifier or causal LM).",
+    )
+    dataset: str = _opt("dbpedia", "Prepared data, or anything prepare-data accepts.")
+    split: str = _opt(
+        "validation", "Split to evaluate on.", choices=["validation", "test", "train"]
+    )
+    max_samples: int | None = _opt(None, "Stratified subsample of the split (keeps proportions).")
+    max_length: int = _opt(128, "Maximum tokens per text.")
+    temperatures: str = _opt(
+        "1,2,3,4",
+        "Temperatures at which to report ECE and the entropy of softmax(logits / T), to choose "
+        "distill's --temperature.",
+    )
+    output: str | None = _opt(None, "Also write the report as JSON to this file.")
+    seed: int = _opt(42, "Seed for subsampling and few-shot examples.")
+    device: str = _opt(
+        "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
+    )
+    mixed_precision: str = _opt(
+        "auto", "auto: bf16 where supported, fp16 on older GPUs, else no.",
+        choices=["auto", "no", "fp16", "bf16"],
+    )  # fmt: skip
+    data_dir: str = _opt("data", "Where prepared data sets live.")
+    text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
+    label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
+    validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
+
+    def __post_init__(self) -> None:
+        self._check_teacher()
+        _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
+        _check(
+            self.max_samples is None or self.max_samples >= 1,
+            f"--max-samples must be >= 1 (got {self.max_samples})",
+        )
+        _check(
+            0.0 < self.validation_split < 1.0,
+            f"--validation-split must be between 0 and 1 (got {self.validation_split})",
+        )
+        self.temperature_list()
+
+    def temperature_list(self) -> list[float]:
+        try:
+            values = [float(t) for t in self.temperatures.split(",") if t.strip()]
+        except ValueError:
+            values = []
+        _check(
+            bool(values) and all(t > 0 for t in values),
+            f"--temperatures must be comma-separated numbers > 0 (got {self.temperatures!r})",
+        )
+        return values
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -516,19 +516,24 @@ def load_for_training(
 
 def tokenize(
     ds: Dataset,
-    tokenizers: dict[str, PreTrainedTokenizerBase],
+    encoders: dict[str, Any],
     max_length: int,
 ) -> Dataset:
-    """Add `<prefix>_input_ids` / `<prefix>_attention_mask` for each model's own tokenizer.
+    """Add `<prefix>_input_ids` / `<prefix>_attention_mask` for each model's own encoder.
 
-    A Qwen BPE teacher and a WordPiece student see the same raw text, each split its own way;
-    padding happens per batch in `PairCollator`.
+    An encoder is a tokenizer, or a teacher with `encode(texts, max_length)` (a prompt teacher
+    wraps each text in its prompt). A Qwen BPE teacher and a WordPiece student see the same raw
+    text, each split its own way; padding happens per batch in `PairCollator`.
     """
+    from transformers import PreTrainedTokenizerBase
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {}
-        for prefix, tok in tokenizers.items():
-            enc = tok(batch["text"], truncation=True, max_length=max_length)
+        for prefix, encoder in encoders.items():
+            if isinstance(encoder, PreTrainedTokenizerBase):
+                enc = encoder(batch["text"], truncation=True, max_length=max_length)
+            else:
+                enc = encoder.encode(batch["text"], max_length)
             out[f"{prefix}_input_ids"] = enc["input_ids"]
             out[f"{prefix}_attention_mask"] = enc["attention_mask"]
         return out

@@ -184,8 +184,12 @@ def make_loaders(
     config: DistillConfig | FinetuneConfig,
     accelerator: Accelerator,
     train_prefixes: tuple[str, ...] | None = None,
+    encoders: dict[str, Any] | None = None,
 ) -> tuple[DataLoader, DataLoader, Dataset]:
     """Tokenise once per model (`student_*`, `teacher_*` columns), pad per batch.
+
+    `encoders` replaces a prefix's tokenizer for encoding (a prompt teacher builds its prompts);
+    the tokenizers still pad.
 
     With --group-by-length, training batches group examples of similar student length
     (shuffled groups of batches), so little compute goes to padding; every example is seen once
@@ -198,8 +202,9 @@ def make_loaders(
     from kdistill.data import PairCollator, tokenize
 
     with accelerator.main_process_first():
-        train_tok = tokenize(train, tokenizers, config.max_length)
-        val_tok = tokenize(val, tokenizers, config.max_length)
+        encoders = {**tokenizers, **(encoders or {})}
+        train_tok = tokenize(train, encoders, config.max_length)
+        val_tok = tokenize(val, encoders, config.max_length)
     train_tok = train_tok.add_column("row", list(range(len(train_tok))))
     val_tok = val_tok.add_column("row", list(range(len(val_tok))))
     keep = [c for c in train_tok.column_names if c != "text"]
@@ -260,7 +265,9 @@ def apply_gradient_checkpointing(model: PreTrainedModel, setting: str, device: s
         and (count_parameters(model) > CHECKPOINTING_MIN_PARAMS or near_memory_limit(model, device))
     )
     if on:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant: also correct when the embeddings are frozen (LoRA), where the reentrant
+        # variant would see no input that needs a gradient and drop the adapters' gradients.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = False
     return on
@@ -367,6 +374,33 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def chance_accuracy(labels: list[int], num_labels: int) -> float:
+    """What a teacher that knows nothing scores: uniform guessing, or always naming the
+    validation split's most common class, whichever is higher."""
+    counts = torch.bincount(torch.tensor(labels), minlength=num_labels)
+    return max(1.0 / num_labels, float(counts.max()) / max(len(labels), 1))
+
+
+def check_teacher_strength(accuracy: float, chance: float, allow_weak: bool) -> None:
+    """Refuse a teacher at or below chance: its soft targets carry no knowledge of the task, and
+    distilling from them teaches the student noise (a raw zero-shot LLM can land below chance)."""
+    if accuracy <= chance:
+        message = (
+            f"the teacher's validation accuracy {accuracy:.3f} is at or below chance "
+            f"({chance:.3f}), so distilling from it would teach noise; check it with kdistill "
+            "eval-teacher, fine-tune it (finetune-teacher), try --calibrate, --few-shot or "
+            "--label-words for a prompt teacher, or pass --allow-weak-teacher"
+        )
+        if not allow_weak:
+            raise KdistillError(message)
+        logger.warning("%s (allowed by --allow-weak-teacher)", message.split(", so")[0])
+    elif accuracy <= 2 * chance:
+        logger.warning("the teacher's validation accuracy %.3f is near chance (%.3f): distilling "
+                       "from it will help the student little", accuracy, chance)  # fmt: skip
+    else:
+        logger.info("teacher validation accuracy %.4f (chance %.4f)", accuracy, chance)
+
+
 def run_name(dataset: str, temperature: float, alpha: float) -> str:
     return f"{dataset}_T{format_float(temperature)}_A{format_float(alpha)}"
 
@@ -412,8 +446,8 @@ def distill(config: DistillConfig) -> Path:
     from transformers import set_seed
 
     from kdistill.evaluate import evaluate
-    from kdistill.models import count_parameters, load_student, load_teacher_classifier
-    from kdistill.teachers import ClassifierTeacher
+    from kdistill.models import count_parameters, load_student
+    from kdistill.teachers import load_teacher
 
     run = setup_run(config)
     device, precision, accelerator = run.device, run.precision, run.accelerator
@@ -421,13 +455,14 @@ def distill(config: DistillConfig) -> Path:
 
     # ---- models: teacher frozen in eval mode, student with a fresh head for these classes
     t_dtype, t_dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
-    t_model, t_tok, columns = load_teacher_classifier(
-        config.teacher_model, data.label_names, config.allow_untrained_teacher, t_dtype
-    )
-    teacher = ClassifierTeacher(t_model, t_tok, columns, config.teacher_model)
+    teacher = load_teacher(config, config.teacher_model, data.label_names, t_dtype,
+                           (list(train["text"]), list(train["label"])), config.max_length,
+                           config.seed)  # fmt: skip
+    t_model, t_tok = teacher.model, teacher.tokenizer
     student, s_tok = load_student(
-        config.student_model, data.label_names, config.seed, config.student_tokenizer
-    )
+        config.student_model, data.label_names, config.seed, config.student_tokenizer,
+        config.student_layers, config.student_num_layers,
+    )  # fmt: skip
     n_student = count_parameters(student)
     checkpointing = apply_gradient_checkpointing(student, config.gradient_checkpointing, device)
 
@@ -438,8 +473,9 @@ def distill(config: DistillConfig) -> Path:
         from kdistill.cache import teacher_logits_for
     tokenizers = {"student": s_tok, "teacher": t_tok}
     train_loader, val_loader, train_tok = make_loaders(
-        train, val, tokenizers, config, accelerator, ("student",) if cached else None
-    )
+        train, val, tokenizers, config, accelerator, ("student",) if cached else None,
+        {"teacher": teacher},
+    )  # fmt: skip
     val_tok, eval_bs = val_loader.dataset, val_loader.batch_size
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
     scheduler, total_steps = make_scheduler(optimizer, len(train_loader), config)
@@ -479,7 +515,8 @@ def distill(config: DistillConfig) -> Path:
                 "model": config.teacher_model,
                 "class": type(t_model).__name__,
                 "parameters": count_parameters(t_model),
-                "label_columns": columns,
+                "mode": teacher.mode,
+                "settings": teacher.settings(),
                 "dtype": t_dtype_name,
                 "attn_implementation": getattr(t_model.config, "_attn_implementation", None),
             },
@@ -512,16 +549,8 @@ def distill(config: DistillConfig) -> Path:
     else:
         teacher_metrics = evaluate(teacher.logits, val_loader, accelerator, data.num_labels,
                                    "teacher eval")  # fmt: skip
-    chance = 1.0 / data.num_labels
-    if teacher_metrics["accuracy"] <= 2 * chance:
-        logger.warning(
-            "the teacher's validation accuracy %.3f is near chance (%.3f): distilling from it "
-            "will not help the student",
-            teacher_metrics["accuracy"],
-            chance,
-        )
-    else:
-        logger.info("teacher validation accuracy %.4f", teacher_metrics["accuracy"])
+    chance = chance_accuracy(list(val["label"]), data.num_labels)
+    check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
 
     history: dict[str, Any] = {
         "teacher": {

@@ -2,8 +2,8 @@
 
 The seed's DeepSeek download is a causal LM: as a sequence classifier its head is random. This
 gives it (or any encoder) a trained head and the data set's id2label, in a folder `distill`
-accepts as --teacher-model with no extra flags. Full fine-tuning; the loop is distill's with no
-teacher (plain cross-entropy).
+accepts as --teacher-model with no extra flags. Full fine-tuning or LoRA (peft adapters merged
+into the weights on save); the loop is distill's with no teacher (plain cross-entropy).
 """
 
 from __future__ import annotations
@@ -12,11 +12,75 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kdistill.config import FinetuneConfig
+from kdistill.errors import KdistillError
 from kdistill.runs import atomic_dir, atomic_write_json
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
+
+# Adapter targets by layout, first match wins: attention projections, as in the LoRA paper.
+DEFAULT_TARGETS = (
+    ("q_proj", "k_proj", "v_proj", "o_proj"),  # Qwen2, Llama, Mistral, Gemma
+    ("query", "key", "value"),  # BERT, RoBERTa, ELECTRA, MiniLM
+    ("q_lin", "k_lin", "v_lin"),  # DistilBERT
+    ("c_attn",),  # GPT-2
+)
+
+
+def lora_targets(model: torch.nn.Module, requested: str | None) -> list[str]:
+    """The module names to adapt: the user's (each must exist) or the first known layout."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if requested:
+        wanted = [t.strip() for t in requested.split(",") if t.strip()]
+        missing = [t for t in wanted if t not in present]
+        if missing or not wanted:
+            raise KdistillError(
+                f"--target-modules: the model has no modules named {', '.join(missing) or '?'}; "
+                f"its linear layers include {', '.join(sorted(linear_names(model))[:8])}"
+            )
+        return wanted
+    for layout in DEFAULT_TARGETS:
+        if all(t in present for t in layout):
+            return list(layout)
+    raise KdistillError(
+        "--method lora: no known attention projections in this model; name them with "
+        f"--target-modules (its linear layers include {', '.join(sorted(linear_names(model))[:8])})"
+    )
+
+
+def linear_names(model: torch.nn.Module) -> set[str]:
+    import torch
+
+    linear = torch.nn.Linear
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, linear)}
+
+
+def apply_lora(model: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
+    """Wrap the classifier in LoRA adapters; the new head stays fully trainable (peft's
+    SEQ_CLS task keeps `classifier`/`score` in modules_to_save)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = lora_targets(model, config.target_modules)
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, target_modules=targets)  # fmt: skip
+    peft_model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    logger.info("LoRA r=%d on %s: %.2fM of %.1fM parameters trainable", config.lora_r,
+                ",".join(targets), trainable / 1e6, total / 1e6)  # fmt: skip
+    return peft_model
+
+
+def merged(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain transformers model: LoRA deltas folded into the weights, wrappers gone."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
 def finetune_teacher(config: FinetuneConfig) -> Path:
@@ -40,6 +104,8 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     data, train, val = run.data, run.train, run.val
     model, tokenizer = load_student(config.model, data.label_names, config.seed)
     checkpointing = apply_gradient_checkpointing(model, config.gradient_checkpointing, device)
+    if config.method == "lora":
+        model = apply_lora(model, config)
     # The "student" prefix names the inputs of the model being trained.
     train_loader, val_loader, _ = make_loaders(train, val, {"student": tokenizer}, config,
                                                accelerator)  # fmt: skip
@@ -68,7 +134,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     target = Path(config.output_dir) / name
     if accelerator.is_main_process:
         with atomic_dir(target) as tmp:
-            accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp)
+            merged(accelerator.unwrap_model(model, keep_torch_compile=False)).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             atomic_write_json(tmp / "teacher_eval.json", {
                 "val_accuracy": epochs[-1]["val_accuracy"],
@@ -79,7 +145,8 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
                 "epochs": epochs,
                 "config": config.to_dict(),
                 "resolved": {"mixed_precision": precision, "device": str(accelerator.device),
-                             "gradient_checkpointing": checkpointing},
+                             "gradient_checkpointing": checkpointing,
+                             "learning_rate": config.learning_rate},
                 "time_s": time.perf_counter() - start,
                 "versions": library_versions(),
                 "created": datetime.now().isoformat(timespec="seconds"),

@@ -8,7 +8,9 @@ classification head reads the last non-pad token, so batching is wrong without o
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,11 +37,27 @@ def quiet_transformers() -> None:
 
 
 def check_model_path(name: str, flag: str) -> str:
-    """A local folder, a .gguf-free Hub id, or a one-line error naming the flag."""
+    """A local folder, a Hub id, or a one-line error naming the flag.
+
+    A .gguf file (or a folder holding one and no config.json) is dequantised once into a cached
+    Hugging Face folder, whose path is returned: everything downstream loads a plain checkpoint.
+    """
     path = Path(name).expanduser()
     if path.exists():
+        if path.is_file() and path.suffix == ".gguf":
+            return str(gguf_to_folder(path, flag))
         if path.is_dir() and not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return str(gguf_to_folder(ggufs[0], flag))
+            if len(ggufs) > 1:
+                raise KdistillError(
+                    f"{flag} {name}: the folder holds {len(ggufs)} .gguf files "
+                    f"({', '.join(g.name for g in ggufs[:3])}); pass the one to use"
+                )
             raise KdistillError(f"{flag} {name}: the folder has no config.json; is it a model?")
+        if path.is_file():
+            raise KdistillError(f"{flag} {name}: a file; pass a model folder, a .gguf or a Hub id")
         return str(path)
     # `models/X` reads like a Hub id `org/X`, but when `models/` is a local folder (or one of our
     # own output folders) the user means a path: say it is missing instead of asking the Hub.
@@ -56,6 +74,55 @@ def check_model_path(name: str, flag: str) -> str:
     if not use_cache_if_offline():
         logger.info("%s %s: the Hub is unreachable; looking in the local cache", flag, name)
     return name  # a Hub id
+
+
+def gguf_cache_dir() -> Path:
+    root = os.environ.get("KDISTILL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdistill"
+    )
+    return Path(root) / "gguf"
+
+
+def gguf_to_folder(gguf: Path, flag: str) -> Path:
+    """The dequantised Hugging Face copy of a GGUF file, made on first use.
+
+    transformers dequantises GGUF tensors on every load (about 20 s for SmolLM2-135M here) and
+    refuses to save a GGUF-loaded model; the copy is written as plain safetensors with the
+    tokenizer and chat template, so later loads take a fraction of a second. Named by the file's
+    resolved path, size and modification time: an edited or replaced file gets a new copy.
+    """
+    st = gguf.stat()
+    ident = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    target = gguf_cache_dir() / f"{gguf.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+    if (target / "config.json").is_file():
+        logger.info("%s: using the dequantised copy %s", gguf.name, target)
+        return target
+    try:
+        import gguf as _gguf_reader  # noqa: F401  (transformers needs it to read the file)
+    except ImportError as e:
+        raise KdistillError(f"{flag} {gguf}: reading GGUF needs the gguf package: pip install "
+                            "gguf") from e  # fmt: skip
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdistill.runs import atomic_dir
+
+    logger.info("%s: dequantising to %s (once; later loads reuse it)", gguf.name, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:
+        raise _load_error(flag, str(gguf), e) from e
+    # The weights are plain floats now; without the GGUF quantizer marks save_pretrained writes
+    # them as an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.architectures = [type(model).__name__]
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{gguf.resolve()}\n")
+    return target
 
 
 def _load_error(flag: str, name: str, e: BaseException) -> KdistillError:
@@ -202,7 +269,12 @@ def has_weights(path: str) -> bool:
 
 
 def load_student(
-    name: str, label_names: list[str], seed: int, tokenizer_name: str | None = None
+    name: str,
+    label_names: list[str],
+    seed: int,
+    tokenizer_name: str | None = None,
+    layers: str | None = None,
+    num_layers: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A trainable classifier with the data set's id2label/label2id and a fresh head.
 
@@ -210,7 +282,8 @@ def load_student(
     training); any other head is re-initialised, since its rows mean other classes. A local
     folder with a config.json and no weights is an architecture: the student starts from random
     weights (a from-scratch bert-tiny, say), with the tokenizer from `tokenizer_name` if its
-    folder has none.
+    folder has none. `layers` ("0,5") or `num_layers` keeps only those transformer blocks of the
+    loaded model (a DistilBERT-style student that starts from real weights).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, set_seed
 
@@ -239,6 +312,7 @@ def load_student(
         except Exception as e:
             raise _load_error(flag, name, e) from e
         logger.info("student %s: no weights in the folder; starting from random weights", name)
+        cut_student(model, layers, num_layers)
         set_pad_token(model, tokenizer)
         return model, tokenizer
     model, info = load_classifier(
@@ -257,8 +331,26 @@ def load_student(
         logger.info("student %s: its head was trained for other labels; re-initialised", name)
     elif not fresh:
         logger.info("student %s: keeping its head, trained for these labels", name)
+    cut_student(model, layers, num_layers)
     set_pad_token(model, tokenizer)
     return model, tokenizer
+
+
+def cut_student(model: PreTrainedModel, layers: str | None, num_layers: int | None) -> None:
+    if layers is None and num_layers is None:
+        return
+    from kdistill.student_layers import keep_layers, layer_stack, resolve_layers
+
+    stack, _ = layer_stack(model)
+    total = len(stack)
+    kept = resolve_layers(layers, num_layers, total)
+    if kept is None or len(kept) == total:
+        return
+    before = count_parameters(model)
+    keep_layers(model, kept)
+    after = count_parameters(model)
+    logger.info("student: kept layers %s of %d (%.1fM -> %.1fM parameters)",
+                ",".join(map(str, kept)), total, before / 1e6, after / 1e6)  # fmt: skip
 
 
 def reset_head(model: PreTrainedModel) -> None:

@@ -1,18 +1,38 @@
 """A teacher turns texts into class logits over the data set's classes, frozen.
 
-Today: a sequence classifier whose logit columns are reordered onto the data set's classes.
-This is the seam for the LLM prompt teacher and the logit cache: anything with `logits(batch)`
-returning (batch, num_labels) can teach.
+Two kinds: a sequence classifier whose logit columns are reordered onto the data set's classes
+(`ClassifierTeacher`), and a causal LM that scores each class's label words after a prompt
+(`kdistill.prompt_teacher.PromptTeacher`). Both `encode(texts, max_length)` into the inputs they
+read back in `logits(batch)`, so the data pipeline and the logit cache treat them alike.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from kdistill.errors import KdistillError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from kdistill.config import TeacherOptions
+
+logger = logging.getLogger(__name__)
+
+
+class Teacher(Protocol):
+    mode: str
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+    def encode(self, texts: list[str], max_length: int) -> dict[str, list[list[int]]]: ...
+    def settings(self) -> dict[str, Any]: ...
+    def to(self, device: torch.device) -> Teacher: ...
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
 
 class ClassifierTeacher:
@@ -34,6 +54,10 @@ class ClassifierTeacher:
         self.columns = torch.tensor(columns, dtype=torch.long)
         self._identity = columns == list(range(model.config.num_labels))
 
+    def encode(self, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
+        enc = self.tokenizer(texts, truncation=True, max_length=max_length)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
     def settings(self) -> dict[str, Any]:
         """What, besides weights and tokenizer, decides the logits (part of the cache key)."""
         return {"label_columns": self.columns.tolist(), "dtype": str(self.model.dtype)}
@@ -54,3 +78,75 @@ class ClassifierTeacher:
             input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
         ).logits
         return out if self._identity else out.index_select(-1, self.columns)
+
+
+def resolve_mode(requested: str, path: str) -> str:
+    """auto: a model whose config names a sequence-classification head is a classifier; a causal
+    LM (the seed's DeepSeek download, SmolLM2) is asked by prompt; anything else goes the
+    classifier way, where the untrained-head guard explains what is wrong."""
+    if requested != "auto":
+        return requested
+    from transformers import AutoConfig
+
+    try:
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+    except Exception:
+        return "classifier"  # the classifier loader reports the load error in one line
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "classifier"
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return "prompt"
+    return "classifier"
+
+
+def load_teacher(
+    options: TeacherOptions,
+    name: str,
+    label_names: list[str],
+    dtype: torch.dtype | None,
+    examples: tuple[list[str], list[int]] | None,
+    max_length: int,
+    seed: int,
+) -> Teacher:
+    """The teacher `options` describe, frozen, in eval mode. `examples` (texts, labels) is where
+    few-shot examples come from (the training split)."""
+    from kdistill.models import check_model_path, load_teacher_classifier
+
+    path = check_model_path(name, "--teacher-model")
+    mode = resolve_mode(options.teacher_mode, path)
+    if mode == "classifier":
+        prompt_flags = [f for f, v in (("--prompt-template", options.prompt_template),
+                                       ("--label-words", options.label_words),
+                                       ("--few-shot", options.few_shot)) if v]  # fmt: skip
+        if prompt_flags:
+            logger.warning("%s apply to prompt teachers only; this teacher is a classifier",
+                           ", ".join(prompt_flags))  # fmt: skip
+        model, tokenizer, columns = load_teacher_classifier(
+            path, label_names, options.allow_untrained_teacher, dtype
+        )
+        return ClassifierTeacher(model, tokenizer, columns, path)
+
+    from kdistill.prompt_teacher import (
+        PromptSettings,
+        check_template,
+        load_prompt_teacher,
+        parse_label_words,
+        pick_few_shot,
+    )
+
+    check_template(options.prompt_template)
+    words = parse_label_words(options.label_words, label_names)
+    shots: list[tuple[str, int]] = []
+    if options.few_shot:
+        if examples is None:
+            raise KdistillError("--few-shot needs training examples; this split has none")
+        shots = pick_few_shot(examples[0], examples[1], label_names, options.few_shot, seed)
+    settings = PromptSettings(template=options.prompt_template, label_words=words,
+                              few_shot=shots, calibrate=options.calibrate,
+                              max_text_tokens=max_length)  # fmt: skip
+    teacher = load_prompt_teacher(path, label_names, settings, dtype)
+    logger.info("teacher %s: prompt mode (label words: %s; %d-shot; calibration %s)", name,
+                ", ".join(words[n] for n in label_names[:4]) + ("..." if len(label_names) > 4
+                                                                else ""),
+                len(shots), "on" if options.calibrate else "off")  # fmt: skip
+    return teacher
