@@ -31,7 +31,7 @@ def workdir(tmp_path, monkeypatch, labelled_csv):
 def quick(teacher, student, *extra):
     return ["--dataset", "toy", "--teacher-model", str(teacher), "--student-model", str(student),
             "--batch-size", "4", "--epochs", "2", "--mixed-precision", "no", "--learning-rate",
-            "1e-3", *extra]  # fmt: skip
+            "1e-3", "--allow-weak-teacher", *extra]  # fmt: skip
 
 
 def run(argv) -> Path:

@@ -162,7 +162,7 @@ def test_missing_teacher_folder_says_to_download(capsys, in_tmp, labelled_csv):
 def test_teacher_with_an_untrained_head_is_refused(capsys, in_tmp, labelled_csv, tiny_models):
     err = one_line_error(capsys, [
         "distill", "--dataset", str(labelled_csv), "--teacher-model", str(tiny_models["qwen_lm"]),
-        "--student-model", str(tiny_models["bert_student"]),
+        "--student-model", str(tiny_models["bert_student"]), "--teacher-mode", "classifier",
     ])  # fmt: skip
     assert "no trained classification head" in err and "--allow-untrained-teacher" in err
 

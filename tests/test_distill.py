@@ -23,11 +23,14 @@ def workdir(tmp_path, monkeypatch, labelled_csv):
 
 
 def seed_quick_test(teacher: Path, student: Path, *extra: str) -> list[str]:
-    """The seed's "Quick Testing" command with local models for the Hub ids."""
+    """The seed's "Quick Testing" command with local models for the Hub ids. The tiny random
+    teachers sit at chance, so mechanics tests pass --allow-weak-teacher (the guard has its
+    own tests)."""
+    weak = [] if "--no-allow-weak-teacher" in extra else ["--allow-weak-teacher"]
     return [
         "--dataset", "toy", "--teacher-model", str(teacher), "--student-model", str(student),
         "--max-train-samples", "100", "--max-val-samples", "100", "--batch-size", "2",
-        "--max-length", "128", "--epochs", "2", "--mixed-precision", "no", *extra,
+        "--max-length", "128", "--epochs", "2", "--mixed-precision", "no", *weak, *extra,
     ]  # fmt: skip
 
 
@@ -62,7 +65,7 @@ def test_seed_quick_test_writes_the_seed_layout(workdir, tiny_models):
     assert (config["temperature"], config["alpha"], config["epochs"]) == (3.0, 0.7, 2)
     assert config["data"]["label_names"] == CLASSES
     assert config["data"]["train_rows"] == 96 and config["data"]["validation_rows"] == 24
-    assert config["teacher"]["label_columns"] == [3, 2, 1, 0]  # the teacher's head is reversed
+    assert config["teacher"]["settings"]["label_columns"] == [3, 2, 1, 0]  # the teacher's head is reversed
     assert config["resolved"]["mixed_precision"] == "no"
 
 
@@ -174,7 +177,8 @@ def test_alpha_one_learns_the_task_from_the_teacher_alone(workdir, tiny_models, 
 
 def test_untrained_teacher_runs_when_allowed_and_the_run_says_so(workdir, tiny_models, caplog):
     run = run_distill(seed_quick_test(tiny_models["qwen_lm"], tiny_models["bert_student"],
-                                      "--epochs", "1", "--allow-untrained-teacher"))  # fmt: skip
+                                      "--epochs", "1", "--allow-untrained-teacher",
+                                      "--teacher-mode", "classifier"))  # fmt: skip
     assert "untrained" in caplog.text
     assert json.loads((run / "config.json").read_text())["allow_untrained_teacher"] is True
 

@@ -15,7 +15,13 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kdistill.config import DistillConfig, DownloadConfig, FinetuneConfig, PrepareDataConfig
+from kdistill.config import (
+    DistillConfig,
+    DownloadConfig,
+    EvalTeacherConfig,
+    FinetuneConfig,
+    PrepareDataConfig,
+)
 from kdistill.errors import KdistillError
 
 logger = logging.getLogger("kdistill")
@@ -96,10 +102,19 @@ def cmd_finetune_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_teacher(args: argparse.Namespace) -> int:
+    from kdistill.eval_teacher import eval_teacher, format_report
+
+    report = eval_teacher(config_from_args(EvalTeacherConfig, args))
+    sys.stdout.write(format_report(report) + "\n")
+    return 0
+
+
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "download-model": (DownloadConfig, cmd_download_model, "Download a model from the Hub."),
     "prepare-data": (PrepareDataConfig, cmd_prepare_data, "Split, explore and save a data set."),
     "finetune-teacher": (FinetuneConfig, cmd_finetune_teacher, "Fine-tune a classifier teacher."),
+    "eval-teacher": (EvalTeacherConfig, cmd_eval_teacher, "Measure a teacher before distilling."),
     "distill": (DistillConfig, cmd_distill, "Train a student from a frozen teacher."),
 }
 

@@ -1,0 +1,115 @@
+"""eval-teacher: how good is a teacher, before a training run is spent on it?
+
+Runs the teacher once over a split (one length-sorted inference pass, the same one distill's
+logit cache makes) and reports accuracy, macro-F1, per-class accuracy, and how its softened
+probabilities look at several temperatures (ECE and entropy), to choose --temperature, the
+prompt and the teacher itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kdistill.config import EvalTeacherConfig
+from kdistill.errors import KdistillError
+from kdistill.runs import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
+    """Returns the report (also written to --output when given)."""
+    import torch
+    from transformers import set_seed
+
+    from kdistill.cache import compute_teacher_logits
+    from kdistill.data import load_for_training, subsample, tokenize
+    from kdistill.distill import (
+        chance_accuracy,
+        library_versions,
+        make_accelerator,
+        pick_device,
+        pick_mixed_precision,
+        pick_teacher_dtype,
+    )
+    from kdistill.evaluate import classification_metrics, per_class_accuracy, soft_target_stats
+    from kdistill.models import count_parameters, quiet_transformers
+    from kdistill.teachers import load_teacher
+
+    quiet_transformers()
+    device = pick_device(config.device)
+    precision = pick_mixed_precision(config.mixed_precision, device)
+    accelerator = make_accelerator(device, precision, 1)
+    set_seed(config.seed)
+    data = load_for_training(config.dataset, config.data_dir, config.text_column,
+                             config.label_column, config.validation_split, config.seed)  # fmt: skip
+    if config.split not in data.splits:
+        raise KdistillError(f"--split {config.split}: {data.name} has no such split (it has "
+                            f"{', '.join(data.splits)})")  # fmt: skip
+    rows = subsample(data.splits[config.split], config.max_samples, config.seed, "--max-samples")
+    train = data.splits["train"]
+    dtype, dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
+    teacher = load_teacher(config, config.teacher_model, data.label_names, dtype,
+                           (list(train["text"]), list(train["label"])), config.max_length,
+                           config.seed)  # fmt: skip
+    teacher.to(accelerator.device)
+
+    start = time.perf_counter()
+    encoded = tokenize(rows, {"teacher": teacher}, config.max_length)
+    logits = compute_teacher_logits(teacher, encoded, config.teacher_batch_size, accelerator,
+                                    data.num_labels)  # fmt: skip
+    elapsed = time.perf_counter() - start
+    labels = torch.tensor(list(rows["label"]))
+    metrics = classification_metrics(logits, labels, data.num_labels)
+    chance = chance_accuracy(labels.tolist(), data.num_labels)
+    report: dict[str, Any] = {
+        "teacher": config.teacher_model,
+        "mode": teacher.mode,
+        "settings": teacher.settings(),
+        "parameters": count_parameters(teacher.model),
+        "dataset": data.name,
+        "split": config.split,
+        "rows": len(rows),
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "loss": metrics["loss"],
+        "chance_accuracy": chance,
+        "weak": metrics["accuracy"] <= chance,
+        "per_class": per_class_accuracy(logits, labels, data.label_names),
+        "temperatures": [soft_target_stats(logits, labels, t) for t in config.temperature_list()],
+        "max_entropy": math.log(data.num_labels),
+        "time_s": elapsed,
+        "rows_per_second": len(rows) / max(elapsed, 1e-9),
+        "device": str(accelerator.device),
+        "dtype": dtype_name,
+        "config": config.to_dict(),
+        "versions": library_versions(),
+        "created": datetime.now().isoformat(timespec="seconds"),
+    }
+    if config.output:
+        atomic_write_json(Path(config.output), report)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"teacher {report['teacher']} ({report['mode']}, {report['parameters'] / 1e6:.1f}M "
+        f"parameters) on {report['dataset']}/{report['split']}: {report['rows']} rows in "
+        f"{report['time_s']:.1f} s ({report['rows_per_second']:.1f} rows/s)",
+        f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   "
+        f"chance {report['chance_accuracy']:.4f}"
+        + ("   WEAK: at or below chance; distill refuses it" if report["weak"] else ""),
+        "",
+        f"{'class':<28}{'accuracy':>10}{'rows':>7}",
+    ]
+    for name, c in report["per_class"].items():
+        lines.append(f"{name:<28}{c['accuracy']:>10.4f}{c['n']:>7}")
+    lines += ["", f"{'T':>5}{'ECE':>9}{'entropy':>10}   (max entropy {report['max_entropy']:.3f})"]
+    for t in report["temperatures"]:
+        lines.append(f"{t['temperature']:>5g}{t['ece']:>9.4f}{t['mean_entropy']:>10.4f}")
+    return "\n".join(lines)
