@@ -65,7 +65,8 @@ def test_seed_quick_test_writes_the_seed_layout(workdir, tiny_models):
     assert (config["temperature"], config["alpha"], config["epochs"]) == (3.0, 0.7, 2)
     assert config["data"]["label_names"] == CLASSES
     assert config["data"]["train_rows"] == 96 and config["data"]["validation_rows"] == 24
-    assert config["teacher"]["settings"]["label_columns"] == [3, 2, 1, 0]  # the teacher's head is reversed
+    # The teacher's head is reversed.
+    assert config["teacher"]["settings"]["label_columns"] == [3, 2, 1, 0]
     assert config["resolved"]["mixed_precision"] == "no"
 
 
