@@ -251,3 +251,35 @@ def test_optimizer_is_fused_and_spares_biases_and_norms(tiny_models):
     assert all("LayerNorm" in names[id(p)] or names[id(p)].endswith("bias")
                for p in no_decay["params"])  # fmt: skip
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_student_cut_to_fewer_layers_trains_and_saves_the_reduced_config(workdir, tiny_models,
+                                                                         trained_teacher):
+    """--student-layers keeps only those blocks of a pretrained student; the saved student is a
+    normal checkpoint with the reduced config."""
+    from transformers import AutoModelForSequenceClassification
+
+    run = run_distill(seed_quick_test(trained_teacher, tiny_models["bert_teacher"],
+                                      "--epochs", "1", "--student-layers", "1"))  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["student_layers"] == "1"
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        run / "best_model", output_loading_info=True
+    )
+    assert model.config.num_hidden_layers == 1 and len(model.bert.encoder.layer) == 1
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    # The kept block is the original's layer 1, trained from there.
+    full = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert_teacher"])
+    assert config["student"]["parameters"] < sum(p.numel() for p in full.parameters())
+
+
+def test_student_layer_flags_are_checked(workdir, tiny_models, capsys):
+    argv = seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"],
+                           "--student-layers", "0,7")  # fmt: skip
+    assert main(argv, prog="train_soft_distillation.py", command="distill") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--student-layers" in err and "2 layers" in err
+    argv = seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"],
+                           "--student-layers", "0", "--student-num-layers", "1")  # fmt: skip
+    assert main(argv, prog="train_soft_distillation.py", command="distill") == 2
+    assert "not both" in capsys.readouterr().err
