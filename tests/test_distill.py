@@ -253,8 +253,9 @@ def test_optimizer_is_fused_and_spares_biases_and_norms(tiny_models):
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_student_cut_to_fewer_layers_trains_and_saves_the_reduced_config(workdir, tiny_models,
-                                                                         trained_teacher):
+def test_student_cut_to_fewer_layers_trains_and_saves_the_reduced_config(
+    workdir, tiny_models, trained_teacher
+):
     """--student-layers keeps only those blocks of a pretrained student; the saved student is a
     normal checkpoint with the reduced config."""
     from transformers import AutoModelForSequenceClassification

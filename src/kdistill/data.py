@@ -8,6 +8,8 @@ the data set by name, so a teacher trained with another label order still lines 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import re
@@ -540,10 +542,22 @@ def tokenize(
 
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
+    # datasets fingerprints the map function by pickling it, and a teacher encoder holds its
+    # whole model: name the result by what decides it instead.
+    from kdistill.cache import tokenizer_identity
+
+    identity = [ds._fingerprint, max_length]
+    for prefix, encoder in sorted(encoders.items()):
+        if isinstance(encoder, PreTrainedTokenizerBase):
+            identity.append([prefix, tokenizer_identity(encoder)])
+        else:
+            identity.append([prefix, type(encoder).__name__, encoder.name, encoder.settings(),
+                             tokenizer_identity(encoder.tokenizer)])  # fmt: skip
+    fingerprint = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:32]
     # A bar only where tokenising takes long enough to wonder about.
     (enable_progress_bar if len(ds) > 50_000 else disable_progress_bar)()
     try:
-        return ds.map(encode, batched=True, desc="tokenising")
+        return ds.map(encode, batched=True, desc="tokenising", new_fingerprint=fingerprint)
     finally:
         disable_progress_bar()
 
