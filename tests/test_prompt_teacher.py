@@ -66,7 +66,7 @@ def make_teacher(
     tokenizer.padding_side = padding_side
     if chat:
         tokenizer.chat_template = CHAT_TEMPLATE
-    return PromptTeacher(model, tokenizer, CLASSES, str(path), PromptSettings(**kw))
+    return PromptTeacher(model, tokenizer, CLASSES, str(path), PromptSettings(chat=chat, **kw))
 
 
 def batch_of(teacher: PromptTeacher, texts: list[str], max_length: int = 512) -> dict:
@@ -184,6 +184,18 @@ def test_text_truncated_not_the_prompt(lm):
 
 
 # --------------------------------------------------------------------------- prompts
+
+
+def test_chat_template_only_when_asked(lm):
+    """A tokenizer with a chat template still gets the plain prompt unless --chat-template."""
+    path, model = lm
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    plain = PromptTeacher(model, tokenizer, CLASSES, str(path), PromptSettings())
+    assert not plain.chat and "<|im_start|>" not in plain.render("some text")
+    assert plain.settings()["chat_template"] is None
 
 
 def test_chat_template_applied_when_present(lm):

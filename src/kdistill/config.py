@@ -102,8 +102,7 @@ class TeacherOptions:
     prompt_template: str | None = _opt(
         None,
         "Prompt teacher: the text before the label word, with a {text} slot and an optional "
-        "{labels} slot (default: a prompt listing the classes, in the chat template when the "
-        "tokenizer has one).",
+        "{labels} slot (default: a prompt listing the classes, ending 'Category:').",
     )
     label_words: str | None = _opt(
         None,
@@ -112,6 +111,11 @@ class TeacherOptions:
         "the class names split into words).",
     )
     few_shot: int = _opt(0, "Prompt teacher: K stratified training examples shown in the prompt.")
+    chat_template: bool = _opt(
+        False,
+        "Prompt teacher: wrap the default prompt in the tokenizer's chat template (off: measured "
+        "worse for SmolLM2-135M-Instruct on DBpedia, 19%% vs 45%% calibrated).",
+    )
     calibrate: bool = _opt(
         True,
         "Prompt teacher: contextual calibration (Zhao et al. 2021): divide the class "

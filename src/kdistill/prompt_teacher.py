@@ -168,14 +168,17 @@ class PromptSettings:
     """How the causal LM is prompted; everything here goes into the logit-cache key."""
 
     template: str | None = None
-    """None: the default prompt, wrapped in the tokenizer's chat template when it has one. A
-    string with {text} and optional {labels} slots is used raw, never chat-wrapped."""
+    """None: the default prompt (in the tokenizer's chat template with `chat`). A string with
+    {text} and optional {labels} slots is used raw, never chat-wrapped."""
     label_words: dict[str, str] = field(default_factory=dict)
     """Class name -> word scored as the answer; empty: the class names split into words."""
     few_shot: list[tuple[str, int]] = field(default_factory=list)
     """(text, label index) examples shown before the query, with their label words."""
     calibrate: bool = True
     """Subtract the log-probabilities the prompt gives content-free inputs (Zhao et al. 2021)."""
+    chat: bool = False
+    """Wrap the default prompt in the tokenizer's chat template. Off by default: measured on
+    140 DBpedia validation rows with SmolLM2-135M-Instruct (calibrated), 45% plain vs 19% chat."""
     max_text_tokens: int = 128
     """Texts (query and few-shot) are cut to this many tokens before they enter the prompt."""
 
@@ -208,7 +211,12 @@ class PromptTeacher:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         words = resolve_label_words(settings.label_words, self.label_names)
         self.words = [words[n] for n in self.label_names]
-        self.chat = settings.template is None and bool(getattr(tokenizer, "chat_template", None))
+        has_chat = bool(getattr(tokenizer, "chat_template", None))
+        if settings.chat and not has_chat:
+            logger.warning("--chat-template: the tokenizer has none; using the plain prompt")
+        if settings.chat and settings.template is not None:
+            logger.warning("--chat-template does not apply to a --prompt-template (used raw)")
+        self.chat = settings.chat and settings.template is None and has_chat
         self.template = DEFAULT_TEMPLATE if settings.template is None else settings.template
         for _, y in settings.few_shot:
             if not 0 <= y < len(self.label_names):

@@ -143,6 +143,7 @@ def load_teacher(
         shots = pick_few_shot(examples[0], examples[1], label_names, options.few_shot, seed)
     settings = PromptSettings(template=options.prompt_template, label_words=words,
                               few_shot=shots, calibrate=options.calibrate,
+                              chat=options.chat_template,
                               max_text_tokens=max_length)  # fmt: skip
     teacher = load_prompt_teacher(path, label_names, settings, dtype)
     logger.info("teacher %s: prompt mode (label words: %s; %d-shot; calibration %s)", name,
