@@ -285,3 +285,31 @@ def test_packaged_smollm2_gguf_loads_once_and_matches_transformers(tmp_path, mon
     inputs = tok("The Eiffel Tower is in", return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(cached(**inputs).logits, direct(**inputs).logits)
+
+
+def test_distill_from_a_prompt_teacher_online_and_cached(tmp_path, monkeypatch, labelled_csv,
+                                                         tiny_models):  # fmt: skip
+    """A causal LM teacher is asked by prompt (auto mode) in distill, online (the seed's loop)
+    and through the logit cache, with the same teacher numbers; the cache key holds the prompt
+    settings, so another --few-shot is a miss."""
+    monkeypatch.chdir(tmp_path)
+    base = ["distill", "--dataset", str(labelled_csv), "--teacher-model",
+            str(tiny_models["qwen_lm"]), "--student-model", str(tiny_models["bert_student"]),
+            "--epochs", "1", "--batch-size", "8", "--mixed-precision", "no",
+            "--allow-weak-teacher", "--teacher-cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    histories = []
+    for extra in (["--teacher-cache", "off"], ["--teacher-cache", "disk"],
+                  ["--teacher-cache", "disk", "--few-shot", "2"]):  # fmt: skip
+        out = tmp_path / f"runs{len(histories)}"
+        assert main([*base, *extra, "--output-dir", str(out)]) == 0
+        run = next(out.iterdir())
+        config = json.loads((run / "config.json").read_text())
+        assert config["teacher"]["mode"] == "prompt"
+        histories.append(json.loads((run / "history.json").read_text()))
+    online, cached, shots = histories
+    assert online["teacher"]["val_accuracy"] == cached["teacher"]["val_accuracy"]
+    assert online["teacher"]["val_loss"] == pytest.approx(cached["teacher"]["val_loss"], rel=1e-4)
+    assert online["epochs"][0]["train_kl"] == pytest.approx(cached["epochs"][0]["train_kl"],
+                                                            rel=1e-3)  # fmt: skip
+    assert cached["teacher_cache"]["key"] != shots["teacher_cache"]["key"]
+    assert shots["teacher_cache"]["hit"] is False
