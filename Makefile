@@ -35,16 +35,24 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	@$(BIN)/python -m kdistill.hub "$(DATASET)"
-	@echo "== 1/3 prepare-data: $(DATASET) -> data/$(DEMO_NAME)/"
+	@echo "== 1/5 prepare-data: $(DATASET) -> data/$(DEMO_NAME)/"
 	$(KD) prepare-data --dataset "$(DATASET)" --name $(DEMO_NAME) --validation-split 0.2
-	@echo "== 2/3 finetune-teacher: all-MiniLM-L6-v2 -> models/minilm-$(DEMO_NAME)/"
+	@echo "== 2/5 finetune-teacher: all-MiniLM-L6-v2 -> models/minilm-$(DEMO_NAME)/"
 	$(KD) finetune-teacher --model "$(TEACHER_BASE)" --dataset $(DEMO_NAME) \
 		--name minilm-$(DEMO_NAME) --epochs 1 --batch-size 32 --learning-rate 1e-4 \
 		--max-train-samples $(DEMO_TRAIN) --max-val-samples $(DEMO_VAL)
-	@echo "== 3/3 distill: teacher -> bert-tiny-shaped student (4.4M parameters, random init)"
+	@echo "== 3/5 eval-teacher: is the teacher worth distilling from?"
+	$(KD) eval-teacher --teacher-model models/minilm-$(DEMO_NAME) --dataset $(DEMO_NAME) \
+		--max-samples $(DEMO_VAL) --output models/minilm-$(DEMO_NAME)/eval_report.json
+	@echo "== 4/5 distill: teacher -> bert-tiny-shaped student (4.4M parameters, random init)"
 	$(KD) distill --dataset $(DEMO_NAME) --teacher-model models/minilm-$(DEMO_NAME) \
 		--student-model examples/students/bert-tiny --student-tokenizer "$(TEACHER_BASE)" \
 		--epochs 3 --batch-size 32 --learning-rate 1e-3 --temperature 3.0 --alpha 0.7 \
+		--max-train-samples $(DEMO_TRAIN) --max-val-samples $(DEMO_VAL)
+	@echo "== 5/5 distill: teacher -> 2 of MiniLM's 6 layers (a student from real weights)"
+	$(KD) distill --dataset $(DEMO_NAME) --teacher-model models/minilm-$(DEMO_NAME) \
+		--student-model "$(TEACHER_BASE)" --student-layers 0,5 --output-dir outputs/student_cut \
+		--epochs 3 --batch-size 32 --learning-rate 1e-4 --temperature 3.0 --alpha 0.7 \
 		--max-train-samples $(DEMO_TRAIN) --max-val-samples $(DEMO_VAL)
 
 test: setup lint
