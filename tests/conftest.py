@@ -39,6 +39,17 @@ def make_texts(n_per_class: int = 30, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
+def write_toy_csv(path: Path, n_per_class: int, seed: int = 0) -> Path:
+    """The toy classes as a labelled CSV (`text`, `label`)."""
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(make_texts(n_per_class, seed))
+    return path
+
+
 def _corpus() -> list[str]:
     return [t for t, _ in make_texts(50, seed=1)] + [" ".join(CLASSES)]
 
@@ -135,14 +146,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture()
 def labelled_csv(tmp_path) -> Path:
-    import csv
-
-    path = tmp_path / "toy.csv"
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(make_texts(30))
-    return path
+    return write_toy_csv(tmp_path / "toy.csv", 30)
 
 
 @pytest.fixture(scope="session")
@@ -167,17 +171,11 @@ def dbpedia_csv() -> Path:
 def trained_teacher(tmp_path_factory, tiny_models) -> Path:
     """The tiny BERT fine-tuned on the toy classes by `finetune-teacher`: a teacher that knows
     the task, so distillation has something real to pass on."""
-    import csv
-
     from kdistill.config import FinetuneConfig
     from kdistill.finetune import finetune_teacher
 
     root = tmp_path_factory.mktemp("trained")
-    data = root / "toy.csv"
-    with data.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(make_texts(100, seed=5))
+    data = write_toy_csv(root / "toy.csv", 100, seed=5)
     config = FinetuneConfig(model=str(tiny_models["bert_student"]), dataset=str(data),
                             output_dir=str(root / "models"), epochs=6, batch_size=8,
                             learning_rate=3e-3, mixed_precision="no", seed=0)  # fmt: skip

@@ -20,7 +20,6 @@ from kdistill.prompt_teacher import (
     PromptTeacher,
     check_template,
     default_label_word,
-    is_causal_lm,
     load_prompt_teacher,
     parse_label_words,
     pick_few_shot,
@@ -390,11 +389,5 @@ def test_load_errors_are_one_line(tiny_models, tmp_path):
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     with pytest.raises(KdistillError, match="^--teacher-model .*cannot load it") as e:
-        is_causal_lm(str(broken))
+        load_prompt_teacher(str(broken), CLASSES, PromptSettings())
     assert "\n" not in str(e.value)
-
-
-def test_is_causal_lm(tiny_models):
-    assert is_causal_lm(str(tiny_models["qwen_lm"]))
-    assert not is_causal_lm(str(tiny_models["qwen_teacher"]))
-    assert not is_causal_lm(str(tiny_models["bert_teacher"]))

@@ -29,18 +29,12 @@ def one_line_error(capsys, argv) -> str:
 @pytest.fixture(scope="module")
 def lora_teacher(tmp_path_factory, tiny_models) -> Path:
     """The tiny Qwen2 causal LM fine-tuned as a classifier with LoRA on the toy classes."""
-    import csv
-
-    from conftest import make_texts
+    from conftest import write_toy_csv
 
     from kdistill.finetune import finetune_teacher
 
     root = tmp_path_factory.mktemp("lora")
-    data = root / "toy.csv"
-    with data.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(make_texts(60, seed=7))
+    data = write_toy_csv(root / "toy.csv", 60, seed=7)
     config = FinetuneConfig(model=str(tiny_models["qwen_lm"]), dataset=str(data),
                             output_dir=str(root / "models"), method="lora", lora_r=4, epochs=3,
                             batch_size=8, learning_rate=3e-3, mixed_precision="no",

@@ -36,11 +36,15 @@ CACHE_FORMAT = "kdistill-teacher-logits/1"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
 
 
-def default_cache_dir() -> Path:
-    root = os.environ.get("KDISTILL_CACHE") or os.path.join(
+def cache_root() -> Path:
+    """Where kdistill keeps what it can recompute: $KDISTILL_CACHE, else ~/.cache/kdistill."""
+    return Path(os.environ.get("KDISTILL_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdistill"
-    )
-    return Path(root) / "teacher_logits"
+    ))  # fmt: skip
+
+
+def default_cache_dir() -> Path:
+    return cache_root() / "teacher_logits"
 
 
 @functools.cache

@@ -455,9 +455,8 @@ def distill(config: DistillConfig) -> Path:
 
     # ---- models: teacher frozen in eval mode, student with a fresh head for these classes
     t_dtype, t_dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
-    teacher = load_teacher(config, config.teacher_model, data.label_names, t_dtype,
-                           (list(train["text"]), list(train["label"])), config.max_length,
-                           config.seed)  # fmt: skip
+    teacher = load_teacher(config, config.teacher_model, data.label_names, t_dtype, train,
+                           config.max_length, config.seed)  # fmt: skip
     t_model, t_tok = teacher.model, teacher.tokenizer
     student, s_tok = load_student(
         config.student_model, data.label_names, config.seed, config.student_tokenizer,

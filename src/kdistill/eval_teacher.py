@@ -54,9 +54,8 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     rows = subsample(data.splits[config.split], config.max_samples, config.seed, "--max-samples")
     train = data.splits["train"]
     dtype, dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
-    teacher = load_teacher(config, config.teacher_model, data.label_names, dtype,
-                           (list(train["text"]), list(train["label"])), config.max_length,
-                           config.seed)  # fmt: skip
+    teacher = load_teacher(config, config.teacher_model, data.label_names, dtype, train,
+                           config.max_length, config.seed)  # fmt: skip
     teacher.to(accelerator.device)
 
     start = time.perf_counter()

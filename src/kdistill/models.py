@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,10 +76,9 @@ def check_model_path(name: str, flag: str) -> str:
 
 
 def gguf_cache_dir() -> Path:
-    root = os.environ.get("KDISTILL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdistill"
-    )
-    return Path(root) / "gguf"
+    from kdistill.cache import cache_root
+
+    return cache_root() / "gguf"
 
 
 def gguf_to_folder(gguf: Path, flag: str) -> Path:

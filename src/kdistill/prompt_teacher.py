@@ -465,21 +465,6 @@ class PromptTeacher:
 # --------------------------------------------------------------------------- loading
 
 
-def is_causal_lm(path_or_id: str) -> bool:
-    """Whether the checkpoint's config names a `*ForCausalLM` architecture: such a model has
-    no classification head and can only teach by prompting (`--teacher-mode auto`)."""
-    from transformers import AutoConfig
-
-    from kdistill.models import _load_error, check_model_path
-
-    name = check_model_path(path_or_id, "--teacher-model")
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except Exception as e:
-        raise _load_error("--teacher-model", name, e) from e
-    return any(a.endswith("ForCausalLM") for a in getattr(config, "architectures", None) or [])
-
-
 def load_prompt_teacher(
     name: str, label_names: list[str], settings: PromptSettings, dtype: Any = None
 ) -> PromptTeacher:

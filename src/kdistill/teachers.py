@@ -16,6 +16,7 @@ import torch
 from kdistill.errors import KdistillError
 
 if TYPE_CHECKING:
+    from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from kdistill.config import TeacherOptions
@@ -104,12 +105,12 @@ def load_teacher(
     name: str,
     label_names: list[str],
     dtype: torch.dtype | None,
-    examples: tuple[list[str], list[int]] | None,
+    examples: Dataset | None,
     max_length: int,
     seed: int,
 ) -> Teacher:
-    """The teacher `options` describe, frozen, in eval mode. `examples` (texts, labels) is where
-    few-shot examples come from (the training split)."""
+    """The teacher `options` describe, frozen, in eval mode. `examples` (the training split,
+    `text` and `label` columns) is where few-shot examples come from; it is read only then."""
     from kdistill.models import check_model_path, load_teacher_classifier
 
     path = check_model_path(name, "--teacher-model")
@@ -140,7 +141,8 @@ def load_teacher(
     if options.few_shot:
         if examples is None:
             raise KdistillError("--few-shot needs training examples; this split has none")
-        shots = pick_few_shot(examples[0], examples[1], label_names, options.few_shot, seed)
+        shots = pick_few_shot(list(examples["text"]), list(examples["label"]), label_names,
+                              options.few_shot, seed)  # fmt: skip
     settings = PromptSettings(template=options.prompt_template, label_words=words,
                               few_shot=shots, calibrate=options.calibrate,
                               chat=options.chat_template,
