@@ -20,6 +20,10 @@ def _check(ok: bool, message: str) -> None:
         raise KdistillError(message)
 
 
+def _check_validation_split(value: float) -> None:
+    _check(0.0 < value < 1.0, f"--validation-split must be between 0 and 1 (got {value})")
+
+
 def _check_training(c: DistillConfig | FinetuneConfig) -> None:
     """The ranges every training command shares."""
     _check(c.epochs >= 1, f"--epochs must be >= 1 (got {c.epochs})")
@@ -41,10 +45,7 @@ def _check_training(c: DistillConfig | FinetuneConfig) -> None:
         c.gradient_accumulation_steps >= 1,
         f"--gradient-accumulation-steps must be >= 1 (got {c.gradient_accumulation_steps})",
     )
-    _check(
-        0.0 < c.validation_split < 1.0,
-        f"--validation-split must be between 0 and 1 (got {c.validation_split})",
-    )
+    _check_validation_split(c.validation_split)
 
 
 @dataclass
@@ -82,10 +83,7 @@ class PrepareDataConfig:
     seed: int = _opt(42, "Seed of the validation split.")
 
     def __post_init__(self) -> None:
-        _check(
-            0.0 < self.validation_split < 1.0,
-            f"--validation-split must be between 0 and 1 (got {self.validation_split})",
-        )
+        _check_validation_split(self.validation_split)
 
 
 @dataclass
@@ -379,10 +377,7 @@ class EvalTeacherConfig(TeacherOptions):
             self.max_samples is None or self.max_samples >= 1,
             f"--max-samples must be >= 1 (got {self.max_samples})",
         )
-        _check(
-            0.0 < self.validation_split < 1.0,
-            f"--validation-split must be between 0 and 1 (got {self.validation_split})",
-        )
+        _check_validation_split(self.validation_split)
         self.temperature_list()
 
     def temperature_list(self) -> list[float]:

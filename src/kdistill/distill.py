@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from kdistill.config import FinetuneConfig
+    from kdistill.config import EvalTeacherConfig, FinetuneConfig
     from kdistill.data import LabelledData
 
 logger = logging.getLogger(__name__)
@@ -418,20 +418,31 @@ class RunSetup:
     val: Dataset
 
 
-def setup_run(config: DistillConfig | FinetuneConfig) -> RunSetup:
+def start_command(
+    config: DistillConfig | FinetuneConfig | EvalTeacherConfig, accumulation: int = 1
+) -> tuple[str, str, Accelerator, LabelledData]:
+    """Device, precision, a fresh Accelerator, the seed, and the labelled data: what every
+    command that runs a model starts from."""
     from transformers import set_seed
 
-    from kdistill.data import load_for_training, subsample
+    from kdistill.data import load_for_training
     from kdistill.models import quiet_transformers
 
     quiet_transformers()
     device = pick_device(config.device)
     precision = pick_mixed_precision(config.mixed_precision, device)
-    accelerator = make_accelerator(device, precision, config.gradient_accumulation_steps)
+    accelerator = make_accelerator(device, precision, accumulation)
     set_seed(config.seed)
     # The data set's class names are the label space.
     data = load_for_training(config.dataset, config.data_dir, config.text_column,
                              config.label_column, config.validation_split, config.seed)  # fmt: skip
+    return device, precision, accelerator, data
+
+
+def setup_run(config: DistillConfig | FinetuneConfig) -> RunSetup:
+    from kdistill.data import subsample
+
+    device, precision, accelerator, data = start_command(config, config.gradient_accumulation_steps)
     train = subsample(data.splits["train"], config.max_train_samples, config.seed,
                       "--max-train-samples")  # fmt: skip
     val = subsample(data.splits["validation"], config.max_val_samples, config.seed,

@@ -25,29 +25,20 @@ logger = logging.getLogger(__name__)
 def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     """Returns the report (also written to --output when given)."""
     import torch
-    from transformers import set_seed
 
     from kdistill.cache import compute_teacher_logits
-    from kdistill.data import load_for_training, subsample, tokenize
+    from kdistill.data import subsample, tokenize
     from kdistill.distill import (
         chance_accuracy,
         library_versions,
-        make_accelerator,
-        pick_device,
-        pick_mixed_precision,
         pick_teacher_dtype,
+        start_command,
     )
     from kdistill.evaluate import classification_metrics, per_class_accuracy, soft_target_stats
-    from kdistill.models import count_parameters, quiet_transformers
+    from kdistill.models import count_parameters
     from kdistill.teachers import load_teacher
 
-    quiet_transformers()
-    device = pick_device(config.device)
-    precision = pick_mixed_precision(config.mixed_precision, device)
-    accelerator = make_accelerator(device, precision, 1)
-    set_seed(config.seed)
-    data = load_for_training(config.dataset, config.data_dir, config.text_column,
-                             config.label_column, config.validation_split, config.seed)  # fmt: skip
+    _device, precision, accelerator, data = start_command(config)
     if config.split not in data.splits:
         raise KdistillError(f"--split {config.split}: {data.name} has no such split (it has "
                             f"{', '.join(data.splits)})")  # fmt: skip
