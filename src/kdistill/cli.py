@@ -16,11 +16,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kdistill.config import (
+    CompareConfig,
     DistillConfig,
     DownloadConfig,
     EvalTeacherConfig,
     FinetuneConfig,
     PrepareDataConfig,
+    RunsConfig,
+    SweepConfig,
 )
 from kdistill.errors import KdistillError
 
@@ -110,12 +113,38 @@ def cmd_eval_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from kdistill.sweep import sweep
+
+    sweep_dir = sweep(config_from_args(SweepConfig, args))
+    sys.stdout.write(f"{sweep_dir}\n")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from kdistill.compare import compare
+
+    out_dir = compare(config_from_args(CompareConfig, args))
+    sys.stdout.write(f"{out_dir}\n")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from kdistill.runs import show_runs
+
+    sys.stdout.write(show_runs(config_from_args(RunsConfig, args)))
+    return 0
+
+
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "download-model": (DownloadConfig, cmd_download_model, "Download a model from the Hub."),
     "prepare-data": (PrepareDataConfig, cmd_prepare_data, "Split, explore and save a data set."),
     "finetune-teacher": (FinetuneConfig, cmd_finetune_teacher, "Fine-tune a classifier teacher."),
     "eval-teacher": (EvalTeacherConfig, cmd_eval_teacher, "Measure a teacher before distilling."),
     "distill": (DistillConfig, cmd_distill, "Train a student from a frozen teacher."),
+    "sweep": (SweepConfig, cmd_sweep, "Distil over a grid of temperatures and alphas."),
+    "compare": (CompareConfig, cmd_compare, "Compare a teacher and its students; write a report."),
+    "runs": (RunsConfig, cmd_runs, "List the runs under outputs/."),
 }
 
 

@@ -3,7 +3,7 @@ checks ranges so a bad value fails before any model is loaded, with one line nam
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from kdistill.errors import KdistillError
@@ -252,6 +252,12 @@ class DistillConfig(TeacherOptions):
     student_num_layers: int | None = _opt(
         None, "Keep this many evenly spaced layers of a pretrained student (first and last kept)."
     )
+    report_to: str = _opt(
+        "none",
+        "Also log metrics to an experiment tracker through Accelerate (tensorboard writes "
+        "event files into the run directory; wandb and mlflow need their package installed).",
+        choices=["none", "tensorboard", "wandb", "mlflow"],
+    )
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"--temperature must be > 0 (got {self.temperature})")
@@ -393,3 +399,143 @@ class EvalTeacherConfig(TeacherOptions):
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def parse_floats(value: str, flag: str) -> list[float]:
+    """'2,3,4' -> [2.0, 3.0, 4.0], or a one-line error naming the flag."""
+    try:
+        values = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    _check(bool(values), f"{flag} must be comma-separated numbers (got {value!r})")
+    return values
+
+
+@dataclass
+class SweepConfig(DistillConfig):
+    """Distil once per (temperature, alpha) pair, reusing the teacher's logits, and name the best:
+    sweep.json and a heatmap of validation accuracy over T x alpha. Takes every distill flag."""
+
+    temperature: str = _opt(  # type: ignore[assignment]
+        "2,3,4", "Comma-separated temperatures T > 0 to try."
+    )
+    alpha: str = _opt(  # type: ignore[assignment]
+        "0.5,0.7,0.9", "Comma-separated alphas in [0, 1] to try."
+    )
+    output_dir: str = _opt(
+        "outputs/sweeps",
+        "Parent folder: the sweep gets <dataset>_sweep_<YYYYMMDD_HHMMSS>/ with one run per "
+        "grid point inside.",
+    )
+
+    def __post_init__(self) -> None:
+        for t in self.temperature_list():
+            _check(t > 0, f"--temperature values must be > 0 (got {t})")
+        for a in self.alpha_list():
+            _check(0.0 <= a <= 1.0, f"--alpha values must be in [0, 1] (got {a})")
+        self.run_config(self.temperature_list()[0], self.alpha_list()[0])  # the other ranges
+
+    def temperature_list(self) -> list[float]:
+        return parse_floats(str(self.temperature), "--temperature")
+
+    def alpha_list(self) -> list[float]:
+        return parse_floats(str(self.alpha), "--alpha")
+
+    def run_config(self, temperature: float, alpha: float, output_dir: str | None = None
+                   ) -> DistillConfig:  # fmt: skip
+        """The distill config of one grid point."""
+        values = {f.name: getattr(self, f.name) for f in fields(DistillConfig)}
+        values.update(temperature=temperature, alpha=alpha,
+                      output_dir=output_dir or self.output_dir)  # fmt: skip
+        return DistillConfig(**values)
+
+
+@dataclass
+class CompareConfig(TeacherOptions):
+    """Compare a teacher and its students on a held-out split: accuracy, macro-F1, per-class
+    scores, confusion, calibration, agreement with the teacher, size and speed. Writes
+    comparison_results.json, teacher_student_comparison.png and report.html."""
+
+    teacher_model: str = _opt(
+        "models/DeepSeek-R1-Distill-Qwen-1.5B",
+        "Teacher: a local folder, Hub id or .gguf file (classifier or causal LM).",
+    )
+    student_model: str | None = _opt(
+        None, "Student: a model folder or a distill run directory (its best_model/ is used)."
+    )
+    students: str | None = _opt(
+        None, "More students, comma-separated (model folders or run directories)."
+    )
+    baseline: str | None = _opt(
+        None,
+        "A student trained without the teacher (distill --alpha 0): the report states each "
+        "student's gain from distillation against it.",
+    )
+    dataset: str = _opt("dbpedia", "Prepared data, or anything prepare-data accepts.")
+    split: str = _opt(
+        "test", "Split to compare on (use validation when the data set has no test split).",
+        choices=["test", "validation"],
+    )  # fmt: skip
+    max_samples: int | None = _opt(None, "Stratified subsample of the split (keeps proportions).")
+    max_length: int = _opt(128, "Maximum tokens per text.")
+    batch_size: int = _opt(64, "Batch size for scoring the split.")
+    latency_rows: int = _opt(
+        32, "Rows timed one at a time for latency at batch 1 (median reported)."
+    )
+    throughput_batch_size: int = _opt(32, "Batch size at which throughput is measured.")
+    repeats: int = _opt(3, "Timed repeats of each speed measurement, after a warm-up.")
+    output_dir: str = _opt(
+        "outputs/comparisons",
+        "Parent folder: each comparison gets <dataset>_<split>_<YYYYMMDD_HHMMSS>/.",
+    )
+    seed: int = _opt(42, "Seed for subsampling.")
+    device: str = _opt(
+        "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
+    )
+    mixed_precision: str = _opt(
+        "auto", "auto: bf16 where supported, fp16 on older GPUs, else no.",
+        choices=["auto", "no", "fp16", "bf16"],
+    )  # fmt: skip
+    data_dir: str = _opt("data", "Where prepared data sets live.")
+    text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
+    label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
+    validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
+
+    def __post_init__(self) -> None:
+        self._check_teacher()
+        _check(bool(self.student_paths()), "pass --student-model (or --students): what to compare")
+        _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
+        for flag, value in (("--batch-size", self.batch_size),
+                            ("--latency-rows", self.latency_rows),
+                            ("--throughput-batch-size", self.throughput_batch_size),
+                            ("--repeats", self.repeats)):  # fmt: skip
+            _check(value >= 1, f"{flag} must be >= 1 (got {value})")
+        _check(
+            self.max_samples is None or self.max_samples >= 1,
+            f"--max-samples must be >= 1 (got {self.max_samples})",
+        )
+        _check_validation_split(self.validation_split)
+
+    def student_paths(self) -> list[str]:
+        """--student-model then --students, in order, without repeats."""
+        paths = [self.student_model] if self.student_model else []
+        paths += [s.strip() for s in (self.students or "").split(",") if s.strip()]
+        return list(dict.fromkeys(paths))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RunsConfig:
+    """List the distill runs under a folder: complete, still running and crashed ones."""
+
+    output_dir: str = _opt("outputs", "Folder searched (recursively) for run directories.")
+    sort_by: str = _opt(
+        "started",
+        "Column to sort by.",
+        choices=["started", "name", "status", "dataset", "teacher", "student", "temperature",
+                 "alpha", "best_val_accuracy", "best_epoch", "duration_s", "path"],
+    )  # fmt: skip
+    reverse: bool = _opt(False, "Sort in descending order.")
+    json: bool = _opt(False, "Print JSON (one object per run) instead of a table.")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -501,6 +503,7 @@ def distill(config: DistillConfig) -> Path:
             Path(config.output_dir), run_name(data.name, config.temperature, config.alpha)
         )
         resolved = {
+            "kind": "distill",
             **config.to_dict(),
             "resolved": {
                 "device": str(accelerator.device),
@@ -540,6 +543,8 @@ def distill(config: DistillConfig) -> Path:
             "command": sys.argv,
             "versions": library_versions(),
             "started": datetime.now().isoformat(timespec="seconds"),
+            # `kdistill runs` tells a run still going from one that crashed by this process.
+            "process": {"pid": os.getpid(), "host": socket.gethostname()},
         }
         atomic_write_json(partial_dir / "config.json", resolved)
         logger.info("run directory: %s (renamed on completion)", final_dir)
