@@ -1,4 +1,5 @@
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -67,6 +68,31 @@ def test_prepare_data_writes_splits_and_info(labelled_csv, tmp_path):
     assert again.label_names == info["label_names"]
     assert len(again.splits["train"]) == 96
     assert set(again.splits["validation"]["label"]) == {0, 1, 2, 3}
+
+
+def test_test_split_is_stratified_held_out_and_disjoint(labelled_csv, tmp_path):
+    cfg = PrepareDataConfig(dataset=str(labelled_csv), data_dir=str(tmp_path / "data"),
+                            test_split=0.2, validation_split=0.25)  # fmt: skip
+    path, _ = kdata.prepare(cfg)
+    info = json.loads((path / "dataset_info.json").read_text())
+    rows = {s: info["splits"][s]["rows"] for s in ("train", "validation", "test")}
+    assert rows == {"train": 72, "validation": 24, "test": 24}  # 120 rows: 20% test, then 25%
+    assert info["splits"]["test"]["class_counts"] == {c: 6 for c in info["label_names"]}
+    data = kdata.load_prepared(path)
+    texts = {s: set(data.splits[s]["text"]) for s in data.splits}
+    assert not texts["test"] & texts["train"] and not texts["test"] & texts["validation"]
+    assert sum(len(t) for t in texts.values()) == 120
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"test_split": 1.0}, "--test-split must be in [0, 1)"),
+     ({"test_split": -0.1}, "--test-split must be in [0, 1)"),
+     ({"test_split": 0.5, "validation_split": 0.5}, "must leave rows to train on")],
+)  # fmt: skip
+def test_test_split_range(kwargs, message):
+    with pytest.raises(KdistillError, match=re.escape(message)):
+        PrepareDataConfig(dataset="x.csv", **kwargs)
 
 
 def test_folder_with_named_splits_keeps_test(tmp_path):

@@ -78,12 +78,24 @@ class PrepareDataConfig:
         None, "Text column (default: the alias's, else 'text'); comma-separated columns are joined."
     )
     label_column: str | None = _opt(None, "Label column (default: the alias's, else 'label').")
+    test_split: float = _opt(
+        0.0,
+        "Share of train held out as a stratified test split when the source has none (0 = none): "
+        "compare then reports on rows no model was trained or selected on.",
+    )
     data_dir: str = _opt("data", "Parent folder; the prepared data lands in <data-dir>/<name>/.")
     name: str | None = _opt(None, "Folder name under --data-dir (default: from --dataset).")
-    seed: int = _opt(42, "Seed of the validation split.")
+    seed: int = _opt(42, "Seed of the validation and test splits.")
 
     def __post_init__(self) -> None:
         _check_validation_split(self.validation_split)
+        _check(
+            0.0 <= self.test_split < 1.0, f"--test-split must be in [0, 1) (got {self.test_split})"
+        )
+        _check(
+            self.validation_split + self.test_split < 1.0,
+            "--validation-split + --test-split must leave rows to train on (sum < 1)",
+        )
 
 
 @dataclass

@@ -314,12 +314,14 @@ def stratified_indices(labels: list[int], n: int, seed: int, what: str = "sample
     return sorted(chosen)
 
 
-def split_off_validation(train: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset]:
-    """A stratified `share` of train becomes validation; the rest stays train."""
+def split_off_validation(
+    train: Dataset, share: float, seed: int, flag: str = "--validation-split"
+) -> tuple[Dataset, Dataset]:
+    """A stratified `share` of train becomes validation (or test); the rest stays train."""
     labels = train["label"]
     n_val = max(1, round(share * len(labels)))
     if n_val >= len(labels):
-        raise KdistillError(f"--validation-split {share} leaves no training rows")
+        raise KdistillError(f"{flag} {share} leaves no training rows")
     n_classes = len(set(labels))
     if n_val < n_classes:
         logger.warning("validation has %d rows for %d classes: some classes are missing from it",
@@ -327,7 +329,7 @@ def split_off_validation(train: Dataset, share: float, seed: int) -> tuple[Datas
         rng = random.Random(seed)
         val_idx = sorted(rng.sample(range(len(labels)), n_val))
     else:
-        val_idx = stratified_indices(labels, n_val, seed, "--validation-split")
+        val_idx = stratified_indices(labels, n_val, seed, flag)
     chosen = set(val_idx)
     train_idx = [i for i in range(len(labels)) if i not in chosen]
     return train.select(train_idx), train.select(val_idx)
@@ -360,11 +362,19 @@ def build(
     validation_split: float,
     seed: int,
     name: str | None = None,
+    test_split: float = 0.0,
 ) -> LabelledData:
-    """Load any source and give it train/validation (and test where the source has one)."""
+    """Load any source and give it train/validation, and test where the source has one or
+    `test_split` > 0 carves one out of train (held out from training and model selection)."""
     raw, alias = load_source(dataset)
     texts, label = _resolve_columns(alias, text_column, label_column)
     splits, names = to_labelled(raw, texts, label, f"--dataset {dataset}")
+    if test_split > 0 and "test" in splits:
+        logger.warning("%s has a test split of its own; --test-split is ignored", dataset)
+    elif test_split > 0:
+        splits["train"], splits["test"] = split_off_validation(
+            splits["train"], test_split, seed, "--test-split"
+        )
     if "validation" not in splits:
         splits["train"], splits["validation"] = split_off_validation(
             splits["train"], validation_split, seed
@@ -378,6 +388,7 @@ def build(
         "label_column": label,
         "label_names": names,
         "validation_split": validation_split,
+        "test_split": test_split,
         "seed": seed,
     }
     return LabelledData(info["name"], names, ordered, source=dataset, info=info)
@@ -441,6 +452,7 @@ def prepare(config: PrepareDataConfig) -> tuple[Path, str]:
         config.validation_split,
         config.seed,
         config.name,
+        config.test_split,
     )
     summary = explore(data)
     target = Path(config.data_dir) / data.name

@@ -104,7 +104,9 @@ def pick_teacher_dtype(requested: str, precision: str) -> tuple[torch.dtype, str
     return names[requested], requested
 
 
-def make_accelerator(device: str, mixed_precision: str, accumulation: int) -> Accelerator:
+def make_accelerator(
+    device: str, mixed_precision: str, accumulation: int, report_to: str = "none"
+) -> Accelerator:
     """A fresh Accelerator per command. Accelerate keeps its settings in a process-wide
     singleton that refuses a second, different mixed precision; a program that runs several
     commands (a sweep, a notebook, the tests) needs each to start clean. The process group
@@ -118,7 +120,39 @@ def make_accelerator(device: str, mixed_precision: str, accumulation: int) -> Ac
         cpu=device == "cpu",
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=accumulation,
+        log_with=None if report_to == "none" else [report_to],
+        # Where file-based trackers write until the run directory exists (start_tracking).
+        project_dir="." if report_to != "none" else None,
     )
+
+
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",),
+                    "mlflow": ("mlflow",)}  # fmt: skip
+
+
+def check_tracker(report_to: str) -> None:
+    """Accelerate silently drops a tracker whose package is missing; say so instead."""
+    import importlib.util
+
+    if report_to == "none":
+        return
+    package = TRACKER_PACKAGES[report_to][0]
+    if not any(importlib.util.find_spec(p) for p in TRACKER_PACKAGES[report_to]):
+        raise KdistillError(f"--report-to {report_to}: the {package} package is not installed; "
+                            f"pip install {package} (or pass --report-to none)")  # fmt: skip
+
+
+def start_tracking(accelerator: Accelerator, report_to: str, run_dir: Path, run_name: str,
+                   config: dict[str, Any]) -> None:  # fmt: skip
+    """Start the Accelerate tracker: file-based ones (TensorBoard) write into <run>/logs/, so the
+    event files move with the run directory; hyperparameters are the config's scalar fields."""
+    if report_to == "none":
+        return
+    accelerator.project_configuration.logging_dir = str(run_dir / "logs")
+    hparams = {k: ("none" if v is None else v) for k, v in config.items()
+               if v is None or isinstance(v, (bool, int, float, str))}  # fmt: skip
+    accelerator.init_trackers("kdistill", config=hparams, init_kwargs={
+        "wandb": {"name": run_name}, "mlflow": {"run_name": run_name}})  # fmt: skip
 
 
 # --------------------------------------------------------------------------- training
@@ -361,6 +395,17 @@ def save_model(
         tokenizer.save_pretrained(tmp)
 
 
+def save_training_curves(history: dict[str, Any], path: Path) -> None:
+    """The curves are a view of history.json: failing to draw them must not fail a run whose
+    models are saved, so a plotting error is a warning."""
+    from kdistill.report import plot_training_curves
+
+    try:
+        plot_training_curves(history, path)
+    except Exception as e:  # noqa: BLE001
+        logger.warning("could not draw %s: %s", path.name, e)
+
+
 def library_versions() -> dict[str, str]:
     import accelerate
     import datasets
@@ -433,7 +478,8 @@ def start_command(
     quiet_transformers()
     device = pick_device(config.device)
     precision = pick_mixed_precision(config.mixed_precision, device)
-    accelerator = make_accelerator(device, precision, accumulation)
+    accelerator = make_accelerator(device, precision, accumulation,
+                                   getattr(config, "report_to", "none"))  # fmt: skip
     set_seed(config.seed)
     # The data set's class names are the label space.
     data = load_for_training(config.dataset, config.data_dir, config.text_column,
@@ -444,6 +490,7 @@ def start_command(
 def setup_run(config: DistillConfig | FinetuneConfig) -> RunSetup:
     from kdistill.data import subsample
 
+    check_tracker(getattr(config, "report_to", "none"))
     device, precision, accelerator, data = start_command(config, config.gradient_accumulation_steps)
     train = subsample(data.splits["train"], config.max_train_samples, config.seed,
                       "--max-train-samples")  # fmt: skip
@@ -548,6 +595,7 @@ def distill(config: DistillConfig) -> Path:
         }
         atomic_write_json(partial_dir / "config.json", resolved)
         logger.info("run directory: %s (renamed on completion)", final_dir)
+    start_tracking(accelerator, config.report_to, partial_dir, final_dir.name, config.to_dict())
 
     # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
     # With a cache, the validation logits are cached too: a sweep evaluates the teacher once.
@@ -630,6 +678,13 @@ def distill(config: DistillConfig) -> Path:
             save_model(partial_dir / "best_model", student, s_tok, accelerator)
         history["epochs"] = state.epochs
         history["best"] = {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy}
+        accelerator.log({
+            "train/loss": stats["train_loss"], "train/kl": stats["train_kl"],
+            "train/ce": stats["train_ce"], "train/samples_per_second": stats["samples_per_second"],
+            "val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"],
+            "val/macro_f1": metrics["macro_f1"], "learning_rate": lr,
+            "teacher/val_accuracy": teacher_metrics["accuracy"],
+        }, step=epoch)  # fmt: skip
         if accelerator.is_main_process:
             atomic_write_json(partial_dir / "history.json", history)
 
@@ -639,6 +694,9 @@ def distill(config: DistillConfig) -> Path:
         history["total_time_s"] = time.perf_counter() - run_start
         history["completed"] = datetime.now().isoformat(timespec="seconds")
         atomic_write_json(partial_dir / "history.json", history)
+        save_training_curves(history, partial_dir / "training_curves.png")
+    accelerator.end_training()  # closes the trackers' files before the folder is renamed
+    if accelerator.is_main_process:
         finish_run_dir(partial_dir, final_dir)
         logger.info(
             "done: best validation accuracy %.4f at epoch %d; teacher %.4f; student %.1fM "
