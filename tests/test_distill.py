@@ -284,3 +284,34 @@ def test_student_layer_flags_are_checked(workdir, tiny_models, capsys):
                            "--student-layers", "0", "--student-num-layers", "1")  # fmt: skip
     assert main(argv, prog="train_soft_distillation.py", command="distill") == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_one_line_and_the_run_shows_as_crashed(workdir, tiny_models,
+                                                                  monkeypatch, capsys):  # fmt: skip
+    import kdistill.distill as kd
+    from kdistill.runs import list_runs
+
+    real = kd.kd_loss
+
+    def nan_on_third_step(*args, **kwargs):
+        loss, kl, ce = real(*args, **kwargs)
+        nan_on_third_step.calls += 1
+        return (loss * float("nan"), kl, ce) if nan_on_third_step.calls == 3 else (loss, kl, ce)
+
+    nan_on_third_step.calls = 0
+    monkeypatch.setattr(kd, "kd_loss", nan_on_third_step)
+    argv = seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"])
+    assert main(argv, prog="train_soft_distillation.py", command="distill") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("train_soft_distillation.py: error:"), last
+    assert "the loss became nan at step 2" in last and "--learning-rate" in last
+    (partial,) = Path("outputs/student_soft_distill").iterdir()
+    assert partial.name.endswith(".partial")  # never renamed to look complete
+    history = json.loads((partial / "history.json").read_text())
+    assert "loss became nan" in history["failed"]
+    assert not (partial / "final_model").exists()
+    # this process is alive, yet the run is over: listed as crashed, not running
+    (row,) = list_runs(Path("outputs"))
+    assert row["status"] == "crashed"

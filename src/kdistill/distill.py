@@ -13,6 +13,7 @@ the run directory, history and checkpoints are ours.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -395,6 +396,19 @@ def save_model(
         tokenizer.save_pretrained(tmp)
 
 
+@contextlib.contextmanager
+def failure_recorded(
+    history: dict[str, Any], path: Path, accelerator: Accelerator
+) -> Iterator[None]:
+    try:
+        yield
+    except BaseException as e:
+        if accelerator.is_main_process:
+            history["failed"] = f"{type(e).__name__}: {e}"
+            atomic_write_json(path, history)
+        raise
+
+
 def save_training_curves(history: dict[str, Any], path: Path) -> None:
     """The curves are a view of history.json: failing to draw them must not fail a run whose
     models are saved, so a plotting error is a warning."""
@@ -649,46 +663,51 @@ def distill(config: DistillConfig) -> Path:
     # shuffling, so the same seed trains the same student with or without a cache.
     set_seed(config.seed)
     run_start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        lr = scheduler.get_last_lr()[0]
-        stats = train_one_epoch(
-            student, teacher_targets, train_loader, optimizer, scheduler, accelerator,
-            config.temperature, config.alpha, f"epoch {epoch}/{config.epochs}",
-        )  # fmt: skip
-        student.eval()  # dropout off: the numbers must be the model's, not one noisy draw
-        metrics = evaluate(lambda b: student(**student_inputs(b)).logits, val_loader,
-                           accelerator, data.num_labels, "validation")  # fmt: skip
-        record = {
-            "epoch": epoch,
-            **stats,
-            "val_loss": metrics["loss"],
-            "val_accuracy": metrics["accuracy"],
-            "val_macro_f1": metrics["macro_f1"],
-            "learning_rate": lr,
-            "wall_time_s": time.perf_counter() - run_start,
-        }
-        state.epochs.append(record)
-        logger.info(
-            "epoch %d: loss %.4f (KL %.4f, CE %.4f), val acc %.4f, macro-F1 %.4f, %.1f samples/s",
-            epoch, stats["train_loss"], stats["train_kl"], stats["train_ce"],
-            metrics["accuracy"], metrics["macro_f1"], stats["samples_per_second"],
-        )  # fmt: skip
-        if metrics["accuracy"] > state.best_accuracy:
-            state.best_accuracy, state.best_epoch = metrics["accuracy"], epoch
-            save_model(partial_dir / "best_model", student, s_tok, accelerator)
-        history["epochs"] = state.epochs
-        history["best"] = {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy}
-        accelerator.log({
-            "train/loss": stats["train_loss"], "train/kl": stats["train_kl"],
-            "train/ce": stats["train_ce"], "train/samples_per_second": stats["samples_per_second"],
-            "val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"],
-            "val/macro_f1": metrics["macro_f1"], "learning_rate": lr,
-            "teacher/val_accuracy": teacher_metrics["accuracy"],
-        }, step=epoch)  # fmt: skip
-        if accelerator.is_main_process:
-            atomic_write_json(partial_dir / "history.json", history)
+    # A failure is written into history.json, so `kdistill runs` shows the run as crashed even
+    # when the process goes on (a sweep, a notebook).
+    with failure_recorded(history, partial_dir / "history.json", accelerator):
+        for epoch in range(1, config.epochs + 1):
+            lr = scheduler.get_last_lr()[0]
+            stats = train_one_epoch(
+                student, teacher_targets, train_loader, optimizer, scheduler, accelerator,
+                config.temperature, config.alpha, f"epoch {epoch}/{config.epochs}",
+            )  # fmt: skip
+            student.eval()  # dropout off: the numbers must be the model's, not one noisy draw
+            metrics = evaluate(lambda b: student(**student_inputs(b)).logits, val_loader,
+                               accelerator, data.num_labels, "validation")  # fmt: skip
+            record = {
+                "epoch": epoch,
+                **stats,
+                "val_loss": metrics["loss"],
+                "val_accuracy": metrics["accuracy"],
+                "val_macro_f1": metrics["macro_f1"],
+                "learning_rate": lr,
+                "wall_time_s": time.perf_counter() - run_start,
+            }
+            state.epochs.append(record)
+            logger.info(
+                "epoch %d: loss %.4f (KL %.4f, CE %.4f), val acc %.4f, macro-F1 %.4f, "
+                "%.1f samples/s",
+                epoch, stats["train_loss"], stats["train_kl"], stats["train_ce"],
+                metrics["accuracy"], metrics["macro_f1"], stats["samples_per_second"],
+            )  # fmt: skip
+            if metrics["accuracy"] > state.best_accuracy:
+                state.best_accuracy, state.best_epoch = metrics["accuracy"], epoch
+                save_model(partial_dir / "best_model", student, s_tok, accelerator)
+            history["epochs"] = state.epochs
+            history["best"] = {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy}
+            accelerator.log({
+                "train/loss": stats["train_loss"], "train/kl": stats["train_kl"],
+                "train/ce": stats["train_ce"],
+                "train/samples_per_second": stats["samples_per_second"],
+                "val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"],
+                "val/macro_f1": metrics["macro_f1"], "learning_rate": lr,
+                "teacher/val_accuracy": teacher_metrics["accuracy"],
+            }, step=epoch)  # fmt: skip
+            if accelerator.is_main_process:
+                atomic_write_json(partial_dir / "history.json", history)
 
-    save_model(partial_dir / "final_model", student, s_tok, accelerator)
+        save_model(partial_dir / "final_model", student, s_tok, accelerator)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         history["total_time_s"] = time.perf_counter() - run_start
