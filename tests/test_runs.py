@@ -296,3 +296,11 @@ def test_runs_lists_a_real_distill_run(tmp_path, monkeypatch, tiny_models, capsy
                                                                 "toy")  # fmt: skip
     assert row["best_val_accuracy"] == history["best"]["val_accuracy"]
     assert row["duration_s"] == history["total_time_s"] and row["path"] == str(run)
+
+
+def test_atomic_writes_are_readable_by_others(tmp_path):
+    atomic_write_json(tmp_path / "h.json", {"x": 1})
+    with atomic_dir(tmp_path / "m") as tmp:
+        (tmp / "w").write_text("x")
+    assert (tmp_path / "h.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755

@@ -28,7 +28,7 @@ def sweep_args(tiny_models, *extra: str) -> list[str]:
 def test_sweep_runs_the_grid_once_each_and_names_the_best(workdir, tiny_models, capsys):
     argv = sweep_args(tiny_models, "--temperature", "2,4", "--alpha", "0.5,1")
     assert main(argv) == 0
-    sweep_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    sweep_dir = Path(capsys.readouterr().out.strip().splitlines()[-1]).resolve()
     assert sweep_dir.parent == workdir / "outputs" / "sweeps"
     record = json.loads((sweep_dir / "sweep.json").read_text())
     assert record["temperatures"] == [2.0, 4.0] and record["alphas"] == [0.5, 1.0]
@@ -39,7 +39,7 @@ def test_sweep_runs_the_grid_once_each_and_names_the_best(workdir, tiny_models, 
     assert len(run_dirs) == 4 and not any(p.name.endswith(".partial") for p in run_dirs)
     for entry in record["runs"]:
         assert entry["status"] == "completed" and entry["error"] is None
-        run = Path(entry["run_dir"])
+        run = Path(entry["run_dir"]).resolve()
         assert run.parent == sweep_dir
         config = json.loads((run / "config.json").read_text())
         history = json.loads((run / "history.json").read_text())

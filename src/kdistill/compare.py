@@ -1,0 +1,419 @@
+"""compare: is the student good enough to ship in place of its teacher?
+
+Scores the teacher and each student on the same held-out rows (one length-sorted inference pass
+each, as the logit cache does), measures how faithfully each student imitates the teacher
+(agreement of predictions, KL between distributions) and what it saves (size, latency at
+batch 1, throughput), and writes comparison_results.json, teacher_student_comparison.png and
+report.html into a new folder. A cross-entropy-only student (--baseline) turns the numbers into
+the gain distillation itself brings.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from kdistill.config import CompareConfig
+from kdistill.errors import KdistillError
+from kdistill.runs import atomic_write_json, finish_run_dir, is_run_config, new_run_dir
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from datasets import Dataset
+
+    from kdistill.teachers import Teacher
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+FILES = {"json": "comparison_results.json", "figure": "teacher_student_comparison.png",
+         "html": "report.html"}  # fmt: skip
+# Weight formats in the order transformers prefers them: a folder holding both safetensors and a
+# pickle copy loads (and so weighs) only the safetensors.
+WEIGHT_FORMATS = (("*.safetensors",), ("*.bin", "*.pt", "*.pth"), ("*.gguf",))
+
+
+@dataclass
+class Candidate:
+    """A student or baseline as given on the command line, resolved to the folder to load."""
+
+    role: str  # "student" | "baseline"
+    flag: str  # the flag that named it, for error messages
+    given: str
+    model_dir: Path
+    run_dir: Path | None = None
+    run_config: dict[str, Any] | None = None
+    history: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        if self.run_dir is None:
+            return self.model_dir.name
+        # The run directory says what the model is (dataset, T, alpha); best_model is implied.
+        return self.run_dir.name + ("" if self.model_dir.name == "best_model"
+                                    else f"/{self.model_dir.name}")  # fmt: skip
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_candidate(given: str, role: str, flag: str) -> Candidate:
+    """A model folder, a distill run directory (its best_model/ is compared), or a model folder
+    inside one (best_model/, final_model/: the run's config and history come along)."""
+    path = Path(given).expanduser()
+    if not path.exists():
+        raise KdistillError(f"{flag} {given}: no such folder; pass a model folder or a distill "
+                            "run directory")  # fmt: skip
+    if not path.is_dir():
+        raise KdistillError(f"{flag} {given}: a file; pass a model folder or a distill run "
+                            "directory")  # fmt: skip
+    run_dir, model_dir = None, path
+    if is_run_config(_read_json(path / "config.json")) or (path / "best_model").is_dir():
+        run_dir, model_dir = path, path / "best_model"
+        if not model_dir.is_dir():
+            raise KdistillError(f"{flag} {given}: the run has no best_model/ yet (did it stop "
+                                "before its first epoch ended?)")  # fmt: skip
+    elif path.name in ("best_model", "final_model") and is_run_config(
+        _read_json(path.parent / "config.json")
+    ):
+        run_dir = path.parent
+    if not (model_dir / "config.json").is_file():
+        raise KdistillError(f"{flag} {given}: no config.json in {model_dir}; pass a model folder "
+                            "or a distill run directory")  # fmt: skip
+    candidate = Candidate(role, flag, given, model_dir, run_dir)
+    if run_dir is not None:
+        candidate.run_config = _read_json(run_dir / "config.json")
+        candidate.history = _read_json(run_dir / "history.json")
+        if run_dir.name.endswith(".partial"):
+            logger.warning("%s %s: the run is still going or crashed; comparing its best model "
+                           "so far", flag, given)  # fmt: skip
+    return candidate
+
+
+def resolve_candidates(config: CompareConfig) -> list[Candidate]:
+    """Students in the order given, then the baseline."""
+    if config.baseline and config.baseline in config.student_paths():
+        raise KdistillError(f"--baseline {config.baseline} is also passed as a student; pass it "
+                            "once, as --baseline")  # fmt: skip
+    out = [resolve_candidate(p, "student",
+                             "--student-model" if p == config.student_model else "--students")
+           for p in config.student_paths()]  # fmt: skip
+    if config.baseline:
+        out.append(resolve_candidate(config.baseline, "baseline", "--baseline"))
+    return out
+
+
+def _norm(label: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", label.lower())
+
+
+def check_labels(candidate: Candidate, label_names: list[str]) -> None:
+    """A student must be a classifier over exactly the data set's classes (by name, in any
+    order); one trained on other labels cannot be scored against these, whatever its accuracy."""
+    cfg = _read_json(candidate.model_dir / "config.json") or {}
+    id2label = cfg.get("id2label") or {}
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    if not names or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        raise KdistillError(f"{candidate.flag} {candidate.given}: its classes are unnamed "
+                            f"({', '.join(names[:3]) or 'none'}), so it is not a classifier "
+                            "trained on this data set; pass a distill run directory or its "
+                            "best_model/")  # fmt: skip
+    have, want = {_norm(n) for n in names}, {_norm(n) for n in label_names}
+    if have != want or len(names) != len(label_names):
+        missing = [n for n in label_names if _norm(n) not in have]
+        extra = [n for n in names if _norm(n) not in want]
+        raise KdistillError(f"{candidate.flag} {candidate.given}: its labels differ from the data "
+                            f"set's and the teacher's; missing: {', '.join(missing) or 'none'}; "
+                            f"extra: {', '.join(extra) or 'none'}; compare students trained on "
+                            "this data set")  # fmt: skip
+
+
+def check_output_dir(output_dir: str) -> None:
+    path = Path(output_dir)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise KdistillError(f"--output-dir {output_dir}: {p} is a file; pass a folder (each "
+                                "comparison gets a new folder inside it)")  # fmt: skip
+
+
+def weights_size(name: str) -> int:
+    """Bytes of the weight files transformers loads from a model folder (a Hub id: its snapshot
+    in the local cache). 0, with a warning, when no folder is found."""
+    folder = Path(name)
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+        if not isinstance(found, str):
+            logger.warning("%s: no local folder found; its size on disk is reported as 0", name)
+            return 0
+        folder = Path(found).parent
+    for patterns in WEIGHT_FORMATS:
+        files = {f for pattern in patterns for f in folder.glob(pattern)}
+        if files:
+            return sum(f.stat().st_size for f in files)  # stat follows the Hub cache's symlinks
+    return 0
+
+
+def load_student_model(candidate: Candidate, label_names: list[str], dtype: torch.dtype) -> Teacher:
+    """A student loaded as a frozen classifier with its columns in the data set's class order,
+    so it runs through exactly the same scoring and timing code as the teacher."""
+    from kdistill.models import load_teacher_classifier
+    from kdistill.teachers import ClassifierTeacher
+
+    path = str(candidate.model_dir)
+    try:
+        model, tokenizer, columns = load_teacher_classifier(path, label_names, False, dtype)
+    except KdistillError as e:  # the loader speaks of teachers; this one is a student
+        raise KdistillError(str(e).replace("--teacher-model", candidate.flag)) from e
+    return ClassifierTeacher(model, tokenizer, columns, path)
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, left: bool, device: torch.device
+             ) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One batch padded to its longest row, on the side the tokenizer pads."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span], mask[i, span] = torch.tensor(r), 1
+    return {"teacher_input_ids": ids.to(device), "teacher_attention_mask": mask.to(device)}
+
+
+def score_model(
+    wrapper: Teacher, rows: Dataset, config: CompareConfig, accelerator: Accelerator,
+    num_labels: int,
+) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """(len(rows), num_labels) logits over the split and the speed of the model on this device:
+    the split's first rows one at a time, and its first throughput-batch-size rows as one batch,
+    each model reading its own tokenisation of the same texts."""
+    from kdistill.cache import compute_teacher_logits
+    from kdistill.data import tokenize
+    from kdistill.evaluate import measure_speed
+
+    wrapper.to(accelerator.device)
+    encoded = tokenize(rows, {"teacher": wrapper}, config.max_length)
+    logits = compute_teacher_logits(wrapper, encoded, config.batch_size, accelerator, num_labels)
+    ids = encoded.select_columns(["teacher_input_ids"])[:]["teacher_input_ids"]
+    pad_id, left = wrapper.tokenizer.pad_token_id, wrapper.tokenizer.padding_side == "left"
+    singles = [pad_rows([r], pad_id, left, accelerator.device) for r in ids[: config.latency_rows]]
+    batch = pad_rows(ids[: config.throughput_batch_size], pad_id, left, accelerator.device)
+
+    def forward(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        with accelerator.autocast():
+            return wrapper.logits(b)
+
+    return logits, measure_speed(forward, singles, batch, config.repeats, accelerator.device)
+
+
+def model_record(
+    name: str, role: str, wrapper: Teacher, logits: torch.Tensor, labels: torch.Tensor,
+    teacher_logits: torch.Tensor, speed: dict[str, float], label_names: list[str],
+    candidate: Candidate | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One entry of comparison_results.json's `models`, before the ratios to the teacher."""
+    from kdistill.evaluate import (
+        agreement,
+        classification_metrics,
+        confusion,
+        expected_calibration_error,
+        mean_kl,
+        per_class_scores,
+    )
+    from kdistill.models import count_parameters
+
+    metrics = classification_metrics(logits, labels, len(label_names))
+    preds = logits.argmax(-1)
+    run_config = candidate.run_config if candidate else None
+    data = (run_config or {}).get("data") or {}
+    return {
+        "name": name,
+        "role": role,
+        "path": wrapper.name,
+        "run_dir": str(candidate.run_dir) if candidate and candidate.run_dir else None,
+        "run_config": run_config,
+        "history": candidate.history if candidate else None,
+        "mode": wrapper.mode,
+        "parameters": count_parameters(wrapper.model),
+        "size_on_disk_bytes": weights_size(wrapper.name),
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "loss": metrics["loss"],
+        "ece": expected_calibration_error(torch.softmax(logits.float(), -1), labels),
+        "per_class": per_class_scores(labels, preds, label_names),
+        "confusion_matrix": confusion(labels, preds, len(label_names)),
+        "agreement_with_teacher": agreement(teacher_logits, logits),
+        "kl_to_teacher": mean_kl(teacher_logits, logits),
+        **speed,
+        "training_data": {
+            "labeled_rows": data.get("train_rows"),
+            "unlabeled_rows": data.get("unlabeled_rows"),
+        },  # fmt: skip
+    }
+
+
+def add_ratios(models: list[dict[str, Any]]) -> None:
+    """Speed-up, throughput ratio and compression against the teacher (models[0])."""
+    teacher = models[0]
+    for m in models:
+        m["speedup_vs_teacher"] = teacher["latency_ms_batch_1"] / m["latency_ms_batch_1"]
+        m["throughput_ratio_vs_teacher"] = m["throughput_per_s"] / teacher["throughput_per_s"]
+        m["compression_vs_teacher"] = teacher["parameters"] / m["parameters"]
+
+
+def distillation_gain(models: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Each student's accuracy and macro-F1 minus the baseline's, in percentage points."""
+    baseline = next((m for m in models if m["role"] == "baseline"), None)
+    if baseline is None:
+        return None
+    return {"baseline": baseline["name"], "students": [
+        {"student": m["name"],
+         "accuracy_points": (m["accuracy"] - baseline["accuracy"]) * 100,
+         "macro_f1_points": (m["macro_f1"] - baseline["macro_f1"]) * 100}
+        for m in models if m["role"] == "student"]}  # fmt: skip
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, i = name, 2
+    while out in taken:
+        out, i = f"{name} ({i})", i + 1
+    taken.add(out)
+    return out
+
+
+def _release(wrapper: Teacher) -> None:
+    """Free a model's memory before the next loads: a 1.5B teacher and its students need not
+    share the GPU."""
+    wrapper.model.to("cpu")
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def compare(config: CompareConfig) -> Path:
+    """The compare command. Returns the new comparison folder."""
+    from kdistill.data import subsample
+    from kdistill.distill import library_versions, pick_teacher_dtype, start_command
+    from kdistill.report import plot_comparison, write_html_report
+    from kdistill.teachers import load_teacher
+
+    started = datetime.now()
+    # Everything that can be checked without loading a model fails first.
+    check_output_dir(config.output_dir)
+    candidates = resolve_candidates(config)
+    _device, precision, accelerator, data = start_command(config)
+    if accelerator.num_processes > 1:
+        raise KdistillError("compare times each model on one device; run it as a plain command, "
+                            "not under accelerate launch")  # fmt: skip
+    if config.split not in data.splits:
+        other = "validation" if config.split == "test" else "test"
+        raise KdistillError(f"--split {config.split}: {data.name} has no {config.split} split "
+                            f"(it has {', '.join(data.splits)}); pass --split {other}")  # fmt: skip
+    for c in candidates:
+        check_labels(c, data.label_names)
+    if config.split == "validation" and any(c.run_dir for c in candidates):
+        logger.warning("--split validation: distill chose each run's best epoch on validation, "
+                       "so the students' scores here are slightly optimistic; prefer a test "
+                       "split")  # fmt: skip
+    rows = subsample(data.splits[config.split], config.max_samples, config.seed, "--max-samples")
+    labels = torch.tensor(list(rows["label"]))
+    # Every model in the same precision, so speed differences are the models', not the dtype's.
+    dtype, dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
+    logger.info("comparing on %s/%s: %d rows, %d classes; %s, weights %s, mixed precision %s",
+                data.name, config.split, len(rows), data.num_labels, accelerator.device,
+                dtype_name, precision)  # fmt: skip
+
+    total = 1 + len(candidates)
+    logger.info("[1/%d] teacher %s", total, config.teacher_model)
+    teacher = load_teacher(config, config.teacher_model, data.label_names, dtype,
+                           data.splits["train"], config.max_length, config.seed)  # fmt: skip
+    teacher_logits, speed = score_model(teacher, rows, config, accelerator, data.num_labels)
+    models = [model_record("teacher", "teacher", teacher, teacher_logits, labels, teacher_logits,
+                           speed, data.label_names)]  # fmt: skip
+    _release(teacher)
+    taken = {"teacher"}
+    for i, c in enumerate(candidates, start=2):
+        logger.info("[%d/%d] %s %s", i, total, c.role, c.model_dir)
+        student = load_student_model(c, data.label_names, dtype)
+        logits, speed = score_model(student, rows, config, accelerator, data.num_labels)
+        models.append(model_record(_unique(c.name, taken), c.role, student, logits, labels,
+                                   teacher_logits, speed, data.label_names, c))  # fmt: skip
+        _release(student)
+    add_ratios(models)
+
+    counts = torch.bincount(labels, minlength=data.num_labels).tolist()
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "dataset": {"name": data.name, "source": data.source, "split": config.split,
+                    "rows": len(rows), "label_names": data.label_names,
+                    "class_counts": counts},  # fmt: skip
+        "device": str(accelerator.device),
+        "mixed_precision": precision,
+        "versions": library_versions(),
+        "config": config.to_dict(),
+        "speed_settings": {"latency_rows": min(config.latency_rows, len(rows)),
+                           "throughput_batch_size": min(config.throughput_batch_size, len(rows)),
+                           "repeats": config.repeats, "max_length": config.max_length},
+        "models": models,
+        "distillation_gain": distillation_gain(models),
+        "files": FILES,
+    }  # fmt: skip
+
+    final, partial = new_run_dir(Path(config.output_dir), f"{data.name}_{config.split}", started)
+    atomic_write_json(partial / FILES["json"], results)
+    plot_comparison(results, partial / FILES["figure"])
+    figures = {"Teacher and students compared": partial / FILES["figure"]}
+    for m in models:
+        curves = Path(m["run_dir"]) / "training_curves.png" if m["run_dir"] else None
+        if curves and curves.is_file():
+            figures[f"Training curves: {m['name']}"] = curves
+    write_html_report(results, partial / FILES["html"], figures)
+    finish_run_dir(partial, final)
+    logger.info("results on %s/%s (%d rows, %s):\n%s\nreport: %s", data.name, config.split,
+                len(rows), accelerator.device, format_summary(results),
+                final / FILES["html"])  # fmt: skip
+    return final
+
+
+def _count(n: int) -> str:
+    """1234567 -> '1.2M', 123456 -> '123k': tiny and large models both stay readable."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """The table a user reads in the terminal: quality, faithfulness, speed and size per model."""
+    models = results["models"]
+    width = max(12, *(len(m["name"]) for m in models)) + 2
+    bs = results["speed_settings"]["throughput_batch_size"]
+    header = (f"{'model':<{width}}{'role':<10}{'accuracy':>9}{'macro-F1':>9}{'agree':>7}"
+              f"{'KL':>7}{'ms/ex@1':>9}{'speed-up':>9}{f'ex/s@{bs}':>10}{'params':>9}"
+              f"{'MB':>8}")  # fmt: skip
+    lines = [header]
+    for m in models:
+        lines.append(
+            f"{m['name']:<{width}}{m['role']:<10}{m['accuracy']:>9.4f}{m['macro_f1']:>9.4f}"
+            f"{m['agreement_with_teacher']:>7.3f}{m['kl_to_teacher']:>7.3f}"
+            f"{m['latency_ms_batch_1']:>9.2f}{m['speedup_vs_teacher']:>8.1f}x"
+            f"{m['throughput_per_s']:>10.1f}{_count(m['parameters']):>9}"
+            f"{m['size_on_disk_bytes'] / 1e6:>8.1f}"
+        )
+    gain = results["distillation_gain"]
+    for g in gain["students"] if gain else []:
+        lines.append(f"distillation gain of {g['student']} over {gain['baseline']}: "
+                     f"{g['accuracy_points']:+.1f} accuracy points, "
+                     f"{g['macro_f1_points']:+.1f} macro-F1 points")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,298 @@
+"""`kdistill compare` on tiny real runs: the numbers are the models' own (checked against
+scikit-learn and a fresh forward pass), the JSON keeps its schema, the report files are real,
+and bad input ends in one line. Plus the metric and timing functions on hand-made cases."""
+
+import json
+import re
+import runpy
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CLASSES, REPO, build_tiny_bert, write_toy_csv
+
+from kdistill.cli import main
+from kdistill.evaluate import (
+    agreement,
+    classification_metrics,
+    confusion,
+    expected_calibration_error,
+    mean_kl,
+    measure_speed,
+    per_class_scores,
+)
+
+SCHEMA = REPO / "src" / "kdistill" / "schemas" / "comparison_results.schema.json"
+OUT_DIR = re.compile(r"^toy_test_\d{8}_\d{6}(_\d+)?$")
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_per_class_scores_and_confusion_on_a_hand_computed_case():
+    labels, preds = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 1, 1, 0])
+    scores = per_class_scores(labels, preds, CLASSES)
+    assert list(scores) == CLASSES
+    assert scores["Animal"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5,
+                                              "support": 2})  # fmt: skip
+    assert scores["Building"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8,
+                                                "support": 2})  # fmt: skip
+    # Never predicted: precision 0, not NaN; absent altogether: zeros and support 0.
+    assert scores["Company"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert scores["Film"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert confusion(labels, preds, 4) == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    logits = torch.nn.functional.one_hot(preds, 4).float()
+    macro = classification_metrics(logits, labels, 4)["macro_f1"]
+    assert macro == pytest.approx(sum(s["f1"] for s in scores.values()) / 4)
+
+
+def test_agreement_and_kl_against_hand_computed_values():
+    a = torch.tensor([[2.0, 1.0], [0.0, 1.0], [3.0, 0.0]])
+    b = torch.tensor([[1.0, 2.0], [0.0, 5.0], [1.0, 0.0]])
+    assert agreement(a, b) == pytest.approx(2 / 3)
+    assert agreement(a, a) == 1.0 and mean_kl(a, a) == pytest.approx(0.0, abs=1e-7)
+    teacher, model = torch.tensor([[0.5, 0.5]]).log(), torch.tensor([[0.9, 0.1]]).log()
+    expected = 0.5 * torch.log(torch.tensor(0.5 / 0.9)) + 0.5 * torch.log(torch.tensor(0.5 / 0.1))
+    assert mean_kl(teacher, model) == pytest.approx(float(expected), rel=1e-5)
+    assert mean_kl(model, teacher) != pytest.approx(mean_kl(teacher, model))  # direction matters
+
+
+def test_ece_of_constructed_cases():
+    # Ten rows all at confidence 0.8, six right: one bin, gap |0.8 - 0.6|.
+    probs = torch.tensor([[0.8, 0.1, 0.05, 0.05]]).repeat(10, 1)
+    labels = torch.tensor([0] * 6 + [1] * 4)
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.2, abs=1e-6)
+    # Two bins of five rows: 0.9 all right (gap 0.1), 0.6 with two right (gap 0.2).
+    probs = torch.tensor([[0.9, 0.1]] * 5 + [[0.6, 0.4]] * 5)
+    labels = torch.tensor([0] * 5 + [0, 0, 1, 1, 1])
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.5 * 0.1 + 0.5 * 0.2)
+
+
+def test_measure_speed_times_what_the_model_costs():
+    def model(ms_per_call: float, calls: list[int]):
+        def forward(batch: dict[str, torch.Tensor]) -> None:
+            n = batch["x"].shape[0]
+            calls.append(n)
+            time.sleep(ms_per_call / 1000 * (1 if n == 1 else 4))  # the batch costs 4 calls
+
+        return forward
+
+    singles = [{"x": torch.zeros(1, 3)} for _ in range(3)]
+    batch = {"x": torch.zeros(8, 3)}
+    fast_calls, slow_calls = [], []
+    fast = measure_speed(model(2, fast_calls), singles, batch, 3, torch.device("cpu"))
+    slow = measure_speed(model(6, slow_calls), singles, batch, 3, torch.device("cpu"))
+    assert fast_calls == ([1, 1, 1, 8] * 4)  # one warm-up pass, then three timed
+    assert 2.0 <= fast["latency_ms_batch_1"] < 6.0
+    assert 8 / 0.008 / 2 < fast["throughput_per_s"] <= 8 / 0.008
+    assert slow["latency_ms_batch_1"] > fast["latency_ms_batch_1"]
+    assert slow["throughput_per_s"] < fast["throughput_per_s"]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def new_child(parent: Path, argv: list[str]) -> Path:
+    before = set(parent.iterdir()) if parent.is_dir() else set()
+    assert main(argv) == 0
+    (created,) = set(parent.iterdir()) - before
+    return created
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_models, trained_teacher) -> dict[str, Path]:
+    """Toy data with a test split, a distilled student and a cross-entropy-only baseline, both
+    one layer of the tiny BERT, taught by a teacher that knows the task."""
+    root = tmp_path_factory.mktemp("compare")
+    raw = root / "raw"
+    raw.mkdir()
+    write_toy_csv(raw / "train.csv", 30, seed=0)
+    write_toy_csv(raw / "test.csv", 10, seed=7)
+    data = new_child(root / "data", ["prepare-data", "--dataset", str(raw), "--name", "toy",
+                                     "--data-dir", str(root / "data")])  # fmt: skip
+    common = ["distill", "--dataset", str(data), "--teacher-model", str(trained_teacher),
+              "--student-model", str(tiny_models["bert_student"]), "--student-layers", "1",
+              "--epochs", "1", "--batch-size", "8", "--learning-rate", "3e-3",
+              "--mixed-precision", "no"]  # fmt: skip
+    runs = root / "runs"
+    student = new_child(runs, [*common, "--output-dir", str(runs)])
+    baseline = new_child(runs, [*common, "--output-dir", str(runs), "--alpha", "0"])
+    return {"root": root, "data": data, "teacher": trained_teacher, "student": student,
+            "baseline": baseline}  # fmt: skip
+
+
+def compare_argv(project: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["compare", "--dataset", str(project["data"]), "--teacher-model",
+            str(project["teacher"]), "--output-dir", str(out), "--mixed-precision", "no",
+            "--latency-rows", "6", "--repeats", "2", *extra]  # fmt: skip
+
+
+def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_path, caplog):
+    import jsonschema
+    from datasets import load_dataset
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    caplog.set_level("INFO", logger="kdistill")
+    out = tmp_path / "comparisons"
+    folder = new_child(out, compare_argv(project, out, "--student-model", str(project["student"]),
+                                         "--baseline", str(project["baseline"])))  # fmt: skip
+    assert OUT_DIR.match(folder.name), folder.name
+    results = json.loads((folder / "comparison_results.json").read_text())
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(results, schema, cls=jsonschema.Draft202012Validator)
+    broken = json.loads(json.dumps(results))
+    del broken["models"][1]["kl_to_teacher"]
+    with pytest.raises(jsonschema.ValidationError):  # the schema does constrain the document
+        jsonschema.validate(broken, schema, cls=jsonschema.Draft202012Validator)
+
+    ds = results["dataset"]
+    assert (ds["name"], ds["split"], ds["rows"]) == ("toy", "test", 40)
+    assert ds["label_names"] == CLASSES and ds["class_counts"] == [10, 10, 10, 10]
+    teacher, student, baseline = results["models"]
+    assert [m["role"] for m in results["models"]] == ["teacher", "student", "baseline"]
+    assert (student["name"], baseline["name"]) == (project["student"].name,
+                                                   project["baseline"].name)  # fmt: skip
+    assert teacher["agreement_with_teacher"] == 1.0 and teacher["kl_to_teacher"] == 0.0
+    assert teacher["accuracy"] >= 0.9  # it knows the task: chance is 0.25
+
+    for m in results["models"]:
+        cm = m["confusion_matrix"]
+        y = [t for t in range(4) for p in range(4) for _ in range(cm[t][p])]
+        p = [p for t in range(4) for p in range(4) for _ in range(cm[t][p])]
+        assert len(y) == 40
+        assert m["accuracy"] == pytest.approx(sum(cm[i][i] for i in range(4)) / 40)
+        assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
+        prec, rec, f1, sup = precision_recall_fscore_support(y, p, labels=range(4),
+                                                             zero_division=0)  # fmt: skip
+        for i, name in enumerate(CLASSES):
+            assert m["per_class"][name] == pytest.approx(
+                {"precision": prec[i], "recall": rec[i], "f1": f1[i], "support": sup[i]}
+            )
+        assert m["latency_ms_batch_1"] > 0 and m["throughput_per_s"] > 0
+        assert m["speedup_vs_teacher"] == pytest.approx(
+            teacher["latency_ms_batch_1"] / m["latency_ms_batch_1"]
+        )
+        assert m["throughput_ratio_vs_teacher"] == pytest.approx(
+            m["throughput_per_s"] / teacher["throughput_per_s"]
+        )
+        assert m["compression_vs_teacher"] == pytest.approx(teacher["parameters"] / m["parameters"])
+        assert m["size_on_disk_bytes"] == (Path(m["path"]) / "model.safetensors").stat().st_size
+    assert student["compression_vs_teacher"] > 1.0  # one of the two layers kept
+    assert teacher["speedup_vs_teacher"] == 1.0
+
+    # The saved confusion matrix is the student's own predictions on the test rows.
+    model = AutoModelForSequenceClassification.from_pretrained(student["path"]).eval()
+    tok = AutoTokenizer.from_pretrained(student["path"])
+    test = load_dataset("parquet", data_files=str(project["data"] / "test.parquet"))["train"]
+    with torch.no_grad():
+        enc = tok(list(test["text"]), padding=True, truncation=True, max_length=128,
+                  return_tensors="pt")  # fmt: skip
+        preds = model(**enc).logits.argmax(-1)
+    truth = torch.tensor([CLASSES.index(n) for n in test["label"]])
+    assert student["confusion_matrix"] == confusion(truth, preds, 4)
+    assert student["path"] == str(project["student"] / "best_model")
+
+    for m, run in ((student, project["student"]), (baseline, project["baseline"])):
+        assert m["run_dir"] == str(run)
+        assert m["run_config"] == json.loads((run / "config.json").read_text())
+        assert m["history"] == json.loads((run / "history.json").read_text())
+        assert m["training_data"] == {"labeled_rows": 96, "unlabeled_rows": None}
+    assert baseline["run_config"]["alpha"] == 0.0
+    gain = results["distillation_gain"]
+    assert gain["baseline"] == baseline["name"]
+    (g,) = gain["students"]
+    assert g["student"] == student["name"]
+    assert g["accuracy_points"] == pytest.approx((student["accuracy"] - baseline["accuracy"]) * 100)
+    assert g["macro_f1_points"] == pytest.approx((student["macro_f1"] - baseline["macro_f1"]) * 100)
+
+    png = (folder / "teacher_student_comparison.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    page = (folder / "report.html").read_text()
+    assert len(page) > len(png) and page.count("data:image/png;base64,") >= 1
+    assert student["name"] in page and baseline["name"] in page
+    if (project["student"] / "training_curves.png").is_file():
+        assert "Training curves" in page and page.count("data:image/png;base64,") >= 3
+    assert results["files"] == {"json": "comparison_results.json",
+                                "figure": "teacher_student_comparison.png",
+                                "html": "report.html"}  # fmt: skip
+    # The terminal shows the results without opening a file.
+    table = next(r.getMessage() for r in caplog.records if "speed-up" in r.getMessage())
+    assert student["name"] in table and "distillation gain" in table
+
+
+def test_the_seed_script_runs_with_the_seed_flags(project, tmp_path, monkeypatch):
+    """`python scripts/compare_models.py --teacher-model ... --student-model .../best_model
+    --dataset ...`, the seed's Step 4, run as the file itself."""
+    monkeypatch.chdir(tmp_path)
+    best = project["student"] / "best_model"
+    monkeypatch.setattr(sys, "argv", [
+        "compare_models.py", "--teacher-model", str(project["teacher"]), "--student-model",
+        str(best), "--dataset", str(project["data"]), "--repeats", "1",
+    ])  # fmt: skip
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(REPO / "scripts" / "compare_models.py"), run_name="__main__")
+    assert done.value.code == 0
+    (folder,) = (tmp_path / "outputs" / "comparisons").iterdir()
+    results = json.loads((folder / "comparison_results.json").read_text())
+    student = results["models"][1]
+    # best_model inside a run directory: named after the run, its config and history carried.
+    assert student["name"] == project["student"].name and student["run_dir"] == str(best.parent)
+    assert student["run_config"]["kind"] == "distill" and results["distillation_gain"] is None
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if "error:" in ln]
+    return line.removeprefix("kdistill: error: ")
+
+
+@pytest.mark.parametrize("flag", ["--student-model", "--students", "--baseline"])
+def test_a_student_trained_on_other_labels_is_refused(project, tmp_path, capsys, flag):
+    other = build_tiny_bert(tmp_path / "other", ["Animal", "Sport", "Film", "Company"])
+    students = [] if flag == "--student-model" else ["--student-model", str(project["student"])]
+    err = one_line_error(capsys, compare_argv(project, tmp_path / "out", *students, flag,
+                                              str(other)))  # fmt: skip
+    assert err.startswith(f"{flag} {other}: its labels differ"), err
+    assert "missing: Building" in err and "extra: Sport" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_split_the_data_set_lacks_is_refused(project, tmp_path, capsys, labelled_csv):
+    assert main(["prepare-data", "--dataset", str(labelled_csv), "--data-dir",
+                 str(tmp_path / "data")]) == 0  # fmt: skip
+    argv = compare_argv(project, tmp_path / "out", "--student-model", str(project["student"]))
+    argv[argv.index("--dataset") + 1] = str(tmp_path / "data" / "toy")
+    assert one_line_error(capsys, argv) == (
+        "--split test: toy has no test split (it has train, validation); pass --split validation"
+    )
+
+
+def test_an_output_dir_that_is_a_file_is_refused(project, tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    err = one_line_error(capsys, compare_argv(project, tmp_path / "taken", "--student-model",
+                                              str(project["student"])))  # fmt: skip
+    assert err.startswith(f"--output-dir {tmp_path / 'taken'}: ") and "is a file" in err
+
+
+def test_a_missing_student_path_is_refused(project, tmp_path, capsys):
+    missing = tmp_path / "outputs" / "no_such_run"
+    err = one_line_error(capsys, compare_argv(project, tmp_path / "out", "--student-model",
+                                              str(project["student"]), "--students",
+                                              str(missing)))  # fmt: skip
+    assert err.startswith(f"--students {missing}: no such folder"), err
+
+
+def test_a_model_without_a_trained_head_is_refused(project, tmp_path, capsys, tiny_models):
+    bare = tiny_models["bert_student"]  # an encoder checkpoint: no classes at all
+    err = one_line_error(capsys, compare_argv(project, tmp_path / "out", "--student-model",
+                                              str(bare)))  # fmt: skip
+    assert err.startswith(f"--student-model {bare}: its classes are unnamed"), err
