@@ -214,8 +214,9 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
     page = (folder / "report.html").read_text()
     assert len(page) > len(png) and page.count("data:image/png;base64,") >= 1
     assert student["name"] in page and baseline["name"] in page
-    if (project["student"] / "training_curves.png").is_file():
-        assert "Training curves" in page and page.count("data:image/png;base64,") >= 3
+    # the comparison figure and both runs' training curves, inline
+    assert "Training curves" in page and page.count("data:image/png;base64,") == 3
+    assert gain["not_comparable"] == []
     assert results["files"] == {"json": "comparison_results.json",
                                 "figure": "teacher_student_comparison.png",
                                 "html": "report.html"}  # fmt: skip
@@ -296,3 +297,29 @@ def test_a_model_without_a_trained_head_is_refused(project, tmp_path, capsys, ti
     err = one_line_error(capsys, compare_argv(project, tmp_path / "out", "--student-model",
                                               str(bare)))  # fmt: skip
     assert err.startswith(f"--student-model {bare}: its classes are unnamed"), err
+
+
+def test_gain_only_against_a_baseline_of_the_same_student():
+    from kdistill.compare import distillation_gain
+
+    def model(name, role, acc, run_config=None, params=100, cls="BertForSequenceClassification"):
+        return {"name": name, "role": role, "accuracy": acc, "macro_f1": acc,
+                "run_config": run_config, "parameters": params, "model_class": cls}  # fmt: skip
+
+    tiny = {"student_model": "bert-tiny", "student_layers": None, "student_num_layers": None}
+    cut = {"student_model": "minilm", "student_layers": "0,5", "student_num_layers": None}
+    models = [
+        model("teacher", "teacher", 0.97),
+        model("kd-tiny", "student", 0.92, {**tiny, "alpha": 0.7}),
+        model("kd-cut", "student", 0.95, {**cut, "alpha": 0.7}),
+        model("folder", "student", 0.91, None, params=100),
+        model("other-folder", "student", 0.91, None, params=999),
+        model("ce-tiny", "baseline", 0.90, {**tiny, "alpha": 0.0}, params=100),
+    ]
+    gain = distillation_gain(models)
+    assert gain["baseline"] == "ce-tiny"
+    assert [g["student"] for g in gain["students"]] == ["kd-tiny", "folder"]
+    assert gain["students"][0]["accuracy_points"] == pytest.approx(2.0)
+    # a gain over another architecture would measure the architecture, not distillation
+    assert gain["not_comparable"] == ["kd-cut", "other-folder"]
+    assert distillation_gain(models[:-1]) is None

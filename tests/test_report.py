@@ -91,7 +91,7 @@ def make_results(n_students: int = 2, baseline: bool = True) -> dict[str, Any]:
         gain = {"baseline": base, "students": [
             {"student": m["name"], "accuracy_points": 100 * (m["accuracy"] - ce["accuracy"]),
              "macro_f1_points": 100 * (m["macro_f1"] - ce["macro_f1"])}
-            for m in models[1:-1]]}  # fmt: skip
+            for m in models[1:-1]], "not_comparable": ["a <b>cut</b> student"]}  # fmt: skip
     return {
         "schema_version": 1, "created": "2026-11-28T12:00:00",
         "dataset": {"name": "dbpedia", "source": "data/dbpedia", "split": "test",
@@ -214,6 +214,7 @@ def test_html_report_is_self_contained(tmp_path: Path) -> None:
         assert m["name"] in text
     gain = results["distillation_gain"]["students"][0]
     assert f"{gain['accuracy_points']:+.1f} accuracy points" in text
+    assert "a &lt;b&gt;cut&lt;/b&gt; student</b>: not compared" in text
     assert "cross-entropy-only baseline" in text
     assert text.count('src="data:image/png;base64,') == len(figures)  # the missing one left out
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text)

@@ -247,6 +247,7 @@ def model_record(
         "run_config": run_config,
         "history": candidate.history if candidate else None,
         "mode": wrapper.mode,
+        "model_class": type(wrapper.model).__name__,
         "parameters": count_parameters(wrapper.model),
         "size_on_disk_bytes": weights_size(wrapper.name),
         "accuracy": metrics["accuracy"],
@@ -274,16 +275,33 @@ def add_ratios(models: list[dict[str, Any]]) -> None:
         m["compression_vs_teacher"] = teacher["parameters"] / m["parameters"]
 
 
+ARCHITECTURE_KEYS = ("student_model", "student_layers", "student_num_layers")
+
+
+def same_architecture(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two models are the same student trained two ways: by their runs' student flags
+    when both have a run config, else by class and parameter count."""
+    ra, rb = a.get("run_config"), b.get("run_config")
+    if ra and rb:
+        return all(ra.get(k) == rb.get(k) for k in ARCHITECTURE_KEYS)
+    return a["parameters"] == b["parameters"] and a["model_class"] == b["model_class"]
+
+
 def distillation_gain(models: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Each student's accuracy and macro-F1 minus the baseline's, in percentage points."""
+    """Each student's accuracy and macro-F1 minus the baseline's, in percentage points, for the
+    students of the baseline's architecture; a gain over a different student would measure the
+    architecture, not distillation, so those are listed as not comparable."""
     baseline = next((m for m in models if m["role"] == "baseline"), None)
     if baseline is None:
         return None
+    students = [m for m in models if m["role"] == "student"]
     return {"baseline": baseline["name"], "students": [
         {"student": m["name"],
          "accuracy_points": (m["accuracy"] - baseline["accuracy"]) * 100,
          "macro_f1_points": (m["macro_f1"] - baseline["macro_f1"]) * 100}
-        for m in models if m["role"] == "student"]}  # fmt: skip
+        for m in students if same_architecture(m, baseline)],
+        "not_comparable": [m["name"] for m in students if not same_architecture(m, baseline)],
+    }  # fmt: skip
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -416,4 +434,6 @@ def format_summary(results: dict[str, Any]) -> str:
         lines.append(f"distillation gain of {g['student']} over {gain['baseline']}: "
                      f"{g['accuracy_points']:+.1f} accuracy points, "
                      f"{g['macro_f1_points']:+.1f} macro-F1 points")  # fmt: skip
+    for name in gain["not_comparable"] if gain else []:
+        lines.append(f"no distillation gain for {name}: a different student from the baseline")
     return "\n".join(lines)

@@ -439,6 +439,11 @@ def _gain_html(gain: dict[str, Any] | None) -> str:
         f"baseline <b>{html.escape(gain['baseline'])}</b></li>"
         for g in gain["students"]
     )
+    items += "".join(
+        f"<li>student <b>{html.escape(name)}</b>: not compared, a different student from the "
+        "baseline (its gain would measure the architecture, not distillation)</li>"
+        for name in gain.get("not_comparable", [])
+    )
     return (
         "<h2>Distillation gain</h2><p>What the teacher adds: each student against the same "
         f"student architecture trained on labels alone (alpha = 0).</p><ul>{items}</ul>"
