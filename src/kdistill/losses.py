@@ -7,10 +7,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-# The label of a row without one (the transformers/PyTorch ignore index). Any negative label
-# counts as unlabelled, so data sets that mark missing labels with -1 work too.
-UNLABELED = -100
-
 
 class KDLoss(NamedTuple):
     """`loss` is what is optimised; the rest are its unweighted parts, for logging.
@@ -53,7 +49,8 @@ def kd_loss(
     With every row labelled this is alpha * T^2 * KL [batchmean] + (1 - alpha) * CE [mean]. An
     unlabelled row (a transfer-set row, Tang et al. 2019) has no label to learn from, so it
     gets the teacher's soft targets at full weight; alpha only trades the two sources of
-    supervision where both exist.
+    supervision where both exist. Any negative label marks an unlabelled row (kdistill.data
+    gives them -100, the ignore index; -1 works too).
 
     The T^2 factor keeps the soft term's gradients the same size as T changes (they scale as
     1/T^2 otherwise), so alpha means the same at every temperature. `kl` is returned with the
