@@ -136,6 +136,8 @@ def _load_local(path: Path, flag: str = "--dataset") -> dict[str, Dataset]:
                 FILE_FORMATS[suffix], data_files=files, split="train", **kwargs
             )
         except Exception as e:  # parser errors come in many types; the message is what matters
+            if "corresponds to no data" in str(e):  # a header and no rows
+                raise KdistillError(f"{flag}: {files[0]} has no rows") from e
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise KdistillError(f"{flag}: cannot read {files[0]}: {first}") from e
     return splits
