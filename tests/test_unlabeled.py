@@ -305,3 +305,16 @@ def test_mixed_batches_train_the_same_with_the_teacher_online_or_cached(workdir,
     assert off["train_loss"] == pytest.approx(
         (24 * off["train_loss_labeled"] + 24 * off["train_loss_unlabeled"]) / 48, rel=1e-5
     )
+
+
+def test_eval_teacher_reports_on_the_rows_whose_labels_were_kept_aside(workdir, tiny_models):
+    """The labels prepare-data took off the unlabelled rows serve one purpose: measuring a
+    teacher there (how good are the soft labels the student will learn from?)."""
+    from kdistill.config import EvalTeacherConfig
+    from kdistill.eval_teacher import eval_teacher
+
+    report = eval_teacher(EvalTeacherConfig(teacher_model=str(tiny_models["bert_teacher"]),
+                                            dataset="toy", split="unlabeled",
+                                            mixed_precision="no"))  # fmt: skip
+    assert report["split"] == "unlabeled" and report["rows"] == 72
+    assert 0.0 <= report["accuracy"] <= 1.0
