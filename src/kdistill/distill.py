@@ -397,7 +397,7 @@ def train_one_epoch(
     temperature: float,
     alpha: float,
     desc: str,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One pass over the training data. `teacher(batch)` gives the batch's teacher logits
     (online or from the cache); without one (fine-tuning) the loss is plain CE.
 
@@ -571,11 +571,11 @@ def check_training_rows(dataset: str, labeled: int, unlabeled: int, config: Dist
     if labeled == 0 and config.alpha < 1.0:
         raise KdistillError(
             f"--dataset {dataset} has no labelled training rows, so the cross-entropy term "
-            f"(1 - alpha) has nothing to learn from; pass --alpha 1 or labelled data"
+            "(1 - alpha) has nothing to learn from; pass --alpha 1 or labelled data"
         )
     if labeled == 0 and config.unlabeled_ratio is not None:
         raise KdistillError(
-            f"--unlabeled-ratio sets the unlabelled share next to labelled rows in each batch, "
+            "--unlabeled-ratio sets the unlabelled share next to labelled rows in each batch, "
             f"and --dataset {dataset} has no labelled training rows; drop --unlabeled-ratio"
         )
 
@@ -651,6 +651,7 @@ def distill(config: DistillConfig) -> Path:
     """The distill command. Returns the completed run directory."""
     from transformers import set_seed
 
+    from kdistill.data import load_unlabeled, with_unlabeled
     from kdistill.evaluate import evaluate
     from kdistill.models import count_parameters, load_student
     from kdistill.teachers import load_teacher
@@ -662,8 +663,6 @@ def distill(config: DistillConfig) -> Path:
     # ---- unlabelled text (a transfer set): after the labelled rows, with label UNLABELED
     unlabeled = None
     if config.unlabeled_data:
-        from kdistill.data import load_unlabeled
-
         unlabeled = load_unlabeled(config.unlabeled_data, config.unlabeled_text_column,
                                    config.max_unlabeled_samples, config.seed)  # fmt: skip
         warn_unlabeled_overlap(unlabeled, data)
@@ -688,8 +687,6 @@ def distill(config: DistillConfig) -> Path:
     cached = config.teacher_cache != "off"
     if cached:
         from kdistill.cache import teacher_logits_for
-    from kdistill.data import with_unlabeled
-
     tokenizers = {"student": s_tok, "teacher": t_tok}
     train_loader, val_loader, train_tok = make_loaders(
         with_unlabeled(train, unlabeled), val, tokenizers, config, accelerator,
@@ -724,9 +721,11 @@ def distill(config: DistillConfig) -> Path:
                 "eval_batch_size": eval_bs,
                 "teacher_dtype": t_dtype_name,
                 # Share of unlabelled rows per batch: --unlabeled-ratio, else the natural one.
-                "unlabeled_share": config.unlabeled_ratio
-                if config.unlabeled_ratio is not None
-                else n_unlabeled / (len(train) + n_unlabeled),
+                "unlabeled_share": (
+                    config.unlabeled_ratio
+                    if config.unlabeled_ratio is not None
+                    else n_unlabeled / (len(train) + n_unlabeled)
+                ),  # fmt: skip
             },
             "data": {
                 "name": data.name,
