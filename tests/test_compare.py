@@ -200,7 +200,7 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
         assert m["run_dir"] == str(run)
         assert m["run_config"] == json.loads((run / "config.json").read_text())
         assert m["history"] == json.loads((run / "history.json").read_text())
-        assert m["training_data"] == {"labeled_rows": 96, "unlabeled_rows": None}
+        assert m["training_data"] == {"labeled_rows": 96, "unlabeled_rows": 0}
     assert baseline["run_config"]["alpha"] == 0.0
     gain = results["distillation_gain"]
     assert gain["baseline"] == baseline["name"]

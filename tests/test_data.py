@@ -193,3 +193,83 @@ def test_offline_hub_gives_one_line_with_the_local_form(monkeypatch):
     assert "cannot reach the Hugging Face Hub" in str(e.value)
     assert "--dataset path/to/labelled.csv" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- --labeled-fraction
+
+
+def test_labeled_fraction_is_stratified_disjoint_and_keeps_the_labels_aside(tmp_path):
+    from datasets import load_dataset
+
+    rows = [(f"text {i}", ["a", "b", "c", "d"][i % 4]) for i in range(400)]
+    csv = write_csv(tmp_path / "d.csv", rows)
+    cfg = PrepareDataConfig(dataset=str(csv), data_dir=str(tmp_path / "data"),
+                            test_split=0.2, labeled_fraction=0.1)  # fmt: skip
+    path, summary = kdata.prepare(cfg)
+    assert sorted(p.name for p in path.iterdir()) == [
+        "dataset_info.json", "test.parquet", "train.parquet", "unlabeled.parquet",
+        "unlabeled_labels.parquet", "validation.parquet",
+    ]  # fmt: skip
+    info = json.loads((path / "dataset_info.json").read_text())
+    # 400 rows: 80 test, then 64 validation of the 320 left, then 10% of 256 keep labels.
+    assert info["labeled_fraction"] == 0.1
+    assert (info["labeled_rows"], info["unlabeled_rows"]) == (26, 230)
+    assert info["splits"]["unlabeled"]["rows"] == 230
+    assert "unlabeled: 230 train rows without labels" in summary
+
+    def read(name):
+        return load_dataset("parquet", data_files=str(path / name))["train"]
+
+    train, unlabeled, aside = (
+        read("train.parquet"),
+        read("unlabeled.parquet"),
+        read("unlabeled_labels.parquet"),
+    )
+    assert unlabeled.column_names == ["text"]  # the labels are dropped from the split...
+    assert aside["text"] == unlabeled["text"]  # ...and kept aside row for row
+    truth = dict(rows)
+    assert all(truth[t] == y for t, y in zip(aside["text"], aside["label"], strict=True))
+    # Stratified: 26 labelled rows over 4 equal classes give 6 or 7 each.
+    assert sorted(Counter(train["label"]).values()) == [6, 6, 7, 7]
+    texts = {n: set(read(f"{n}.parquet")["text"]) for n in ("train", "validation", "test")}
+    texts["unlabeled"] = set(unlabeled["text"])
+    assert sum(len(t) for t in texts.values()) == 400  # disjoint and complete
+    assert len(set().union(*texts.values())) == 400
+    # Validation and test keep all their rows: only train loses labels.
+    assert len(texts["validation"]) == 64 and len(texts["test"]) == 80
+    data = kdata.load_prepared(path)
+    assert len(data.splits["train"]) == 26
+    assert data.splits["unlabeled"]["label"] == [data.label_names.index(y) for y in aside["label"]]
+
+
+def test_labeled_fraction_zero_leaves_an_empty_train_that_loads(labelled_csv, tmp_path):
+    cfg = PrepareDataConfig(dataset=str(labelled_csv), data_dir=str(tmp_path / "data"),
+                            labeled_fraction=0.0)  # fmt: skip
+    path, summary = kdata.prepare(cfg)
+    info = json.loads((path / "dataset_info.json").read_text())
+    assert (info["labeled_rows"], info["unlabeled_rows"]) == (0, 96)
+    assert info["splits"]["train"]["words"] is None
+    data = kdata.load_prepared(path)
+    assert len(data.splits["train"]) == 0 and len(data.splits["validation"]) == 24
+    assert data.splits["train"].features["label"].dtype == "int64"
+    assert "unlabeled: 96 train rows" in summary
+
+
+def test_labeled_fraction_range_and_too_few_rows(labelled_csv, tmp_path):
+    for bad in (-0.1, 1.5):
+        with pytest.raises(KdistillError, match=re.escape("--labeled-fraction must be in [0, 1]")):
+            PrepareDataConfig(dataset="x.csv", labeled_fraction=bad)
+    cfg = PrepareDataConfig(dataset=str(labelled_csv), data_dir=str(tmp_path / "data"),
+                            labeled_fraction=0.02)  # fmt: skip
+    with pytest.raises(KdistillError, match=r"--labeled-fraction 0.02 keeps 2 of 96 training rows, "
+                                            r"fewer than the 4 classes"):  # fmt: skip
+        kdata.prepare(cfg)
+
+
+def test_validation_without_labels_says_why_it_needs_them(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write_csv(folder / "train.csv", [("x", "a"), ("y", "b")] * 5)
+    write_csv(folder / "validation.csv", [("z", "")])
+    with pytest.raises(KdistillError, match="validation needs labels, for model selection"):
+        kdata.build(str(folder), None, None, 0.2, 0)

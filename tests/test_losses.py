@@ -79,3 +79,89 @@ def test_bf16_inputs_are_computed_in_fp32(batch):
     half = kd_loss(s.bfloat16(), t.bfloat16(), y, 3.0, 0.7).loss
     assert half.dtype == torch.float32
     assert math.isclose(full.item(), half.item(), rel_tol=0.05)
+
+
+# --------------------------------------------------------------------------- unlabelled rows
+
+
+def old_kd_loss(student, teacher, labels, T, alpha):
+    """The loss before unlabelled rows existed, verbatim: every row labelled must give this."""
+    log_p_s = F.log_softmax(student.float() / T, dim=-1)
+    log_p_t = F.log_softmax(teacher.float() / T, dim=-1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * T**2
+    ce = F.cross_entropy(student.float(), labels)
+    if alpha == 0.0:
+        return ce
+    if alpha == 1.0:
+        return kl
+    return alpha * kl + (1.0 - alpha) * ce
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.7, 1.0])
+def test_all_labelled_equals_the_old_loss_exactly(batch, alpha):
+    s, t, y = batch
+    out = kd_loss(s, t, y, temperature=2.0, alpha=alpha)
+    assert torch.equal(out.loss, old_kd_loss(s, t, y, 2.0, alpha))
+    assert (out.num_labeled, out.num_unlabeled) == (8, 0)
+    assert torch.equal(out.labeled_loss, out.loss.detach()) and out.unlabeled_loss == 0
+
+
+def per_row_kl(student, teacher, T):
+    p_t = torch.softmax(teacher / T, -1)
+    return (p_t * (torch.log(p_t) - torch.log_softmax(student / T, -1))).sum(-1) * T * T
+
+
+def test_unlabelled_rows_get_the_kd_term_only(batch):
+    """Rows 5..7 unlabelled: the loss is the mean of alpha*kl_i + (1-alpha)*ce_i over the
+    labelled rows and kl_i over the unlabelled ones, all divided by the batch size."""
+    s, t, y = batch
+    y = y.clone()
+    y[5:] = -100
+    T, alpha = 3.0, 0.6
+    kl = per_row_kl(s, t, T)
+    ce = F.cross_entropy(s[:5], y[:5], reduction="none")
+    expected = ((alpha * kl[:5] + (1 - alpha) * ce).sum() + kl[5:].sum()) / 8
+    out = kd_loss(s, t, y, T, alpha)
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    assert (out.num_labeled, out.num_unlabeled) == (5, 3)
+    assert torch.allclose(out.kl, kl.mean(), atol=1e-6)
+    assert torch.allclose(out.ce, ce.mean(), atol=1e-6)
+    assert torch.allclose(out.labeled_loss, (alpha * kl[:5] + (1 - alpha) * ce).mean(), atol=1e-6)
+    assert torch.allclose(out.unlabeled_loss, kl[5:].mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("marker", [-1, -7, -100])
+def test_an_unlabelled_rows_label_value_changes_nothing(batch, marker):
+    s, t, y = batch
+    y = y.clone()
+    y[5:] = -100
+    reference = kd_loss(s, t, y, 3.0, 0.5).loss
+    y[6] = marker
+    assert torch.equal(kd_loss(s, t, y, 3.0, 0.5).loss, reference)
+
+
+def test_no_cross_entropy_gradient_reaches_unlabelled_rows(batch):
+    """The gradient at an unlabelled row is exactly that of its kl_i / batch, whatever alpha:
+    no CE part; a labelled row's gradient does carry CE (it changes with alpha)."""
+    s0, t, y = batch
+    y = y.clone()
+    y[5:] = -100
+    grads = {}
+    for alpha in (0.0, 0.5, 1.0):
+        s = s0.detach().clone().requires_grad_(True)
+        kd_loss(s, t, y, 2.0, alpha).loss.backward()
+        grads[alpha] = s.grad
+    s = s0.detach().clone().requires_grad_(True)
+    (per_row_kl(s, t, 2.0)[5:].sum() / 8).backward()
+    for g in grads.values():
+        torch.testing.assert_close(g[5:], s.grad[5:], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(grads[0.0][:5], grads[1.0][:5])
+
+
+def test_a_batch_without_labels_is_pure_kd(batch):
+    s, t, _ = batch
+    none = torch.full((8,), -100)
+    out = kd_loss(s, t, none, 3.0, 0.4)
+    assert torch.allclose(out.loss, manual_kl(s, t, 3.0), atol=1e-6)
+    assert out.ce == 0 and out.labeled_loss == 0 and out.num_labeled == 0
+    assert torch.isfinite(out.loss)

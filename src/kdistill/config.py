@@ -83,12 +83,23 @@ class PrepareDataConfig:
         "Share of train held out as a stratified test split when the source has none (0 = none): "
         "compare then reports on rows no model was trained or selected on.",
     )
+    labeled_fraction: float = _opt(
+        1.0,
+        "Share of train that keeps its labels, stratified, in [0, 1] (after the validation and "
+        "test splits are made): the rest is written as unlabeled.parquet (text only, for distill "
+        "--unlabeled-data) with its labels aside in unlabeled_labels.parquet, for evaluation "
+        "only. Simulates scarce labels; 0 = no labelled training rows.",
+    )
     data_dir: str = _opt("data", "Parent folder; the prepared data lands in <data-dir>/<name>/.")
     name: str | None = _opt(None, "Folder name under --data-dir (default: from --dataset).")
-    seed: int = _opt(42, "Seed of the validation and test splits.")
+    seed: int = _opt(42, "Seed of the validation, test and labelled-fraction splits.")
 
     def __post_init__(self) -> None:
         _check_validation_split(self.validation_split)
+        _check(
+            0.0 <= self.labeled_fraction <= 1.0,
+            f"--labeled-fraction must be in [0, 1] (got {self.labeled_fraction})",
+        )
         _check(
             0.0 <= self.test_split < 1.0, f"--test-split must be in [0, 1) (got {self.test_split})"
         )
@@ -200,6 +211,26 @@ class DistillConfig(TeacherOptions):
     max_val_samples: int | None = _opt(
         None, "Stratified subsample of validation (keeps class proportions)."
     )
+    unlabeled_data: str | None = _opt(
+        None,
+        "Text without labels for the student to learn from the teacher alone (a transfer set): "
+        "a local CSV/JSONL/Parquet file or folder (e.g. data/<name>/unlabeled.parquet from "
+        "prepare-data --labeled-fraction) or a Hub data set id. Its rows get the KD term only, "
+        "T^2 * KL; the teacher's logits for them are cached like the labelled rows'.",
+    )
+    unlabeled_text_column: str = _opt(
+        "text", "Text column of --unlabeled-data; comma-separated columns are joined."
+    )
+    max_unlabeled_samples: int | None = _opt(
+        None, "Random subsample of --unlabeled-data (seeded by --seed)."
+    )
+    unlabeled_ratio: float | None = _opt(
+        None,
+        "Share of each training batch that is unlabelled, in [0, 1): an epoch is then one pass "
+        "over the labelled rows, unlabelled rows drawn without replacement (cycling) to fill "
+        "each batch. Default: the natural proportion, every labelled and unlabelled row once "
+        "per epoch, spread evenly over the batches.",
+    )
     learning_rate: float = _opt(5e-5, "Peak learning rate of AdamW (linear warm-up and decay).")
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
@@ -280,6 +311,35 @@ class DistillConfig(TeacherOptions):
             self.student_layers is None or self.student_num_layers is None,
             "--student-layers and --student-num-layers: pass one of them, not both",
         )
+        self._check_unlabeled()
+
+    def _check_unlabeled(self) -> None:
+        _check(
+            self.max_unlabeled_samples is None or self.max_unlabeled_samples >= 1,
+            f"--max-unlabeled-samples must be >= 1 (got {self.max_unlabeled_samples})",
+        )
+        _check(
+            self.unlabeled_ratio is None or 0.0 <= self.unlabeled_ratio < 1.0,
+            f"--unlabeled-ratio must be in [0, 1) (got {self.unlabeled_ratio})",
+        )
+        if self.unlabeled_data is None:
+            for flag, value in (("--max-unlabeled-samples", self.max_unlabeled_samples),
+                                ("--unlabeled-ratio", self.unlabeled_ratio)):  # fmt: skip
+                _check(value is None, f"{flag} needs --unlabeled-data (the unlabelled text)")
+        if self.unlabeled_ratio:
+            per_batch = round(self.unlabeled_ratio * self.batch_size)
+            _check(
+                0 < per_batch < self.batch_size,
+                f"--unlabeled-ratio {self.unlabeled_ratio} with --batch-size {self.batch_size} "
+                f"gives {per_batch} unlabelled rows per batch; choose a ratio and batch size that "
+                "leave both kinds of row in each batch",
+            )
+        if self.unlabeled_data is not None:
+            _check(
+                not self.group_by_length,
+                "--group-by-length and --unlabeled-data: batches mix labelled and unlabelled "
+                "rows, not rows of similar length; drop --group-by-length",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -365,7 +425,10 @@ class EvalTeacherConfig(TeacherOptions):
     )
     dataset: str = _opt("dbpedia", "Prepared data, or anything prepare-data accepts.")
     split: str = _opt(
-        "validation", "Split to evaluate on.", choices=["validation", "test", "train"]
+        "validation",
+        "Split to evaluate on; unlabeled = the rows prepare-data --labeled-fraction took the "
+        "labels off (their labels were kept aside for this).",
+        choices=["validation", "test", "train", "unlabeled"],
     )
     max_samples: int | None = _opt(None, "Stratified subsample of the split (keeps proportions).")
     max_length: int = _opt(128, "Maximum tokens per text.")

@@ -40,6 +40,16 @@ FILE_FORMATS = {
     ".parquet": "parquet",
 }
 SPLIT_NAMES = ("train", "validation", "test")
+# prepare-data --labeled-fraction: train rows whose labels are dropped. The text alone goes to
+# UNLABELED_FILE (a transfer set for distill --unlabeled-data); the labels are kept aside in
+# UNLABELED_LABELS_FILE, read only to evaluate on those rows (eval-teacher --split unlabeled),
+# never by training.
+UNLABELED_SPLIT = "unlabeled"
+UNLABELED_FILE = "unlabeled.parquet"
+UNLABELED_LABELS_FILE = "unlabeled_labels.parquet"
+# The label of a training row without one: the transformers/PyTorch ignore index (kd_loss takes
+# any negative label as "unlabelled").
+UNLABELED = -100
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation",
                  "val": "validation", "dev": "validation", "test": "test"}  # fmt: skip
 
@@ -85,21 +95,19 @@ def dataset_name(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base) or "dataset"
 
 
-def _local_files(path: Path) -> dict[str, list[str]]:
+def _local_files(path: Path, flag: str = "--dataset") -> dict[str, list[str]]:
     """Map split -> files. Files named after a split (train.csv, test.jsonl...) give that split;
     otherwise every supported file in the folder is train."""
     if path.is_file():
         if path.suffix.lower() not in FILE_FORMATS:
             raise KdistillError(
-                f"--dataset {path}: unsupported file type {path.suffix!r}; "
+                f"{flag} {path}: unsupported file type {path.suffix!r}; "
                 f"use one of {', '.join(sorted(FILE_FORMATS))}"
             )
         return {"train": [str(path)]}
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in FILE_FORMATS and p.is_file())
     if not files:
-        raise KdistillError(
-            f"--dataset {path}: the folder holds no CSV/TSV/JSON/JSONL/Parquet file"
-        )
+        raise KdistillError(f"{flag} {path}: the folder holds no CSV/TSV/JSON/JSONL/Parquet file")
     by_split: dict[str, list[str]] = {}
     for p in files:
         split = SPLIT_ALIASES.get(p.stem.lower().split("-")[0].split(".")[0])
@@ -110,32 +118,32 @@ def _local_files(path: Path) -> dict[str, list[str]]:
     return {"train": [str(p) for p in files]}
 
 
-def _load_local(path: Path) -> dict[str, Dataset]:
+def _load_local(path: Path, flag: str = "--dataset") -> dict[str, Dataset]:
     from datasets import load_dataset
 
     splits: dict[str, Dataset] = {}
-    for split, files in _local_files(path).items():
+    for split, files in _local_files(path, flag).items():
         suffixes = {Path(f).suffix.lower() for f in files}
         if len(suffixes) > 1:
-            raise KdistillError(
-                f"--dataset {path}: mixed file types for {split}: {sorted(suffixes)}"
-            )
+            raise KdistillError(f"{flag} {path}: mixed file types for {split}: {sorted(suffixes)}")
         suffix = suffixes.pop()
         kwargs: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
         empty = [f for f in files if Path(f).stat().st_size == 0]
         if empty:
-            raise KdistillError(f"--dataset: {empty[0]} is empty")
+            raise KdistillError(f"{flag}: {empty[0]} is empty")
         try:
             splits[split] = load_dataset(
                 FILE_FORMATS[suffix], data_files=files, split="train", **kwargs
             )
         except Exception as e:  # parser errors come in many types; the message is what matters
+            if "corresponds to no data" in str(e):  # a header and no rows
+                raise KdistillError(f"{flag}: {files[0]} has no rows") from e
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise KdistillError(f"--dataset: cannot read {files[0]}: {first}") from e
+            raise KdistillError(f"{flag}: cannot read {files[0]}: {first}") from e
     return splits
 
 
-def _load_hub(hub_id: str) -> dict[str, Dataset]:
+def _load_hub(hub_id: str, flag: str = "--dataset") -> dict[str, Dataset]:
     from datasets import load_dataset
 
     try:
@@ -144,12 +152,12 @@ def _load_hub(hub_id: str) -> dict[str, Dataset]:
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if _looks_offline(e):
+            example = "path/to/labelled.csv" if flag == "--dataset" else "path/to/texts.csv"
             raise KdistillError(
-                f"--dataset {hub_id}: cannot reach the Hugging Face Hub ({msg}); offline, pass a "
-                "local CSV/JSONL/Parquet file or folder instead, e.g. "
-                "--dataset path/to/labelled.csv"
+                f"{flag} {hub_id}: cannot reach the Hugging Face Hub ({msg}); offline, pass a "
+                f"local CSV/JSONL/Parquet file or folder instead, e.g. {flag} {example}"
             ) from e
-        raise KdistillError(f"--dataset {hub_id}: could not load it from the Hub: {msg}") from e
+        raise KdistillError(f"{flag} {hub_id}: could not load it from the Hub: {msg}") from e
     return {SPLIT_ALIASES.get(k, k): v for k, v in dsd.items()}
 
 
@@ -162,22 +170,22 @@ def _looks_offline(e: BaseException) -> bool:
     )  # fmt: skip
 
 
-def load_source(dataset: str) -> tuple[dict[str, Dataset], Alias | None]:
-    """Raw splits of an alias, a local file/folder, or a Hub data set id."""
+def load_source(dataset: str, flag: str = "--dataset") -> tuple[dict[str, Dataset], Alias | None]:
+    """Raw splits of an alias, a local file/folder, or a Hub data set id; errors name `flag`."""
     import datasets
 
     # datasets draws a bar for every tiny split generation, map and cast; kdistill draws its own.
     datasets.disable_progress_bars()
     path = Path(dataset).expanduser()
     if path.exists():
-        return _load_local(path), None
+        return _load_local(path, flag), None
     if dataset in ALIASES:
         alias = ALIASES[dataset]
-        return _load_hub(alias.hub_id), alias
+        return _load_hub(alias.hub_id, flag), alias
     if "/" in dataset and not dataset.startswith((".", "/")) and dataset.count("/") == 1:
-        return _load_hub(dataset), None
+        return _load_hub(dataset, flag), None
     raise KdistillError(
-        f"--dataset {dataset}: no such file or folder, and not an alias "
+        f"{flag} {dataset}: no such file or folder, and not an alias "
         f"({', '.join(ALIASES)}) or a Hub id (org/name)"
     )
 
@@ -231,10 +239,8 @@ def to_labelled(
         def convert(batch: dict[str, list], has_names: bool = has_names) -> dict[str, list]:
             texts, labels = [], []
             for i in range(len(batch[label_column])):
-                parts = [batch[c][i] for c in text_columns]
-                parts = [str(p).strip() for p in parts if p is not None and str(p).strip()]
                 value = batch[label_column][i]
-                texts.append(". ".join(parts) if parts else None)
+                texts.append(join_text([batch[c][i] for c in text_columns]))
                 if value is None or str(value) == "":
                     labels.append(None)
                 else:
@@ -248,7 +254,11 @@ def to_labelled(
             logger.warning("%s: dropped %d %s rows with empty text or label", where,
                            before - len(conv), split)  # fmt: skip
         if len(conv) == 0:
-            raise KdistillError(f"{where}: the {split} split has no row with both text and label")
+            why = (": validation needs labels, for model selection and reporting"
+                   if split == "validation" else "")  # fmt: skip
+            raise KdistillError(
+                f"{where}: the {split} split has no row with both text and label{why}"
+            )
         unknown = sorted(set(conv["label_name"]) - set(index), key=_natural_key)
         if unknown:
             shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
@@ -263,6 +273,13 @@ def to_labelled(
         )
         out[split] = conv
     return out, names
+
+
+def join_text(parts: list[Any]) -> str | None:
+    """Several text columns (DBpedia's title and content) become one text: the non-empty parts
+    joined by '. '; None when every part is empty."""
+    kept = [str(p).strip() for p in parts if p is not None and str(p).strip()]
+    return ". ".join(kept) if kept else None
 
 
 def _natural_key(s: str) -> list[Any]:
@@ -335,6 +352,24 @@ def split_off_validation(
     return train.select(train_idx), train.select(val_idx)
 
 
+def split_off_unlabeled(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Keep a stratified `fraction` of train labelled; the rest is returned as the unlabelled
+    split (its labels still attached, for evaluation only). fraction 0: every row unlabelled."""
+    labels = train["label"]
+    n_keep = round(fraction * len(labels))
+    n_classes = len(set(labels))
+    if fraction > 0 and n_keep < n_classes:
+        raise KdistillError(
+            f"--labeled-fraction {fraction} keeps {n_keep} of {len(labels)} training rows, fewer "
+            f"than the {n_classes} classes (stratified sampling keeps one of each); use at least "
+            f"{n_classes / len(labels):.3g}, or 0 for no labelled rows"
+        )
+    keep = stratified_indices(labels, n_keep, seed, "--labeled-fraction") if n_keep else []
+    kept = set(keep)
+    rest = [i for i in range(len(labels)) if i not in kept]
+    return train.select(keep), train.select(rest)
+
+
 def subsample(ds: Dataset, n: int | None, seed: int, flag: str) -> Dataset:
     if n is None or n >= len(ds):
         return ds
@@ -363,9 +398,14 @@ def build(
     seed: int,
     name: str | None = None,
     test_split: float = 0.0,
+    labeled_fraction: float = 1.0,
 ) -> LabelledData:
     """Load any source and give it train/validation, and test where the source has one or
-    `test_split` > 0 carves one out of train (held out from training and model selection)."""
+    `test_split` > 0 carves one out of train (held out from training and model selection).
+
+    `labeled_fraction` < 1 then keeps that stratified share of train labelled and moves the
+    rest to an `unlabeled` split (scarce labels, simulated); validation and test stay whole.
+    """
     raw, alias = load_source(dataset)
     texts, label = _resolve_columns(alias, text_column, label_column)
     splits, names = to_labelled(raw, texts, label, f"--dataset {dataset}")
@@ -379,7 +419,11 @@ def build(
         splits["train"], splits["validation"] = split_off_validation(
             splits["train"], validation_split, seed
         )
-    ordered = {s: splits[s] for s in SPLIT_NAMES if s in splits}
+    if labeled_fraction < 1.0:
+        splits["train"], splits[UNLABELED_SPLIT] = split_off_unlabeled(
+            splits["train"], labeled_fraction, seed
+        )
+    ordered = {s: splits[s] for s in (*SPLIT_NAMES, UNLABELED_SPLIT) if s in splits}
     info = {
         "name": name or dataset_name(dataset),
         "source": dataset,
@@ -389,6 +433,9 @@ def build(
         "label_names": names,
         "validation_split": validation_split,
         "test_split": test_split,
+        "labeled_fraction": labeled_fraction,
+        "labeled_rows": len(splits["train"]),
+        "unlabeled_rows": len(splits[UNLABELED_SPLIT]) if UNLABELED_SPLIT in splits else 0,
         "seed": seed,
     }
     return LabelledData(info["name"], names, ordered, source=dataset, info=info)
@@ -405,7 +452,8 @@ def _percentiles(values: list[int]) -> dict[str, float]:
 
 
 def explore(data: LabelledData) -> dict[str, Any]:
-    """Rows and class counts per split, and text length percentiles (characters and words)."""
+    """Rows and class counts per split, and text length percentiles (characters and words;
+    None for an empty split, such as train at --labeled-fraction 0)."""
     splits = {}
     for split, ds in data.splits.items():
         counts = Counter(ds["label"])
@@ -413,8 +461,8 @@ def explore(data: LabelledData) -> dict[str, Any]:
         splits[split] = {
             "rows": len(ds),
             "class_counts": {data.label_names[i]: counts.get(i, 0) for i in range(data.num_labels)},
-            "chars": _percentiles([len(t) for t in texts]),
-            "words": _percentiles([len(t.split()) for t in texts]),
+            "chars": _percentiles([len(t) for t in texts]) if texts else None,
+            "words": _percentiles([len(t.split()) for t in texts]) if texts else None,
         }
     return {"num_labels": data.num_labels, "splits": splits}
 
@@ -432,9 +480,17 @@ def format_summary(data: LabelledData, summary: dict[str, Any]) -> str:
     lines.append("  text length (words)   p5     p50     p95     p99     max")
     for s in split_names:
         w = summary["splits"][s]["words"]
+        if w is None:
+            lines.append(f"  {s:<20}{'-':>5}")
+            continue
         lines.append(
             f"  {s:<20}{w['p5']:>5.0f}{w['p50']:>8.0f}{w['p95']:>8.0f}{w['p99']:>8.0f}{w['max']:>8}"
         )
+    if UNLABELED_SPLIT in summary["splits"]:
+        rows, fraction = summary["splits"][UNLABELED_SPLIT]["rows"], data.info["labeled_fraction"]
+        lines.append(f"  unlabeled: {rows} train rows without labels (--labeled-fraction "
+                     f"{fraction}), in {UNLABELED_FILE};")  # fmt: skip
+        lines.append(f"  their labels are aside in {UNLABELED_LABELS_FILE}, for evaluation only")
     return "\n".join(lines)
 
 
@@ -453,6 +509,7 @@ def prepare(config: PrepareDataConfig) -> tuple[Path, str]:
         config.seed,
         config.name,
         config.test_split,
+        config.labeled_fraction,
     )
     summary = explore(data)
     target = Path(config.data_dir) / data.name
@@ -463,7 +520,11 @@ def prepare(config: PrepareDataConfig) -> tuple[Path, str]:
                 batched=True,
                 features=Features({"text": Value("string"), "label": Value("string")}),
             )
-            named.to_parquet(str(tmp / f"{split}.parquet"))
+            if split == UNLABELED_SPLIT:
+                named.select_columns(["text"]).to_parquet(str(tmp / UNLABELED_FILE))
+                named.to_parquet(str(tmp / UNLABELED_LABELS_FILE))
+            else:
+                named.to_parquet(str(tmp / f"{split}.parquet"))
         info = data.info | summary | {"created": datetime.now().isoformat(timespec="seconds")}
         atomic_write_json(tmp / INFO_FILE, info)
     logger.info("saved %s", target)
@@ -474,21 +535,44 @@ def is_prepared(path: Path) -> bool:
     return (path / INFO_FILE).is_file()
 
 
+def _read_parquet(f: Path) -> Dataset:
+    import pyarrow.parquet as pq
+    from datasets import Dataset, load_dataset
+
+    if pq.read_metadata(f).num_rows == 0:  # load_dataset refuses a file without rows
+        return Dataset(pq.read_table(f))
+    return load_dataset("parquet", data_files=str(f), split="train")
+
+
 def load_prepared(path: Path) -> LabelledData:
-    """Reload what `prepare` saved; the class order is the one in dataset_info.json."""
+    """Reload what `prepare` saved; the class order is the one in dataset_info.json.
+
+    train may be empty (--labeled-fraction 0). The `unlabeled` split, where prepare-data wrote
+    one, carries the labels kept aside for evaluation; training never reads it.
+    """
     import json
 
-    from datasets import Value, load_dataset
+    from datasets import Dataset, Features, Value
 
     info = json.loads((path / INFO_FILE).read_text())
     names: list[str] = info["label_names"]
     index = {n: i for i, n in enumerate(names)}
     splits = {}
-    for split in SPLIT_NAMES:
-        f = path / f"{split}.parquet"
+    files = {s: f"{s}.parquet" for s in SPLIT_NAMES} | {UNLABELED_SPLIT: UNLABELED_LABELS_FILE}
+    for split, filename in files.items():
+        f = path / filename
         if not f.is_file():
             continue
-        ds = load_dataset("parquet", data_files=str(f), split="train")
+        ds = _read_parquet(f)
+        if "label" not in ds.column_names:
+            raise KdistillError(
+                f"{f}: no label column; {split} needs labels (validation is where models are "
+                "selected and reported); pass unlabelled text to distill with --unlabeled-data"
+            )
+        if len(ds) == 0:
+            features = Features({"text": Value("string"), "label": Value("int64")})
+            splits[split] = Dataset.from_dict({"text": [], "label": []}, features=features)
+            continue
         unknown = sorted({str(v) for v in ds["label"]} - set(index))
         if unknown:
             raise KdistillError(
@@ -502,6 +586,12 @@ def load_prepared(path: Path) -> LabelledData:
         ).cast_column("label", Value("int64"))
     if "train" not in splits or "validation" not in splits:
         raise KdistillError(f"{path}: train.parquet and validation.parquet are both needed")
+    if len(splits["validation"]) == 0:
+        raise KdistillError(
+            f"{path}: validation.parquet has no rows; it needs labelled rows, for model selection "
+            "and reporting (prepare-data keeps a labelled --validation-split whatever "
+            "--labeled-fraction)"
+        )
     return LabelledData(info.get("name", path.name), names, splits, str(path), info)
 
 
@@ -523,6 +613,67 @@ def load_for_training(
     if dataset in ALIASES and not path.exists():
         logger.info("%s is not prepared under %s/; loading it from the Hub", dataset, data_dir)
     return build(dataset, text_column, label_column, validation_split, seed)
+
+
+# --------------------------------------------------------------------------- unlabelled text
+
+
+def load_unlabeled(source: str, text_column: str, max_samples: int | None, seed: int) -> Dataset:
+    """Text without labels, a transfer set for distillation (`--unlabeled-data`): one `text`
+    column, rows with no text dropped, at most `max_samples` of them (seeded random rows).
+
+    `source` is anything --dataset accepts. A folder with an unlabeled.* file (prepare-data
+    --labeled-fraction) gives that file; otherwise a folder gives its train files. A source with
+    several splits gives its `unlabeled` or `unsupervised` split (IMDB's), else train.
+    """
+    from datasets import Dataset
+
+    flag = "--unlabeled-data"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        own = sorted(p for p in path.iterdir()
+                     if p.stem.lower() in ("unlabeled", "unlabelled") and p.is_file()
+                     and p.suffix.lower() in FILE_FORMATS)  # fmt: skip
+        path = own[0] if own else path
+    raw, _alias = load_source(str(path) if path.exists() else source, flag)
+    split = next((s for s in (UNLABELED_SPLIT, "unsupervised", "train") if s in raw), None)
+    ds = raw[split or next(iter(raw))]
+    columns = [c.strip() for c in text_column.split(",") if c.strip()]
+    missing = [c for c in columns if c not in ds.column_names]
+    if not columns or missing:
+        raise KdistillError(
+            f"{flag} {source}: no column {(missing or [text_column])[0]!r} (columns: "
+            f"{', '.join(ds.column_names)}); choose one with --unlabeled-text-column"
+        )
+    table = ds.select_columns(columns)[:]
+    texts = [join_text([table[c][i] for c in columns]) for i in range(len(ds))]
+    kept = [t for t in texts if t is not None]
+    if not kept:
+        raise KdistillError(
+            f"{flag} {source}: no row has text in {', '.join(columns)} (--unlabeled-text-column)"
+        )
+    if len(kept) < len(texts):
+        logger.warning("%s: dropped %d rows with empty text", flag, len(texts) - len(kept))
+    if max_samples is not None and max_samples < len(kept):
+        rows = sorted(random.Random(seed).sample(range(len(kept)), max_samples))
+        kept = [kept[i] for i in rows]
+    return Dataset.from_dict({"text": kept})
+
+
+def with_unlabeled(train: Dataset, unlabeled: Dataset | None) -> Dataset:
+    """The training set: the labelled rows, then the unlabelled ones with label UNLABELED."""
+    from datasets import Dataset, Features, Value, concatenate_datasets
+
+    if unlabeled is None or len(unlabeled) == 0:
+        return train
+    features = Features({"text": Value("string"), "label": Value("int64")})
+    labelled = train.select_columns(["text", "label"])
+    if labelled.features != features:
+        labelled = labelled.cast(features)
+    extra = Dataset.from_dict(
+        {"text": list(unlabeled["text"]), "label": [UNLABELED] * len(unlabeled)}, features=features
+    )
+    return concatenate_datasets([labelled, extra])
 
 
 # --------------------------------------------------------------------------- tokenisation

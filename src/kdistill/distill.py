@@ -7,6 +7,8 @@
             loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE(student, labels)
             loss.backward(); optimizer.step()                    # only the student learns
 
+With --unlabeled-data the batches also hold rows without labels, which get T^2 * KL alone.
+
 Accelerate supplies the device, mixed precision, gradient accumulation and `accelerate launch`;
 the run directory, history and checkpoints are ours.
 """
@@ -32,7 +34,7 @@ import torch
 from kdistill import __version__
 from kdistill.config import DistillConfig
 from kdistill.errors import KdistillError
-from kdistill.losses import kd_loss
+from kdistill.losses import KDLoss, kd_loss
 from kdistill.runs import (
     atomic_dir,
     atomic_write_json,
@@ -214,6 +216,68 @@ class ShuffledLengthGroupedSampler(torch.utils.data.Sampler[int]):
             yield from batches[b]
 
 
+class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of labelled rows (indices 0 .. L-1) and unlabelled rows (L .. L+U-1).
+
+    ratio None, the natural proportion: every row once per epoch, both kinds shuffled, and each
+    batch holds the labelled rows' share L / (L + U) of its rows (rounded so that the counts
+    add up), not just on average: a 10%-labelled run never sees a batch without labels.
+    ratio R: round(R * batch_size) unlabelled rows in every batch, the rest labelled; an epoch
+    is one pass over the labelled rows, and the unlabelled rows are drawn without replacement,
+    carrying on from where the last batch stopped and reshuffled once all have been drawn.
+
+    Every process of a distributed run builds the same batches from the same seed; Accelerate
+    then hands each process whole batches, so a batch's mix is kept.
+    """
+
+    def __init__(self, labeled: int, unlabeled: int, batch_size: int, ratio: float | None,
+                 generator: torch.Generator) -> None:  # fmt: skip
+        self.labeled, self.unlabeled = labeled, unlabeled
+        self.batch_size = batch_size  # read by Accelerate's sharding
+        self.ratio = ratio
+        self.generator = generator
+        if ratio is not None:
+            self.unlabeled_per_batch = round(ratio * batch_size)
+            self.labeled_per_batch = batch_size - self.unlabeled_per_batch
+        self._pool: list[int] = []  # unlabelled rows not drawn yet (explicit ratio)
+
+    def __len__(self) -> int:
+        if self.ratio is None:
+            return math.ceil((self.labeled + self.unlabeled) / self.batch_size)
+        return math.ceil(self.labeled / self.labeled_per_batch)
+
+    def _shuffled(self, n: int, offset: int = 0) -> list[int]:
+        return (offset + torch.randperm(n, generator=self.generator)).tolist()
+
+    def _draw_unlabeled(self, k: int) -> list[int]:
+        rows: list[int] = []
+        while len(rows) < k:
+            if not self._pool:
+                self._pool = self._shuffled(self.unlabeled, self.labeled)
+            take = min(k - len(rows), len(self._pool))
+            rows += self._pool[:take]
+            del self._pool[:take]
+        return rows
+
+    def __iter__(self) -> Iterator[list[int]]:
+        labeled = self._shuffled(self.labeled)
+        if self.ratio is None:
+            unlabeled = self._shuffled(self.unlabeled, self.labeled)
+            total = self.labeled + self.unlabeled
+            for b in range(len(self)):
+                start, end = b * self.batch_size, min((b + 1) * self.batch_size, total)
+                # Labelled rows among the first `end` of the epoch: their share, rounded down.
+                l0, l1 = start * self.labeled // total, end * self.labeled // total
+                yield labeled[l0:l1] + unlabeled[start - l0 : end - l1]
+            return
+        per_l, per_u = self.labeled_per_batch, self.unlabeled_per_batch
+        for b in range(len(self)):
+            rows = labeled[b * per_l : (b + 1) * per_l]
+            # A short last batch keeps the ratio.
+            yield rows + self._draw_unlabeled(per_u if len(rows) == per_l
+                                              else round(len(rows) * per_u / per_l))  # fmt: skip
+
+
 def make_loaders(
     train: Dataset,
     val: Dataset,
@@ -222,6 +286,7 @@ def make_loaders(
     accelerator: Accelerator,
     train_prefixes: tuple[str, ...] | None = None,
     encoders: dict[str, Any] | None = None,
+    unlabeled_rows: int = 0,
 ) -> tuple[DataLoader, DataLoader, Dataset]:
     """Tokenise once per model (`student_*`, `teacher_*` columns), pad per batch.
 
@@ -230,9 +295,11 @@ def make_loaders(
 
     With --group-by-length, training batches group examples of similar student length
     (shuffled groups of batches), so little compute goes to padding; every example is seen once
-    per epoch either way. `train_prefixes` limits which models' inputs the training batches
-    carry (with cached teacher logits, only the student's). Each row keeps its index in `row`,
-    to find its cached teacher logits. Returns the loaders and the tokenised training set.
+    per epoch either way. The last `unlabeled_rows` rows of `train` are unlabelled: a
+    MixedBatchSampler then decides each batch's mix. `train_prefixes` limits which models'
+    inputs the training batches carry (with cached teacher logits, only the student's). Each
+    row keeps its index in `row`, to find its cached teacher logits. Returns the loaders and
+    the tokenised training set.
     """
     from torch.utils.data import DataLoader
 
@@ -247,20 +314,23 @@ def make_loaders(
     keep = [c for c in train_tok.column_names if c != "text"]
     train_tokenizers = {p: tokenizers[p] for p in (train_prefixes or tuple(tokenizers))}
     generator = torch.Generator().manual_seed(config.seed)
-    if getattr(config, "group_by_length", False):
+    batching: dict[str, Any]
+    if unlabeled_rows:
+        ratio = getattr(config, "unlabeled_ratio", None)
+        batching = {"batch_sampler": MixedBatchSampler(
+            len(train_tok) - unlabeled_rows, unlabeled_rows, config.batch_size, ratio, generator
+        )}  # fmt: skip
+    elif getattr(config, "group_by_length", False):
         lengths = [len(ids) for ids in train_tok.select_columns(["student_input_ids"])[:][
             "student_input_ids"]]  # fmt: skip
-        sampler = ShuffledLengthGroupedSampler(config.batch_size, lengths, generator)
-        shuffle, generator_arg = False, None
+        batching = {
+            "batch_size": config.batch_size,
+            "sampler": ShuffledLengthGroupedSampler(config.batch_size, lengths, generator),
+        }
     else:
-        sampler, shuffle, generator_arg = None, True, generator
+        batching = {"batch_size": config.batch_size, "shuffle": True, "generator": generator}
     train_loader = DataLoader(
-        train_tok.with_format(columns=keep),
-        batch_size=config.batch_size,
-        sampler=sampler,
-        shuffle=shuffle,
-        generator=generator_arg,
-        collate_fn=PairCollator(train_tokenizers),
+        train_tok.with_format(columns=keep), collate_fn=PairCollator(train_tokenizers), **batching
     )
     eval_bs = config.eval_batch_size or config.batch_size * 4
     val_loader = DataLoader(val_tok.with_format(columns=keep), batch_size=eval_bs, shuffle=False,
@@ -327,14 +397,20 @@ def train_one_epoch(
     temperature: float,
     alpha: float,
     desc: str,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One pass over the training data. `teacher(batch)` gives the batch's teacher logits
-    (online or from the cache); without one (fine-tuning) the loss is plain CE."""
+    (online or from the cache); without one (fine-tuning) the loss is plain CE.
+
+    Returns the epoch's means: train_loss and train_kl over all rows, train_ce and
+    train_loss_labeled over the labelled rows, train_loss_unlabeled (T^2 * KL) over the
+    unlabelled ones; None where there were no such rows."""
     from tqdm.auto import tqdm
 
     student.train()
-    sums = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
-    seen, start = 0, time.perf_counter()
+    # Each part summed over the rows it is a mean over, to average over the epoch.
+    sums = dict.fromkeys(("loss", "kl", "ce", "labeled_loss", "unlabeled_loss"), 0.0)
+    counts = {"labeled": 0, "unlabeled": 0}
+    start = time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=not accelerator.is_main_process, dynamic_ncols=True)
     for step, batch in enumerate(bar):
         with accelerator.accumulate(student):
@@ -342,12 +418,11 @@ def train_one_epoch(
             if teacher is not None:
                 teacher_logits = teacher(batch)  # (batch, num_labels), no grad
                 parts = kd_loss(student_logits, teacher_logits, batch["labels"], temperature, alpha)
-                loss, kl, ce = parts
             else:
-                loss = ce = torch.nn.functional.cross_entropy(
-                    student_logits.float(), batch["labels"]
-                )
-                kl = torch.zeros(())
+                ce = torch.nn.functional.cross_entropy(student_logits.float(), batch["labels"])
+                zero = torch.zeros((), device=ce.device)
+                parts = KDLoss(ce, zero, ce.detach(), ce.detach(), zero, len(batch["labels"]), 0)
+            loss = parts.loss
             if not torch.isfinite(loss):
                 raise KdistillError(
                     f"{desc}: the loss became {loss.item()} at step {step}; lower --learning-rate "
@@ -359,25 +434,38 @@ def train_one_epoch(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        n = batch["labels"].shape[0]
-        seen += n
-        for key, value in (("loss", loss), ("kl", kl), ("ce", ce)):
-            sums[key] += float(value.detach()) * n
+        n_l, n_u = parts.num_labeled, parts.num_unlabeled
+        counts["labeled"] += n_l
+        counts["unlabeled"] += n_u
+        # One device sync for the five numbers.
+        values = torch.stack([loss.detach(), parts.kl, parts.ce, parts.labeled_loss,
+                              parts.unlabeled_loss]).tolist()  # fmt: skip
+        weights = (n_l + n_u, n_l + n_u, n_l, n_l, n_u)
+        for key, value, rows in zip(sums, values, weights, strict=True):
+            sums[key] += value * rows
         if step % 10 == 0:
+            seen = counts["labeled"] + counts["unlabeled"]
             rate = seen * accelerator.num_processes / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", samples_s=f"{rate:.1f}")
     elapsed = time.perf_counter() - start
-    totals = accelerator.reduce(
-        torch.tensor([sums["loss"], sums["kl"], sums["ce"], seen], device=accelerator.device),
-        reduction="sum",
-    ).tolist()
-    seen_all = max(totals[3], 1.0)
+    local = torch.tensor([*sums.values(), *counts.values()], device=accelerator.device)
+    totals = dict(zip([*sums, *counts], accelerator.reduce(local, "sum").tolist(), strict=True))
+    labeled, unlabeled = int(totals["labeled"]), int(totals["unlabeled"])
+    rows = labeled + unlabeled
+
+    def mean(key: str, n: int) -> float | None:
+        return totals[key] / n if n else None
+
     return {
-        "train_loss": totals[0] / seen_all,
-        "train_kl": totals[1] / seen_all,
-        "train_ce": totals[2] / seen_all,
-        "train_samples": int(seen_all),
-        "samples_per_second": seen_all / max(elapsed, 1e-9),
+        "train_loss": mean("loss", rows),
+        "train_kl": mean("kl", rows),
+        "train_ce": mean("ce", labeled),
+        "train_loss_labeled": mean("labeled_loss", labeled),
+        "train_loss_unlabeled": mean("unlabeled_loss", unlabeled),
+        "train_samples": rows,
+        "train_labeled_samples": labeled,
+        "train_unlabeled_samples": unlabeled,
+        "samples_per_second": rows / max(elapsed, 1e-9),
         "epoch_time_s": elapsed,
     }
 
@@ -462,6 +550,50 @@ def check_teacher_strength(accuracy: float, chance: float, allow_weak: bool) -> 
         logger.info("teacher validation accuracy %.4f (chance %.4f)", accuracy, chance)
 
 
+def loss_parts(stats: dict[str, Any]) -> str:
+    """'KL 0.41, CE 0.12' for the log line, plus each kind of row's loss when both are there."""
+    parts = [f"KL {stats['train_kl']:.4f}"]
+    if stats["train_ce"] is not None:
+        parts.append(f"CE {stats['train_ce']:.4f}")
+    if stats["train_unlabeled_samples"] and stats["train_labeled_samples"]:
+        parts.append(f"labelled rows {stats['train_loss_labeled']:.4f}, unlabelled rows "
+                     f"{stats['train_loss_unlabeled']:.4f}")  # fmt: skip
+    return ", ".join(parts)
+
+
+def check_training_rows(dataset: str, labeled: int, unlabeled: int, config: DistillConfig) -> None:
+    """What a run can learn from: cross-entropy needs labelled rows, the KD term any row."""
+    if labeled + unlabeled == 0:
+        raise KdistillError(
+            f"--dataset {dataset} has no training rows; pass labelled data, or text to learn "
+            "from the teacher alone with --unlabeled-data and --alpha 1"
+        )
+    if labeled == 0 and config.alpha < 1.0:
+        raise KdistillError(
+            f"--dataset {dataset} has no labelled training rows, so the cross-entropy term "
+            "(1 - alpha) has nothing to learn from; pass --alpha 1 or labelled data"
+        )
+    if labeled == 0 and config.unlabeled_ratio is not None:
+        raise KdistillError(
+            "--unlabeled-ratio sets the unlabelled share next to labelled rows in each batch, "
+            f"and --dataset {dataset} has no labelled training rows; drop --unlabeled-ratio"
+        )
+
+
+def warn_unlabeled_overlap(unlabeled: Dataset, data: LabelledData) -> None:
+    """Unlabelled text that is also in validation or test lets the student copy the teacher on
+    the rows it is measured on: allowed (it is how transductive setups work) but said."""
+    texts = set(unlabeled["text"])
+    for split in ("validation", "test"):
+        if split in data.splits:
+            shared = len(texts.intersection(data.splits[split]["text"]))
+            if shared:
+                logger.warning(
+                    "%d --unlabeled-data texts are also in %s: the student learns the teacher's "
+                    "answers on rows it is measured on", shared, split,
+                )  # fmt: skip
+
+
 def run_name(dataset: str, temperature: float, alpha: float) -> str:
     return f"{dataset}_T{format_float(temperature)}_A{format_float(alpha)}"
 
@@ -519,6 +651,7 @@ def distill(config: DistillConfig) -> Path:
     """The distill command. Returns the completed run directory."""
     from transformers import set_seed
 
+    from kdistill.data import load_unlabeled, with_unlabeled
     from kdistill.evaluate import evaluate
     from kdistill.models import count_parameters, load_student
     from kdistill.teachers import load_teacher
@@ -526,6 +659,16 @@ def distill(config: DistillConfig) -> Path:
     run = setup_run(config)
     device, precision, accelerator = run.device, run.precision, run.accelerator
     data, train, val = run.data, run.train, run.val
+
+    # ---- unlabelled text (a transfer set): after the labelled rows, with label UNLABELED
+    unlabeled = None
+    if config.unlabeled_data:
+        unlabeled = load_unlabeled(config.unlabeled_data, config.unlabeled_text_column,
+                                   config.max_unlabeled_samples, config.seed)  # fmt: skip
+        warn_unlabeled_overlap(unlabeled, data)
+        logger.info("%s: %d unlabelled rows", config.unlabeled_data, len(unlabeled))
+    n_unlabeled = len(unlabeled) if unlabeled is not None else 0
+    check_training_rows(config.dataset, len(train), n_unlabeled, config)
 
     # ---- models: teacher frozen in eval mode, student with a fresh head for these classes
     t_dtype, t_dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
@@ -546,8 +689,8 @@ def distill(config: DistillConfig) -> Path:
         from kdistill.cache import teacher_logits_for
     tokenizers = {"student": s_tok, "teacher": t_tok}
     train_loader, val_loader, train_tok = make_loaders(
-        train, val, tokenizers, config, accelerator, ("student",) if cached else None,
-        {"teacher": teacher},
+        with_unlabeled(train, unlabeled), val, tokenizers, config, accelerator,
+        ("student",) if cached else None, {"teacher": teacher}, n_unlabeled,
     )  # fmt: skip
     val_tok, eval_bs = val_loader.dataset, val_loader.batch_size
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
@@ -577,13 +720,21 @@ def distill(config: DistillConfig) -> Path:
                 "total_optimizer_steps": total_steps,
                 "eval_batch_size": eval_bs,
                 "teacher_dtype": t_dtype_name,
+                # Share of unlabelled rows per batch: --unlabeled-ratio, else the natural one.
+                "unlabeled_share": (
+                    config.unlabeled_ratio
+                    if config.unlabeled_ratio is not None
+                    else n_unlabeled / (len(train) + n_unlabeled)
+                ),  # fmt: skip
             },
             "data": {
                 "name": data.name,
                 "source": data.source,
                 "label_names": data.label_names,
-                "train_rows": len(train),
+                "train_rows": len(train),  # labelled
                 "validation_rows": len(val),
+                "unlabeled_rows": n_unlabeled,
+                "unlabeled_source": config.unlabeled_data,
             },
             "teacher": {
                 "model": config.teacher_model,
@@ -599,8 +750,8 @@ def distill(config: DistillConfig) -> Path:
                 "class": type(accelerator.unwrap_model(student, keep_torch_compile=False)).__name__,
                 "parameters": n_student,
             },
-            "loss": "alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) [batchmean] "
-            "+ (1 - alpha) * CE(s, labels)",
+            "loss": "mean over rows of: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) "
+            "+ (1 - alpha) * CE(s, label) for a labelled row, T^2 * KL for an unlabelled row",
             "command": sys.argv,
             "versions": library_versions(),
             "started": datetime.now().isoformat(timespec="seconds"),
@@ -640,7 +791,8 @@ def distill(config: DistillConfig) -> Path:
     }
 
     # ---- teacher targets: online every batch (--teacher-cache off, the seed's loop), or the
-    # logits of every training example computed once in a length-sorted pass and looked up by row
+    # logits of every training example computed once in a length-sorted pass and looked up by row.
+    # Either way unlabelled rows are covered; their texts are part of the cache key.
     if cached:
         texts = list(train_tok.select_columns(["text"])[:]["text"])
         cache, history["teacher_cache"] = teacher_logits_for(
@@ -685,25 +837,25 @@ def distill(config: DistillConfig) -> Path:
                 "wall_time_s": time.perf_counter() - run_start,
             }
             state.epochs.append(record)
-            logger.info(
-                "epoch %d: loss %.4f (KL %.4f, CE %.4f), val acc %.4f, macro-F1 %.4f, "
-                "%.1f samples/s",
-                epoch, stats["train_loss"], stats["train_kl"], stats["train_ce"],
-                metrics["accuracy"], metrics["macro_f1"], stats["samples_per_second"],
-            )  # fmt: skip
+            logger.info("epoch %d: loss %.4f (%s), val acc %.4f, macro-F1 %.4f, %.1f samples/s",
+                        epoch, stats["train_loss"], loss_parts(stats), metrics["accuracy"],
+                        metrics["macro_f1"], stats["samples_per_second"])  # fmt: skip
             if metrics["accuracy"] > state.best_accuracy:
                 state.best_accuracy, state.best_epoch = metrics["accuracy"], epoch
                 save_model(partial_dir / "best_model", student, s_tok, accelerator)
             history["epochs"] = state.epochs
             history["best"] = {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy}
-            accelerator.log({
+            logged = {
                 "train/loss": stats["train_loss"], "train/kl": stats["train_kl"],
                 "train/ce": stats["train_ce"],
+                "train/loss_labeled": stats["train_loss_labeled"],
+                "train/loss_unlabeled": stats["train_loss_unlabeled"],
                 "train/samples_per_second": stats["samples_per_second"],
                 "val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"],
                 "val/macro_f1": metrics["macro_f1"], "learning_rate": lr,
                 "teacher/val_accuracy": teacher_metrics["accuracy"],
-            }, step=epoch)  # fmt: skip
+            }  # fmt: skip
+            accelerator.log({k: v for k, v in logged.items() if v is not None}, step=epoch)
             if accelerator.is_main_process:
                 atomic_write_json(partial_dir / "history.json", history)
 

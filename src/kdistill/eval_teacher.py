@@ -43,6 +43,8 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         raise KdistillError(f"--split {config.split}: {data.name} has no such split (it has "
                             f"{', '.join(data.splits)})")  # fmt: skip
     rows = subsample(data.splits[config.split], config.max_samples, config.seed, "--max-samples")
+    if len(rows) == 0:
+        raise KdistillError(f"--split {config.split}: {data.name}'s {config.split} split is empty")
     train = data.splits["train"]
     dtype, dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
     teacher = load_teacher(config, config.teacher_model, data.label_names, dtype, train,

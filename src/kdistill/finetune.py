@@ -102,6 +102,10 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     run = setup_run(config)
     device, precision, accelerator = run.device, run.precision, run.accelerator
     data, train, val = run.data, run.train, run.val
+    if len(train) == 0:
+        raise KdistillError(f"--dataset {config.dataset} has no labelled training rows, and a "
+                            "teacher is fine-tuned on labels; prepare it with a --labeled-fraction "
+                            "above 0")  # fmt: skip
     model, tokenizer = load_student(config.model, data.label_names, config.seed)
     checkpointing = apply_gradient_checkpointing(model, config.gradient_checkpointing, device)
     if config.method == "lora":

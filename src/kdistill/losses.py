@@ -9,11 +9,26 @@ import torch.nn.functional as F
 
 
 class KDLoss(NamedTuple):
-    """`loss` is what is optimised; `kl` and `ce` are its unweighted parts, for logging."""
+    """`loss` is what is optimised; the rest are its unweighted parts, for logging.
+
+    kl: T^2 * KL over all rows; ce: CE over the labelled rows (0 when there are none);
+    labeled_loss / unlabeled_loss: the mean per-row loss of each kind of row (0 when the batch
+    has none); num_labeled / num_unlabeled: how many rows of each kind, to weight averages.
+    """
 
     loss: torch.Tensor
     kl: torch.Tensor
     ce: torch.Tensor
+    labeled_loss: torch.Tensor
+    unlabeled_loss: torch.Tensor
+    num_labeled: int
+    num_unlabeled: int
+
+
+def _kl(log_p_s: torch.Tensor, log_p_t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(p_t || p_s), mean over rows."""
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    return kl * temperature**2
 
 
 def kd_loss(
@@ -23,12 +38,19 @@ def kd_loss(
     temperature: float,
     alpha: float,
 ) -> KDLoss:
-    """Hinton et al. (2015) distillation loss.
+    """Hinton et al. (2015) distillation loss, over a batch that may hold unlabelled rows.
 
         p_t = softmax(teacher_logits / T)      p_s = softmax(student_logits / T)
-        kl  = T^2 * KL(p_t || p_s)             (mean over the batch: "batchmean")
-        ce  = CrossEntropy(student_logits, labels)   (at temperature 1)
-        loss = alpha * kl + (1 - alpha) * ce
+        kl_i = T^2 * KL(p_t,i || p_s,i)        ce_i = CrossEntropy(student_logits_i, label_i)
+        loss_i = alpha * kl_i + (1 - alpha) * ce_i      a labelled row
+        loss_i = kl_i                                    an unlabelled row (label < 0)
+        loss = mean over the batch's rows of loss_i
+
+    With every row labelled this is alpha * T^2 * KL [batchmean] + (1 - alpha) * CE [mean]. An
+    unlabelled row (a transfer-set row, Tang et al. 2019) has no label to learn from, so it
+    gets the teacher's soft targets at full weight; alpha only trades the two sources of
+    supervision where both exist. Any negative label marks an unlabelled row (kdistill.data
+    gives them -100, the ignore index; -1 works too).
 
     The T^2 factor keeps the soft term's gradients the same size as T changes (they scale as
     1/T^2 otherwise), so alpha means the same at every temperature. `kl` is returned with the
@@ -42,10 +64,36 @@ def kd_loss(
     t = teacher_logits.detach().float()
     log_p_s = F.log_softmax(s / temperature, dim=-1)
     log_p_t = F.log_softmax(t / temperature, dim=-1)
-    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
-    ce = F.cross_entropy(s, labels)
-    if alpha == 0.0:  # exactly cross-entropy, not 0 * kl (which is NaN if kl is inf)
-        return KDLoss(ce, kl.detach(), ce.detach())
-    if alpha == 1.0:
-        return KDLoss(kl, kl.detach(), ce.detach())
-    return KDLoss(alpha * kl + (1.0 - alpha) * ce, kl.detach(), ce.detach())
+    labeled = labels >= 0  # (batch,)
+    n = labels.shape[0]
+    n_labeled = int(labeled.sum())
+    n_unlabeled = n - n_labeled
+    zero = s.new_zeros(())
+
+    kl = _kl(log_p_s, log_p_t, temperature)  # every row
+    if n_unlabeled == 0:  # the common case, kept free of indexing
+        kl_lab, kl_unl, ce = kl, zero, F.cross_entropy(s, labels)
+    else:
+        unlabeled = ~labeled
+        kl_unl = _kl(log_p_s[unlabeled], log_p_t[unlabeled], temperature)
+        if n_labeled:
+            kl_lab = _kl(log_p_s[labeled], log_p_t[labeled], temperature)
+            ce = F.cross_entropy(s[labeled], labels[labeled])
+        else:
+            kl_lab, ce = zero, zero
+    # alpha 0 and 1 are exact, not 0 * kl (which is NaN if kl is inf).
+    if alpha == 0.0:
+        labeled_loss = ce
+    elif alpha == 1.0:
+        labeled_loss = kl_lab
+    else:
+        labeled_loss = alpha * kl_lab + (1.0 - alpha) * ce
+    # The mean over rows of loss_i, as a weighted mean of the two kinds' means.
+    if n_unlabeled == 0:
+        loss = labeled_loss
+    elif n_labeled == 0:
+        loss = kl_unl
+    else:
+        loss = (n_labeled * labeled_loss + n_unlabeled * kl_unl) / n
+    return KDLoss(loss, kl.detach(), ce.detach(), labeled_loss.detach(), kl_unl.detach(),
+                  n_labeled, n_unlabeled)  # fmt: skip

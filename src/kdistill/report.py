@@ -72,9 +72,14 @@ def plot_training_curves(history: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, score_ax = fig.subplots(1, 2)
 
-    for key, label, style in (("train_loss", "total loss", "-"),
-                              ("train_kl", "KL term (× T², as in the loss)", "--"),
-                              ("train_ce", "cross-entropy term", ":")):  # fmt: skip
+    curves = [("train_loss", "total loss", "-"),
+              ("train_kl", "KL term (× T², as in the loss)", "--"),
+              ("train_ce", "cross-entropy term", ":")]  # fmt: skip
+    # With --unlabeled-data, each kind of row's own loss too.
+    if any(e.get("train_unlabeled_samples") for e in epochs):
+        curves += [("train_loss_labeled", "loss on labelled rows", "-."),
+                   ("train_loss_unlabeled", "loss on unlabelled rows (× T² KL)", "-.")]  # fmt: skip
+    for key, label, style in curves:
         points = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
         if points:
             loss_ax.plot(*zip(*points, strict=True), style, marker="o", label=label)
