@@ -25,7 +25,7 @@ from kdistill.config import (
     RunsConfig,
     SweepConfig,
 )
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, environment_error
 
 logger = logging.getLogger("kdistill")
 
@@ -199,6 +199,13 @@ def setup_logging(verbose: bool) -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
+def user_error(prog: str, e: KdistillError) -> int:
+    """One line on stderr, whatever the message quotes (a file's text, a library's error)."""
+    message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    return 2
+
+
 def main(
     argv: Sequence[str] | None = None, prog: str = "kdistill", command: str | None = None
 ) -> int:
@@ -209,8 +216,11 @@ def main(
     try:
         return args.func(args)
     except KdistillError as e:
-        sys.stderr.write(f"{prog}: error: {e}\n")
-        return 2
+        return user_error(prog, e)
+    except OSError as e:  # a full disk, a folder without write permission: the user's to fix
+        if (error := environment_error(e)) is None:
+            raise
+        return user_error(prog, error)
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130
