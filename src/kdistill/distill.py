@@ -38,6 +38,7 @@ from kdistill.losses import KDLoss, kd_loss
 from kdistill.runs import (
     atomic_dir,
     atomic_write_json,
+    discard_unstarted,
     finish_run_dir,
     format_float,
     new_run_dir,
@@ -619,9 +620,11 @@ def start_command(
     from transformers import set_seed
 
     from kdistill.data import load_for_training
-    from kdistill.models import quiet_transformers
+    from kdistill.models import quiet_transformers, set_load_policy
 
     quiet_transformers()
+    # Safetensors only and no model code unless the flags ask: every load below reads this.
+    set_load_policy(config.allow_pickle, config.trust_remote_code)
     device = pick_device(config.device)
     precision = pick_mixed_precision(config.mixed_precision, device)
     accelerator = make_accelerator(device, precision, accumulation,
@@ -648,7 +651,20 @@ def setup_run(config: DistillConfig | FinetuneConfig) -> RunSetup:
 
 
 def distill(config: DistillConfig) -> Path:
-    """The distill command. Returns the completed run directory."""
+    """The distill command. Returns the completed run directory.
+
+    A run that fails before its first epoch (bad input found late, a full disk) leaves no run
+    directory behind; one that fails while training keeps its `.partial` folder."""
+    created: list[Path] = []
+    try:
+        return _distill(config, created)
+    except BaseException:
+        for partial in created:
+            discard_unstarted(partial)
+        raise
+
+
+def _distill(config: DistillConfig, created: list[Path]) -> Path:
     from transformers import set_seed
 
     from kdistill.data import load_unlabeled, with_unlabeled
@@ -706,6 +722,7 @@ def distill(config: DistillConfig) -> Path:
         final_dir, partial_dir = new_run_dir(
             Path(config.output_dir), run_name(data.name, config.temperature, config.alpha)
         )
+        created.append(partial_dir)
         resolved = {
             "kind": "distill",
             **config.to_dict(),

@@ -107,6 +107,25 @@ def new_run_dir(parent: Path, name: str, now: datetime | None = None) -> tuple[P
     raise RuntimeError(f"could not reserve a run directory for {base} under {parent}")
 
 
+# What a run directory holds before its training writes anything: the resolved configuration,
+# the trackers' folder, and atomic writes' temporary files.
+UNSTARTED_FILES = {"config.json", "logs"}
+
+
+def discard_unstarted(partial: Path) -> bool:
+    """Remove a `.partial` run directory whose run failed before training wrote anything: bad
+    input found late (a weak teacher, a full disk) should leave no trace, and there is nothing to
+    resume or look at. A run that got further writes history.json (each epoch, and on failure),
+    models or checkpoints, and is kept. Returns whether it was removed."""
+    if not partial.is_dir():
+        return False
+    entries = [p.name for p in partial.iterdir()]
+    if any(n not in UNSTARTED_FILES and not n.startswith(".") for n in entries):
+        return False
+    shutil.rmtree(partial, ignore_errors=True)
+    return True
+
+
 def finish_run_dir(partial: Path, final: Path) -> Path:
     os.replace(partial, final)
     return final
