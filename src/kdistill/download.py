@@ -29,12 +29,21 @@ def download_model(config: DownloadConfig) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
+        HFValidationError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.utils import validate_repo_id
 
+    try:  # before anything touches the disk or the network
+        validate_repo_id(config.model)
+    except HFValidationError as e:
+        raise KdistillError(
+            f"--model {config.model!r}: not a Hub repo id ({str(e).strip().splitlines()[0]}); "
+            "pass one such as org/name"
+        ) from e
     target = Path(config.output_dir) / local_name(config.model)
     ignore = OTHER_FRAMEWORKS + ([] if config.allow_pickle else PICKLE_PATTERNS)
     offline_hint = (
