@@ -3,6 +3,7 @@ checks ranges so a bad value fails before any model is loaded, with one line nam
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -20,12 +21,36 @@ def _check(ok: bool, message: str) -> None:
         raise KdistillError(message)
 
 
+def _check_finite(config: Any) -> None:
+    """`--temperature inf` and `--learning-rate nan` parse as floats: inf passes checks such as
+    `x > 0`, nan any check written as a negation, and both end in nan losses. Refuse them."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = "--" + f.name.replace("_", "-")
+            raise KdistillError(f"{flag} must be a finite number (got {value})")
+
+
+def _check_folder_name(value: str | None, flag: str, parent_flag: str) -> None:
+    """A name that becomes a folder under --data-dir or --output-dir: one plain path component,
+    so `../x` or `/tmp/x` cannot write outside it."""
+    if value is None:
+        return
+    _check(
+        bool(value.strip()) and value not in (".", "..") and "/" not in value
+        and "\\" not in value and "\0" not in value,
+        f"{flag} {value!r} must be a plain folder name (no '/', not '.' or '..'): it is created "
+        f"inside {parent_flag}",
+    )  # fmt: skip
+
+
 def _check_validation_split(value: float) -> None:
     _check(0.0 < value < 1.0, f"--validation-split must be between 0 and 1 (got {value})")
 
 
 def _check_training(c: DistillConfig | FinetuneConfig) -> None:
     """The ranges every training command shares."""
+    _check_finite(c)
     _check(c.epochs >= 1, f"--epochs must be >= 1 (got {c.epochs})")
     _check(c.batch_size >= 1, f"--batch-size must be >= 1 (got {c.batch_size})")
     _check(
@@ -95,6 +120,8 @@ class PrepareDataConfig:
     seed: int = _opt(42, "Seed of the validation, test and labelled-fraction splits.")
 
     def __post_init__(self) -> None:
+        _check_finite(self)
+        _check_folder_name(self.name, "--name", "--data-dir")
         _check_validation_split(self.validation_split)
         _check(
             0.0 <= self.labeled_fraction <= 1.0,
@@ -110,7 +137,27 @@ class PrepareDataConfig:
 
 
 @dataclass
-class TeacherOptions:
+class LoadOptions:
+    """What a command that loads models may run: safe by default, shared by every such command.
+
+    Pickle weights (pytorch_model.bin) and a model's own Python code (auto_map) both execute
+    code from the model folder when loaded; safetensors and transformers' own classes do not.
+    """
+
+    allow_pickle: bool = _opt(
+        False,
+        "Also load pickle weights (*.bin, *.pt) when a model has no safetensors: loading a "
+        "pickle can run code, so only for models from a source you trust.",
+    )
+    trust_remote_code: bool = _opt(
+        False,
+        "Run the Python code a model ships (config.json auto_map) to build it: only for models "
+        "from a source you trust.",
+    )
+
+
+@dataclass
+class TeacherOptions(LoadOptions):
     """How a teacher is loaded and asked: shared by distill and eval-teacher."""
 
     teacher_mode: str = _opt(
@@ -303,6 +350,7 @@ class DistillConfig(TeacherOptions):
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check(self.temperature > 0, f"--temperature must be > 0 (got {self.temperature})")
         _check(0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1] (got {self.alpha})")
         _check_training(self)
@@ -346,7 +394,7 @@ class DistillConfig(TeacherOptions):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(LoadOptions):
     """Fine-tune a checkpoint as a sequence classifier on a data set, to serve as a teacher."""
 
     model: str = _opt(
@@ -403,6 +451,7 @@ class FinetuneConfig:
             # fine-tuning to learn in the same epochs.
             self.learning_rate = 5e-4 if self.method == "lora" else 5e-5
         _check_training(self)
+        _check_folder_name(self.name, "--name", "--output-dir")
         _check(self.lora_r >= 1, f"--lora-r must be >= 1 (got {self.lora_r})")
         _check(self.lora_alpha > 0, f"--lora-alpha must be > 0 (got {self.lora_alpha})")
         _check(
@@ -452,6 +501,7 @@ class EvalTeacherConfig(TeacherOptions):
     validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         self._check_teacher()
         _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
         _check(
@@ -467,7 +517,7 @@ class EvalTeacherConfig(TeacherOptions):
         except ValueError:
             values = []
         _check(
-            bool(values) and all(t > 0 for t in values),
+            bool(values) and all(0 < t < math.inf for t in values),
             f"--temperatures must be comma-separated numbers > 0 (got {self.temperatures!r})",
         )
         return values
@@ -482,7 +532,10 @@ def parse_floats(value: str, flag: str) -> list[float]:
         values = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         values = []
-    _check(bool(values), f"{flag} must be comma-separated numbers (got {value!r})")
+    _check(
+        bool(values) and all(math.isfinite(v) for v in values),
+        f"{flag} must be comma-separated finite numbers (got {value!r})",
+    )
     return values
 
 
@@ -577,6 +630,7 @@ class CompareConfig(TeacherOptions):
     validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         self._check_teacher()
         _check(bool(self.student_paths()), "pass --student-model (or --students): what to compare")
         _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")

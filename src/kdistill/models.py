@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,48 @@ logger = logging.getLogger(__name__)
 
 GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
 LOCAL_ROOTS = {"models", "outputs", "data"}  # the folders kdistill writes
+# Weight files that are pickles: loading one can run arbitrary code.
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What loading a model may execute. Safe by default: safetensors weights only, never the
+    model's own Python code. A command sets it from its flags (`set_load_policy`); every loader
+    here reads it, so a load added later is safe without remembering to pass anything."""
+
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+_policy = LoadPolicy()
+
+
+def set_load_policy(allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
+    global _policy
+    _policy = LoadPolicy(allow_pickle, trust_remote_code)
+
+
+def hf_kwargs(weights: bool = False) -> dict[str, Any]:
+    """from_pretrained keyword arguments for the policy: trust_remote_code always explicit (None
+    would ask on the terminal), use_safetensors=True for weights unless pickles are allowed."""
+    kwargs: dict[str, Any] = {"trust_remote_code": _policy.trust_remote_code}
+    if weights and not _policy.allow_pickle:
+        kwargs["use_safetensors"] = True
+    return kwargs
+
+
+def check_no_pickle_only(path: Path, flag: str) -> None:
+    """A local model whose only weights are pickles is refused, by name, unless --allow-pickle."""
+    if _policy.allow_pickle or any(path.glob("*.safetensors*")):
+        return
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+    if pickles:
+        raise KdistillError(
+            f"{flag} {path}: its only weights are pickle files ({', '.join(pickles[:2])}), which "
+            "can run code when loaded; convert them to safetensors, or pass --allow-pickle if you "
+            "trust their source"
+        )
 
 
 def quiet_transformers() -> None:
@@ -55,8 +98,9 @@ def check_model_path(name: str, flag: str) -> str:
                     f"({', '.join(g.name for g in ggufs[:3])}); pass the one to use"
                 )
             raise KdistillError(f"{flag} {name}: the folder has no config.json; is it a model?")
-        if path.is_file():
+        if not path.is_dir():
             raise KdistillError(f"{flag} {name}: a file; pass a model folder, a .gguf or a Hub id")
+        check_no_pickle_only(path, flag)
         return str(path)
     # `models/X` reads like a Hub id `org/X`, but when `models/` is a local folder (or one of our
     # own output folders) the user means a path: say it is missing instead of asking the Hub.
@@ -106,8 +150,9 @@ def gguf_to_folder(gguf: Path, flag: str) -> Path:
 
     logger.info("%s: dequantising to %s (once; later loads reuse it)", gguf.name, target)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        kwargs = {"gguf_file": gguf.name, **hf_kwargs()}
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
     except Exception as e:
         raise _load_error(flag, str(gguf), e) from e
     # The weights are plain floats now; without the GGUF quantizer marks save_pretrained writes
@@ -124,7 +169,19 @@ def gguf_to_folder(gguf: Path, flag: str) -> Path:
 
 
 def _load_error(flag: str, name: str, e: BaseException) -> KdistillError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = str(e)
+    if "trust_remote_code" in text:
+        return KdistillError(
+            f"{flag} {name}: the model needs its own Python code (auto_map in its config.json), "
+            "which kdistill does not run unless asked; pass --trust-remote-code if you trust its "
+            "source"
+        )
+    if "use_safetensors" in text or "cannot be loaded with `safetensors`" in text:
+        return KdistillError(
+            f"{flag} {name}: no safetensors weights; pass --allow-pickle to load its pickle "
+            "weights (only from a source you trust)"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
     return KdistillError(f"{flag} {name}: cannot load it: {first}")
 
 
@@ -132,9 +189,17 @@ def load_tokenizer(name: str, flag: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name)
+        tok = AutoTokenizer.from_pretrained(name, **hf_kwargs())
     except Exception as e:
         raise _load_error(flag, name, e) from e
+    if len(tok) <= len(set(tok.all_special_ids)):
+        # transformers builds a tokenizer from config.json alone when the folder has no
+        # tokenizer files: its vocabulary is its special tokens, every word becomes [UNK].
+        hint = " or pass --student-tokenizer" if flag == "--student-model" else ""
+        raise KdistillError(
+            f"{flag} {name}: the tokenizer has no vocabulary ({len(tok)} tokens, all special); "
+            f"its files (tokenizer.json, vocab.txt...) are missing: copy them in{hint}"
+        )
     if tok.pad_token is None:
         # Decoder-only tokenizers (Qwen2, Llama) ship without one; eos is the usual stand-in.
         fallback = tok.eos_token or tok.unk_token
@@ -206,7 +271,7 @@ def load_classifier(
 
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            name, output_loading_info=True, **kwargs
+            name, output_loading_info=True, **hf_kwargs(weights=True), **kwargs
         )
     except KdistillError:
         raise
@@ -290,7 +355,7 @@ def load_student(
     tok_source = check_model_path(tokenizer_name, "--student-tokenizer") if tokenizer_name else name
     tokenizer = load_tokenizer(tok_source, "--student-tokenizer" if tokenizer_name else flag)
     try:
-        original = AutoConfig.from_pretrained(name)
+        original = AutoConfig.from_pretrained(name, **hf_kwargs())
     except Exception as e:
         raise _load_error(flag, name, e) from e
     if getattr(original, "vocab_size", None) and len(tokenizer) > original.vocab_size:
@@ -306,7 +371,7 @@ def load_student(
         original.id2label = dict(enumerate(label_names))
         original.label2id = {k: i for i, k in enumerate(label_names)}
         try:
-            model = AutoModelForSequenceClassification.from_config(original)
+            model = AutoModelForSequenceClassification.from_config(original, **hf_kwargs())
         except Exception as e:
             raise _load_error(flag, name, e) from e
         logger.info("student %s: no weights in the folder; starting from random weights", name)

@@ -472,7 +472,7 @@ def load_prompt_teacher(
     loads the weights in that precision: the teacher only runs inference."""
     from transformers import AutoModelForCausalLM
 
-    from kdistill.models import _load_error, check_model_path, load_tokenizer
+    from kdistill.models import _load_error, check_model_path, hf_kwargs, load_tokenizer
 
     flag = "--teacher-model"
     check_template(settings.template)
@@ -480,7 +480,7 @@ def load_prompt_teacher(
     tokenizer = load_tokenizer(name, flag)
     extra = {"dtype": dtype} if dtype is not None else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, **extra)
+        model = AutoModelForCausalLM.from_pretrained(name, **hf_kwargs(weights=True), **extra)
     except Exception as e:
         raise _load_error(flag, name, e) from e
     model.eval()

@@ -89,8 +89,10 @@ def resolve_mode(requested: str, path: str) -> str:
         return requested
     from transformers import AutoConfig
 
+    from kdistill.models import hf_kwargs
+
     try:
-        architectures = AutoConfig.from_pretrained(path).architectures or []
+        architectures = AutoConfig.from_pretrained(path, **hf_kwargs()).architectures or []
     except Exception:
         return "classifier"  # the classifier loader reports the load error in one line
     if any(a.endswith("ForSequenceClassification") for a in architectures):
