@@ -8,12 +8,15 @@ the data set by name, so a teacher trained with another label order still lines 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +27,7 @@ from kdistill.hub import use_cache_if_offline
 from kdistill.runs import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
-    from datasets import Dataset
+    from datasets import Dataset, Features
     from transformers import PreTrainedTokenizerBase
 
     from kdistill.config import PrepareDataConfig
@@ -50,6 +53,11 @@ UNLABELED_LABELS_FILE = "unlabeled_labels.parquet"
 # The label of a training row without one: the transformers/PyTorch ignore index (kd_loss takes
 # any negative label as "unlabelled").
 UNLABELED = -100
+# tokenize() cuts a text to max(max_length * CHARS_PER_TOKEN_BOUND, MIN_CHARS_KEPT) characters
+# before tokenising it: real tokens average 3-6 characters, and even runs of whitespace, which
+# some tokenizers drop, would have to fill most of 64k characters to move a kept token.
+CHARS_PER_TOKEN_BOUND = 64
+MIN_CHARS_KEPT = 65_536
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation",
                  "val": "validation", "dev": "validation", "test": "test"}  # fmt: skip
 
@@ -89,10 +97,13 @@ class LabelledData:
 def dataset_name(dataset: str) -> str:
     """A folder-safe short name: the alias, the Hub id's last part, or the file's stem."""
     path = Path(dataset)
+    if path.name in ("", ".", "..") and path.exists():  # `.`, `..`: the folder's own name
+        path = path.resolve()
     base = path.stem if path.suffix.lower() in FILE_FORMATS else path.name
     if not base:
         base = dataset.rstrip("/").split("/")[-1]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base) or "dataset"
+    # One plain path component: never `.`, `..` or hidden, so <data-dir>/<name> stays inside.
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).lstrip(".") or "dataset"
 
 
 def _local_files(path: Path, flag: str = "--dataset") -> dict[str, list[str]]:
@@ -105,6 +116,8 @@ def _local_files(path: Path, flag: str = "--dataset") -> dict[str, list[str]]:
                 f"use one of {', '.join(sorted(FILE_FORMATS))}"
             )
         return {"train": [str(path)]}
+    if not path.is_dir():
+        raise KdistillError(f"{flag} {path}: not a regular file or folder")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in FILE_FORMATS and p.is_file())
     if not files:
         raise KdistillError(f"{flag} {path}: the folder holds no CSV/TSV/JSON/JSONL/Parquet file")
@@ -132,15 +145,105 @@ def _load_local(path: Path, flag: str = "--dataset") -> dict[str, Dataset]:
         if empty:
             raise KdistillError(f"{flag}: {empty[0]} is empty")
         try:
-            splits[split] = load_dataset(
-                FILE_FORMATS[suffix], data_files=files, split="train", **kwargs
-            )
+            if FILE_FORMATS[suffix] == "csv":
+                kwargs["features"] = _csv_as_text(files[0], kwargs.get("delimiter", ","))
+            with _quiet_datasets_errors():
+                splits[split] = load_dataset(
+                    FILE_FORMATS[suffix], data_files=files, split="train", **kwargs
+                )
         except Exception as e:  # parser errors come in many types; the message is what matters
-            if "corresponds to no data" in str(e):  # a header and no rows
-                raise KdistillError(f"{flag}: {files[0]} has no rows") from e
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise KdistillError(f"{flag}: cannot read {files[0]}: {first}") from e
+            raise _read_error(flag, files, suffix, e) from e
     return splits
+
+
+def _csv_as_text(path: str, delimiter: str) -> Features:
+    """Every CSV column read as text. pandas would guess types: a label column "01", "02" would
+    become the classes 1 and 2, "1.0" class 1, a text "007" the text "7". Empty cells and the
+    usual missing-value markers (NA, NaN, null) stay missing."""
+    import pandas as pd
+    from datasets import Features, Value
+
+    columns = pd.read_csv(path, nrows=0, delimiter=delimiter).columns
+    return Features({str(c): Value("string") for c in columns})
+
+
+@contextlib.contextmanager
+def _quiet_datasets_errors() -> Iterator[None]:
+    """datasets logs a parser's error (twice, through its own handler too) before raising it;
+    kdistill reports it once, in one line."""
+    root = logging.getLogger("datasets")
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _read_error(flag: str, files: list[str], suffix: str, e: BaseException) -> KdistillError:
+    """One line saying what is wrong with the file, and where when that can be found."""
+    chain = [e]  # datasets wraps the parser's error in "An error occurred while generating..."
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+        if len(chain) > 10:
+            break
+    if any("corresponds to no data" in str(x) for x in chain):  # a header and no rows
+        return KdistillError(f"{flag}: {files[0]} has no rows")
+    e = chain[-1]
+    for f in files:
+        if suffix != ".parquet":  # text that is not UTF-8 breaks parsers in many ways
+            bad = _first_non_utf8_line(f)
+            if bad is not None:
+                return KdistillError(
+                    f"{flag}: {f} is not UTF-8 text (line {bad}); save it as UTF-8 and try again"
+                )
+        if suffix in (".json", ".jsonl"):
+            bad_json = _first_bad_json_line(f)
+            if bad_json is not None:
+                return KdistillError(f"{flag}: {f} line {bad_json[0]} is not a JSON object: "
+                                     f"{bad_json[1]}")  # fmt: skip
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    hint = "; is it a Parquet file?" if suffix == ".parquet" else ""
+    if suffix == ".csv":
+        with open(files[0], encoding="utf-8", errors="replace") as f:
+            hint = _separator_hint([f.readline().strip()])
+    return KdistillError(f"{flag}: cannot read {files[0]}: {first}{hint}")
+
+
+def _first_non_utf8_line(path: str) -> int | None:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
+def _first_bad_json_line(path: str) -> tuple[int, str] | None:
+    """(line number, why) of the first line of a JSON Lines file that is not a JSON object, None
+    when every line is one (or the file is one JSON document, not JSON Lines)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        json.loads("\n".join(lines))
+        return None  # one JSON document: its own error stands
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            return number, err.msg
+        if not isinstance(obj, dict):
+            return number, f"a {type(obj).__name__}, not an object"
+    return None
 
 
 def _load_hub(hub_id: str, flag: str = "--dataset") -> dict[str, Dataset]:
@@ -170,12 +273,21 @@ def _looks_offline(e: BaseException) -> bool:
     )  # fmt: skip
 
 
+def no_load_count_ping() -> None:
+    """datasets sends a HEAD request to S3 (a download counter, with a 3 s timeout) every time
+    it loads even a local CSV or Parquet file; local data must not touch the network."""
+    import datasets.config
+
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+
+
 def load_source(dataset: str, flag: str = "--dataset") -> tuple[dict[str, Dataset], Alias | None]:
     """Raw splits of an alias, a local file/folder, or a Hub data set id; errors name `flag`."""
     import datasets
 
     # datasets draws a bar for every tiny split generation, map and cast; kdistill draws its own.
     datasets.disable_progress_bars()
+    no_load_count_ping()
     path = Path(dataset).expanduser()
     if path.exists():
         return _load_local(path, flag), None
@@ -217,19 +329,25 @@ def to_labelled(
         missing = [c for c in [*text_columns, label_column] if c not in ds.column_names]
         if missing:
             flag = "--label-column" if label_column in missing else "--text-column"
+            hint = _separator_hint(ds.column_names)
             raise KdistillError(
                 f"{where}: {split} has no column {missing[0]!r} (columns: "
-                f"{', '.join(ds.column_names)}); choose one with {flag}"
+                f"{', '.join(ds.column_names)}); choose one with {flag}{hint}"
             )
         if len(ds) == 0:
             raise KdistillError(f"{where}: the {split} split is empty")
 
     names = _label_names_of(raw["train"], label_column)
     if names is None:
-        values = {str(v) for v in raw["train"][label_column] if v is not None and str(v) != ""}
+        values = {label_value(v) for v in raw["train"][label_column]} - {None}
         if not values:
             raise KdistillError(f"{where}: the label column {label_column!r} is empty in train")
-        names = sorted(values, key=_natural_key)
+        names = sort_class_names(values)  # type: ignore[arg-type]
+    if len(names) < 2:
+        raise KdistillError(
+            f"{where}: the label column {label_column!r} has one class ({names[0]}); a "
+            "classifier needs at least 2 classes"
+        )
     index = {n: i for i, n in enumerate(names)}
 
     out: dict[str, Dataset] = {}
@@ -241,10 +359,10 @@ def to_labelled(
             for i in range(len(batch[label_column])):
                 value = batch[label_column][i]
                 texts.append(join_text([batch[c][i] for c in text_columns]))
-                if value is None or str(value) == "":
-                    labels.append(None)
+                if has_names:
+                    labels.append(None if value is None or value < 0 else names[value])
                 else:
-                    labels.append(names[value] if has_names else str(value))
+                    labels.append(label_value(value))
             return {"text": texts, "label_name": labels}
 
         conv = ds.map(convert, batched=True, remove_columns=ds.column_names, desc=f"{split} rows")
@@ -275,6 +393,32 @@ def to_labelled(
     return out, names
 
 
+def _separator_hint(columns: list[str]) -> str:
+    """A CSV header read as one column that holds another separator was written with it."""
+    if len(columns) != 1 or "," in columns[0]:
+        return ""
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'")):
+        if sep in columns[0]:
+            fix = "name it .tsv" if sep == "\t" else "save it with commas"
+            return f"; the file looks separated by {name}, not commas: {fix}"
+    return ""
+
+
+def label_value(value: Any) -> str | None:
+    """A label cell as a class name; None for a missing one. An integer column with a gap is
+    stored as floats (1.0, nan) in Parquet or JSON from pandas: nan is missing and 1.0 is class
+    "1", not a class "1.0"."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return str(int(value))
+    text = str(value)
+    return text if text.strip() else None
+
+
 def join_text(parts: list[Any]) -> str | None:
     """Several text columns (DBpedia's title and content) become one text: the non-empty parts
     joined by '. '; None when every part is empty."""
@@ -282,9 +426,15 @@ def join_text(parts: list[Any]) -> str | None:
     return ". ".join(kept) if kept else None
 
 
-def _natural_key(s: str) -> list[Any]:
-    """Sort '2' before '10' so integer labels keep their numeric order."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+def _natural_key(s: str) -> tuple[list[Any], str]:
+    """Sort '2' before '10' so integer labels keep their numeric order; '1' and '01', equal as
+    numbers, by their text, so the class order never depends on set iteration order."""
+    parts = re.split(r"(\d+)", s)  # digit runs at the odd positions
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)], s
+
+
+def sort_class_names(values: set[str]) -> list[str]:
+    return sorted(values, key=_natural_key)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -332,14 +482,30 @@ def stratified_indices(labels: list[int], n: int, seed: int, what: str = "sample
 
 
 def split_off_validation(
-    train: Dataset, share: float, seed: int, flag: str = "--validation-split"
+    train: Dataset,
+    share: float,
+    seed: int,
+    flag: str = "--validation-split",
+    label_names: list[str] | None = None,
 ) -> tuple[Dataset, Dataset]:
     """A stratified `share` of train becomes validation (or test); the rest stays train."""
     labels = train["label"]
     n_val = max(1, round(share * len(labels)))
     if n_val >= len(labels):
         raise KdistillError(f"{flag} {share} leaves no training rows")
-    n_classes = len(set(labels))
+    counts = Counter(labels)
+    single = sorted(c for c, k in counts.items() if k < 2)
+    if single:
+        # Stratification gives every class a held-out row: a class's only row would leave
+        # train, and the model could never learn the class it is then scored on.
+        name = label_names[single[0]] if label_names else single[0]
+        more = f" (and {len(single) - 1} more)" if len(single) > 1 else ""
+        raise KdistillError(
+            f"{flag}: class {name!r}{more} has a single example; a stratified split needs at "
+            "least 2 of each class (one to train on, one to hold out): add examples or drop "
+            "those rows"
+        )
+    n_classes = len(counts)
     if n_val < n_classes:
         logger.warning("validation has %d rows for %d classes: some classes are missing from it",
                        n_val, n_classes)  # fmt: skip
@@ -413,11 +579,11 @@ def build(
         logger.warning("%s has a test split of its own; --test-split is ignored", dataset)
     elif test_split > 0:
         splits["train"], splits["test"] = split_off_validation(
-            splits["train"], test_split, seed, "--test-split"
+            splits["train"], test_split, seed, "--test-split", names
         )
     if "validation" not in splits:
         splits["train"], splits["validation"] = split_off_validation(
-            splits["train"], validation_split, seed
+            splits["train"], validation_split, seed, "--validation-split", names
         )
     if labeled_fraction < 1.0:
         splits["train"], splits[UNLABELED_SPLIT] = split_off_unlabeled(
@@ -539,6 +705,7 @@ def _read_parquet(f: Path) -> Dataset:
     import pyarrow.parquet as pq
     from datasets import Dataset, load_dataset
 
+    no_load_count_ping()
     if pq.read_metadata(f).num_rows == 0:  # load_dataset refuses a file without rows
         return Dataset(pq.read_table(f))
     return load_dataset("parquet", data_files=str(f), split="train")
@@ -554,8 +721,13 @@ def load_prepared(path: Path) -> LabelledData:
 
     from datasets import Dataset, Features, Value
 
-    info = json.loads((path / INFO_FILE).read_text())
-    names: list[str] = info["label_names"]
+    try:
+        info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
+        names: list[str] = [str(n) for n in info["label_names"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise KdistillError(
+            f"{path / INFO_FILE}: unreadable ({type(e).__name__}: {e}); run prepare-data again"
+        ) from e
     index = {n: i for i, n in enumerate(names)}
     splits = {}
     files = {s: f"{s}.parquet" for s in SPLIT_NAMES} | {UNLABELED_SPLIT: UNLABELED_LABELS_FILE}
@@ -595,6 +767,16 @@ def load_prepared(path: Path) -> LabelledData:
     return LabelledData(info.get("name", path.name), names, splits, str(path), info)
 
 
+def prepared_under(data_dir: str, name: str) -> Path | None:
+    """<data-dir>/<name> when `name` is a plain folder name that prepare-data filled. A name
+    with a separator, `.` or `..` is never looked up there: it could reach outside --data-dir
+    (a path is what --dataset takes for that, and is read as one)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        return None
+    under = Path(data_dir) / name
+    return under if is_prepared(under) else None
+
+
 def load_for_training(
     dataset: str,
     data_dir: str,
@@ -607,8 +789,8 @@ def load_for_training(
     path = Path(dataset).expanduser()
     if path.is_dir() and is_prepared(path):
         return load_prepared(path)
-    under = Path(data_dir) / dataset
-    if "/" not in dataset and is_prepared(under):
+    under = prepared_under(data_dir, dataset)
+    if under is not None:
         return load_prepared(under)
     if dataset in ALIASES and not path.exists():
         logger.info("%s is not prepared under %s/; loading it from the Hub", dataset, data_dir)
@@ -692,13 +874,19 @@ def tokenize(
     """
     from transformers import PreTrainedTokenizerBase
 
+    # A tokenizer splits the whole text before it truncates: a 5 MB row (a book pasted into a
+    # cell) costs seconds per tokenizer and pass. Cutting the text first, far beyond what
+    # max_length tokens can cover, leaves the kept tokens as they were and the cost bounded.
+    limit = max(max_length * CHARS_PER_TOKEN_BOUND, MIN_CHARS_KEPT)
+
     def encode(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {}
+        texts = [t if len(t) <= limit else t[:limit] for t in batch["text"]]
         for prefix, encoder in encoders.items():
             if isinstance(encoder, PreTrainedTokenizerBase):
-                enc = encoder(batch["text"], truncation=True, max_length=max_length)
+                enc = encoder(texts, truncation=True, max_length=max_length)
             else:
-                enc = encoder.encode(batch["text"], max_length)
+                enc = encoder.encode(texts, max_length)
             out[f"{prefix}_input_ids"] = enc["input_ids"]
             out[f"{prefix}_attention_mask"] = enc["attention_mask"]
         return out
@@ -709,7 +897,7 @@ def tokenize(
     # whole model: name the result by what decides it instead.
     from kdistill.cache import tokenizer_identity
 
-    identity = [ds._fingerprint, max_length]
+    identity = [ds._fingerprint, max_length, limit]
     for prefix, encoder in sorted(encoders.items()):
         if isinstance(encoder, PreTrainedTokenizerBase):
             identity.append([prefix, tokenizer_identity(encoder)])
