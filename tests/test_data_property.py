@@ -26,10 +26,11 @@ CSV_MISSING = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-n
                "null"}  # fmt: skip
 
 # Text that once broke loaders somewhere: separators, quotes, line breaks, numbers and booleans
-# that a type-guessing reader turns into something else, missing-value markers, padding.
+# that a type-guessing reader turns into something else, missing-value markers, padding, and
+# digits int() refuses (a superscript two crashed the class sort).
 TRICKY = ["", " ", "a,b", 'say "hi"', '"', "line\nbreak", "cr\r\nlf", "\t", "01", "007",
           "1.0", "1e5", "True", "NA", "null", "nan", " padded ", "é", "日本語", "🙂", "#",
-          "=1+1"]  # fmt: skip
+          "=1+1", "²", "x²3"]  # fmt: skip
 # Surrogates cannot be written as UTF-8; NUL is not text.
 CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 TEXTS = st.one_of(st.sampled_from(TRICKY), st.text(CHARS, max_size=30))
@@ -96,3 +97,14 @@ def test_files_round_trip_or_are_refused(rows, fmt):
             return
     assert got_names == names
     assert got_rows == kept
+
+
+def test_a_missing_class_label_is_dropped_not_read_as_the_last_class():
+    """datasets marks a missing ClassLabel value as -1, which names[-1] would read as a class."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["x", "y"])})
+    ds = Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, -1]}, features=features)
+    splits, names = kdata.to_labelled({"train": ds}, ["text"], "label", "--dataset t")
+    assert names == ["x", "y"] and splits["train"]["text"] == ["a", "b"]
+    assert splits["train"]["label"] == [0, 1]

@@ -532,10 +532,8 @@ def parse_floats(value: str, flag: str) -> list[float]:
         values = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         values = []
-    _check(
-        bool(values) and all(math.isfinite(v) for v in values),
-        f"{flag} must be comma-separated finite numbers (got {value!r})",
-    )
+    _check(bool(values), f"{flag} must be comma-separated numbers (got {value!r})")
+    _check(all(math.isfinite(v) for v in values), f"{flag} values must be finite (got {value!r})")
     return values
 
 
