@@ -25,7 +25,7 @@ from kdistill.config import (
     RunsConfig,
     SweepConfig,
 )
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, RunStopped
 
 logger = logging.getLogger("kdistill")
 
@@ -202,7 +202,8 @@ def setup_logging(verbose: bool) -> None:
 def main(
     argv: Sequence[str] | None = None, prog: str = "kdistill", command: str | None = None
 ) -> int:
-    """Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted."""
+    """Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted (SIGINT), 143
+    stopped by SIGTERM; a distill run stopped by either has saved a checkpoint to resume from."""
     parser = build_parser(prog, command)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -211,6 +212,9 @@ def main(
     except KdistillError as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 2
+    except RunStopped as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130
