@@ -25,7 +25,7 @@ from kdistill.config import (
     RunsConfig,
     SweepConfig,
 )
-from kdistill.errors import KdistillError, environment_error
+from kdistill.errors import KdistillError, RunStopped, environment_error
 
 logger = logging.getLogger("kdistill")
 
@@ -209,7 +209,8 @@ def user_error(prog: str, e: KdistillError) -> int:
 def main(
     argv: Sequence[str] | None = None, prog: str = "kdistill", command: str | None = None
 ) -> int:
-    """Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted."""
+    """Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted (SIGINT), 143
+    stopped by SIGTERM; a distill run stopped by either has saved a checkpoint to resume from."""
     parser = build_parser(prog, command)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -221,6 +222,9 @@ def main(
         if (error := environment_error(e)) is None:
             raise
         return user_error(prog, error)
+    except RunStopped as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130

@@ -348,9 +348,29 @@ class DistillConfig(TeacherOptions):
         "event files into the run directory; wandb and mlflow need their package installed).",
         choices=["none", "tensorboard", "wandb", "mlflow"],
     )
+    save_steps: int = _opt(
+        0,
+        "Also checkpoint the training state every this many batches (0: only at the end of "
+        "each epoch). The run directory keeps the latest checkpoint only.",
+    )
+    resume: bool = _opt(
+        False,
+        "Continue the latest unfinished run of this configuration under --output-dir from its "
+        "checkpoint (a new run when there is none).",
+    )
+    resume_from: str | None = _opt(
+        None,
+        "Continue this run directory (its .partial folder) from its checkpoint; the other flags "
+        "must be the ones it was started with.",
+    )
 
     def __post_init__(self) -> None:
         _check_finite(self)
+        _check(self.save_steps >= 0, f"--save-steps must be >= 0 (got {self.save_steps})")
+        _check(
+            not (self.resume and self.resume_from),
+            "--resume and --resume-from: pass one of them, not both",
+        )
         _check(self.temperature > 0, f"--temperature must be > 0 (got {self.temperature})")
         _check(0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1] (got {self.alpha})")
         _check_training(self)
@@ -559,6 +579,11 @@ class SweepConfig(DistillConfig):
             _check(t > 0, f"--temperature values must be > 0 (got {t})")
         for a in self.alpha_list():
             _check(0.0 <= a <= 1.0, f"--alpha values must be in [0, 1] (got {a})")
+        _check(
+            not (self.resume or self.resume_from),
+            "--resume and --resume-from continue one distill run; resume a sweep's unfinished "
+            "point with kdistill distill --resume-from <its run directory>",
+        )
         self.run_config(self.temperature_list()[0], self.alpha_list()[0])  # the other ranges
 
     def temperature_list(self) -> list[float]:

@@ -16,10 +16,13 @@ the run directory, history and checkpoints are ours.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import math
 import os
 import platform
+import shutil
 import socket
 import sys
 import time
@@ -32,10 +35,23 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill import __version__
+from kdistill.checkpoint import (
+    CHECKPOINTS,
+    GracefulStop,
+    check_same_run,
+    decode_generator,
+    encode_generator,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_command,
+    resume_dir,
+    save_checkpoint,
+)
 from kdistill.config import DistillConfig
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, RunStopped
 from kdistill.losses import KDLoss, kd_loss
 from kdistill.runs import (
+    PARTIAL_SUFFIX,
     atomic_dir,
     atomic_write_json,
     discard_unstarted,
@@ -316,17 +332,21 @@ def make_loaders(
     train_tokenizers = {p: tokenizers[p] for p in (train_prefixes or tuple(tokenizers))}
     generator = torch.Generator().manual_seed(config.seed)
     batching: dict[str, Any]
+    # Every training loader draws only from this generator (the sampler's shuffle and the
+    # loader's base seed), never from the global RNG that dropout uses: a resume sets its state
+    # at the start of the epoch and replays the order exactly.
     if unlabeled_rows:
         ratio = getattr(config, "unlabeled_ratio", None)
         batching = {"batch_sampler": MixedBatchSampler(
             len(train_tok) - unlabeled_rows, unlabeled_rows, config.batch_size, ratio, generator
-        )}  # fmt: skip
+        ), "generator": generator}  # fmt: skip
     elif getattr(config, "group_by_length", False):
         lengths = [len(ids) for ids in train_tok.select_columns(["student_input_ids"])[:][
             "student_input_ids"]]  # fmt: skip
         batching = {
             "batch_size": config.batch_size,
             "sampler": ShuffledLengthGroupedSampler(config.batch_size, lengths, generator),
+            "generator": generator,
         }
     else:
         batching = {"batch_size": config.batch_size, "shuffle": True, "generator": generator}
@@ -388,6 +408,52 @@ def student_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch has got: batches done on this process and, for the epoch's means, each
+    loss part summed over the rows it is a mean over. A checkpoint stores it (summed over the
+    processes, on the main one) so a resumed epoch reports the numbers an uninterrupted one would.
+    """
+
+    step: int = 0
+    sums: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("loss", "kl", "ce", "labeled_loss", "unlabeled_loss"), 0.0
+        )  # fmt: skip
+    )
+    counts: dict[str, int] = field(default_factory=lambda: {"labeled": 0, "unlabeled": 0})
+    elapsed_s: float = 0.0
+
+    def totals(self, accelerator: Accelerator) -> EpochProgress:
+        """Sums and counts over every process (every process must call this)."""
+        local = torch.tensor([*self.sums.values(), *self.counts.values()],
+                             dtype=torch.float32 if accelerator.device.type == "mps"
+                             else torch.float64, device=accelerator.device)  # fmt: skip
+        values = accelerator.reduce(local, "sum").tolist()
+        sums = dict(zip(self.sums, values[: len(self.sums)], strict=True))
+        counts = {k: int(v) for k, v in zip(self.counts, values[len(self.sums) :], strict=True)}
+        return EpochProgress(self.step, sums, counts, self.elapsed_s)
+
+
+def check_finite(loss: torch.Tensor, accelerator: Accelerator, optimizer: torch.optim.Optimizer,
+                 desc: str, step: int) -> None:  # fmt: skip
+    """Stop on a NaN or inf loss, naming the step and the likely cause. Every process learns of
+    a bad loss on any of them, so none is left waiting in the backward pass's all-reduce."""
+    bad = ~torch.isfinite(loss.detach())
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad.float().reshape(1), "sum") > 0
+    if not bad.any():
+        return
+    lr = optimizer.param_groups[0]["lr"]
+    if accelerator.mixed_precision == "fp16":
+        cause = ("fp16 overflow is the likely cause: use --mixed-precision bf16 or no, or lower "
+                 f"--learning-rate (now {lr:.3g})")  # fmt: skip
+    else:
+        cause = f"the learning rate is the likely cause: lower --learning-rate (now {lr:.3g})"
+    raise KdistillError(f"{desc}: the loss became {loss.item()} at step {step} (batch {step + 1} "
+                        f"of the epoch); {cause}")  # fmt: skip
+
+
 def train_one_epoch(
     student: torch.nn.Module,
     teacher: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None,
@@ -398,22 +464,31 @@ def train_one_epoch(
     temperature: float,
     alpha: float,
     desc: str,
+    progress: EpochProgress | None = None,
+    after_step: Callable[[EpochProgress], None] | None = None,
 ) -> dict[str, Any]:
     """One pass over the training data. `teacher(batch)` gives the batch's teacher logits
     (online or from the cache); without one (fine-tuning) the loss is plain CE.
+
+    `progress` resumes an epoch: its first `progress.step` batches are skipped (the loader must
+    replay the same order) and its sums carried on. `after_step(progress)` runs after every
+    batch: checkpoints and stop requests live there.
 
     Returns the epoch's means: train_loss and train_kl over all rows, train_ce and
     train_loss_labeled over the labelled rows, train_loss_unlabeled (T^2 * KL) over the
     unlabelled ones; None where there were no such rows."""
     from tqdm.auto import tqdm
 
+    progress = progress or EpochProgress()
+    sums, counts = progress.sums, progress.counts
     student.train()
-    # Each part summed over the rows it is a mean over, to average over the epoch.
-    sums = dict.fromkeys(("loss", "kl", "ce", "labeled_loss", "unlabeled_loss"), 0.0)
-    counts = {"labeled": 0, "unlabeled": 0}
-    start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, disable=not accelerator.is_main_process, dynamic_ncols=True)
-    for step, batch in enumerate(bar):
+    start = time.perf_counter() - progress.elapsed_s
+    total = len(loader)
+    if progress.step:
+        loader = accelerator.skip_first_batches(loader, progress.step)
+    bar = tqdm(loader, desc=desc, disable=not accelerator.is_main_process, dynamic_ncols=True,
+               initial=progress.step, total=total)  # fmt: skip
+    for step, batch in enumerate(bar, start=progress.step):
         with accelerator.accumulate(student):
             student_logits = student(**student_inputs(batch)).logits  # (batch, num_labels)
             if teacher is not None:
@@ -424,11 +499,7 @@ def train_one_epoch(
                 zero = torch.zeros((), device=ce.device)
                 parts = KDLoss(ce, zero, ce.detach(), ce.detach(), zero, len(batch["labels"]), 0)
             loss = parts.loss
-            if not torch.isfinite(loss):
-                raise KdistillError(
-                    f"{desc}: the loss became {loss.item()} at step {step}; lower --learning-rate "
-                    "or use --mixed-precision bf16/no (fp16 can overflow)"
-                )
+            check_finite(loss, accelerator, optimizer, desc, step)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
@@ -444,18 +515,20 @@ def train_one_epoch(
         weights = (n_l + n_u, n_l + n_u, n_l, n_l, n_u)
         for key, value, rows in zip(sums, values, weights, strict=True):
             sums[key] += value * rows
+        progress.step, progress.elapsed_s = step + 1, time.perf_counter() - start
         if step % 10 == 0:
-            seen = counts["labeled"] + counts["unlabeled"]
-            rate = seen * accelerator.num_processes / max(time.perf_counter() - start, 1e-9)
+            seen = max(counts["labeled"] + counts["unlabeled"], 1)
+            rate = seen * accelerator.num_processes / max(progress.elapsed_s, 1e-9)
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", samples_s=f"{rate:.1f}")
+        if after_step is not None:
+            after_step(progress)
     elapsed = time.perf_counter() - start
-    local = torch.tensor([*sums.values(), *counts.values()], device=accelerator.device)
-    totals = dict(zip([*sums, *counts], accelerator.reduce(local, "sum").tolist(), strict=True))
-    labeled, unlabeled = int(totals["labeled"]), int(totals["unlabeled"])
+    totals = progress.totals(accelerator)
+    labeled, unlabeled = totals.counts["labeled"], totals.counts["unlabeled"]
     rows = labeled + unlabeled
 
     def mean(key: str, n: int) -> float | None:
-        return totals[key] / n if n else None
+        return totals.sums[key] / n if n else None
 
     return {
         "train_loss": mean("loss", rows),
@@ -477,11 +550,20 @@ def save_model(
     tokenizer: PreTrainedTokenizerBase,
     accelerator: Accelerator,
 ) -> None:
-    """save_pretrained (safetensors) + tokenizer into a temp folder, renamed over `path`."""
+    """save_pretrained (safetensors) + tokenizer into a temp folder, renamed over `path`.
+
+    Every process calls it: under FSDP and DeepSpeed each holds a shard, and gathering the whole
+    student takes them all."""
+    from accelerate.utils import DistributedType
+
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    state_dict = accelerator.get_state_dict(model) if sharded else None
     if not accelerator.is_main_process:
         return
     with atomic_dir(path) as tmp:
-        accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp)
+        accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
+            tmp, state_dict=state_dict
+        )
         tokenizer.save_pretrained(tmp)
 
 
@@ -491,6 +573,11 @@ def failure_recorded(
 ) -> Iterator[None]:
     try:
         yield
+    except RunStopped as e:  # on request, with a checkpoint: not a failure
+        if accelerator.is_main_process:
+            history["stopped"] = str(e)
+            atomic_write_json(path, history)
+        raise
     except BaseException as e:
         if accelerator.is_main_process:
             history["failed"] = f"{type(e).__name__}: {e}"
@@ -593,6 +680,98 @@ def warn_unlabeled_overlap(unlabeled: Dataset, data: LabelledData) -> None:
                     "%d --unlabeled-data texts are also in %s: the student learns the teacher's "
                     "answers on rows it is measured on", shared, split,
                 )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def open_run_dir(config: DistillConfig, name: str, accelerator: Accelerator
+                 ) -> tuple[Path, Path, Path | None]:  # fmt: skip
+    """(final, partial, checkpoint): a new run directory, or with --resume/--resume-from the
+    unfinished one to continue and its latest checkpoint. The main process decides; the others
+    are told, since they write their part of each checkpoint there too."""
+    from accelerate.utils import broadcast_object_list
+
+    chosen: list[Any] = [None, None, None, None]
+    if accelerator.is_main_process:
+        try:
+            run = resume_dir(config, name)
+            if run is None:
+                final, partial = new_run_dir(Path(config.output_dir), name)
+                chosen = [final, partial, None, None]
+            else:
+                final = run.with_name(run.name.removesuffix(PARTIAL_SUFFIX))
+                chosen = [final, run, latest_checkpoint(run), None]
+        except KdistillError as e:
+            chosen[3] = str(e)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(chosen)
+    if chosen[3] is not None:
+        raise KdistillError(chosen[3])
+    return chosen[0], chosen[1], chosen[2]
+
+
+def note_resume(run_dir: Path, checkpoint: Path) -> None:
+    """config.json says who is writing the run now (`kdistill runs` shows it running) and
+    keeps a line per resume."""
+    path = run_dir / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["process"] = {"pid": os.getpid(), "host": socket.gethostname()}
+    config.setdefault("resumed", []).append({
+        "at": datetime.now().isoformat(timespec="seconds"), "checkpoint": checkpoint.name,
+        "command": sys.argv,
+    })  # fmt: skip
+    atomic_write_json(path, config)
+
+
+def digest_rows(ds: Dataset) -> str:
+    """The training rows (texts and labels, in order): a resume must train on the same ones."""
+    from kdistill.cache import texts_digest
+
+    rows = ds.select_columns(["text", "label"])[:]
+    return texts_digest([f"{label}\t{text}" for text, label in zip(rows["text"], rows["label"],
+                                                                   strict=True)])  # fmt: skip
+
+
+def _mixed_sampler(loader: Any) -> MixedBatchSampler | None:
+    sampler = getattr(loader, "batch_sampler", None)
+    while sampler is not None and not isinstance(sampler, MixedBatchSampler):
+        sampler = getattr(sampler, "batch_sampler", None)  # Accelerate's shard wraps it
+    return sampler
+
+
+def sampler_state(loader: DataLoader) -> dict[str, Any]:
+    """The training order's state: the loader's generator and the unlabelled rows a
+    MixedBatchSampler has not drawn yet."""
+    mixed = _mixed_sampler(loader)
+    return {"generator": encode_generator(loader.generator),
+            "pool": list(mixed._pool) if mixed is not None else None}  # fmt: skip
+
+
+def restore_sampler(loader: DataLoader, saved: dict[str, Any]) -> None:
+    decode_generator(loader.generator, saved["generator"])
+    mixed = _mixed_sampler(loader)
+    if mixed is not None:
+        mixed._pool = list(saved["pool"] or [])
+
+
+def resumed_progress(saved: dict[str, Any], accelerator: Accelerator) -> EpochProgress:
+    """The checkpoint's epoch sums are totals over the processes: the main process carries
+    them on, the others start from zero, and the epoch's reduce adds them up again."""
+    progress = EpochProgress(step=saved["step"], elapsed_s=saved["progress"]["elapsed_s"])
+    if accelerator.is_main_process:
+        progress.sums.update(saved["progress"]["sums"])
+        progress.counts.update(saved["progress"]["counts"])
+    return progress
+
+
+def weights_finite(model: torch.nn.Module, accelerator: Accelerator) -> bool:
+    """Whether every weight is a number, on every process (FSDP and ZeRO-3 hold shards)."""
+    bad = torch.tensor([float(not all(bool(torch.isfinite(p).all()) for p in model.parameters()))],
+                       device=accelerator.device)  # fmt: skip
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    return bad.item() == 0
 
 
 def run_name(dataset: str, temperature: float, alpha: float) -> str:
@@ -716,12 +895,12 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     )
     teacher.to(accelerator.device)
 
-    # ---- run directory: `.partial` until complete; config.json first so a crash is explained
-    final_dir = partial_dir = Path(config.output_dir)
-    if accelerator.is_main_process:
-        final_dir, partial_dir = new_run_dir(
-            Path(config.output_dir), run_name(data.name, config.temperature, config.alpha)
-        )
+    # ---- run directory: `.partial` until complete; config.json first so a crash is explained.
+    # A resume continues the unfinished run's directory from its latest checkpoint.
+    final_dir, partial_dir, checkpoint = open_run_dir(
+        config, run_name(data.name, config.temperature, config.alpha), accelerator
+    )
+    if accelerator.is_main_process and checkpoint is None:
         created.append(partial_dir)
         resolved = {
             "kind": "distill",
@@ -802,6 +981,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             "val_accuracy": teacher_metrics["accuracy"],
             "val_macro_f1": teacher_metrics["macro_f1"],
             "val_loss": teacher_metrics["loss"],
+            "val_rows": teacher_metrics["n"],
         },
         "chance_accuracy": chance,
         "epochs": [],
@@ -817,6 +997,10 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             data.num_labels, t_dtype_name,
         )  # fmt: skip
         cache = cache.to(accelerator.device)
+        # Its logits are all the run needs from the teacher now: give its memory to the student.
+        teacher.to(torch.device("cpu"))
+        if accelerator.device.type == "cuda":
+            torch.cuda.empty_cache()
 
         def teacher_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return cache.index_select(0, batch["row"])
@@ -832,15 +1016,75 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     # shuffling, so the same seed trains the same student with or without a cache.
     set_seed(config.seed)
     run_start = time.perf_counter()
+    first_epoch, progress, saved = 1, None, {}
+    data_digest = digest_rows(train_tok)
+    if checkpoint is not None:  # weights, optimizer, scheduler, RNG, and where the loop was
+        saved = load_checkpoint(accelerator, checkpoint)
+        check_same_run(saved, accelerator.num_processes, data_digest,
+                       history["teacher_cache"].get("key"))  # fmt: skip
+        first_epoch, run_start = saved["epoch"], run_start - saved["wall_time_s"]
+        state = TrainState(saved["history"]["epochs"], saved["best"]["epoch"],
+                           saved["best"]["val_accuracy"])  # fmt: skip
+        history["epochs"], history["best"] = state.epochs, saved["best"]
+        progress = resumed_progress(saved, accelerator)
+        restore_sampler(train_loader, saved["sampler"])
+        if accelerator.is_main_process:
+            note_resume(partial_dir, checkpoint)
+            atomic_write_json(partial_dir / "history.json", history)
+        logger.info("resumed from %s: epoch %d, %d batches done", checkpoint, first_epoch,
+                    progress.step)  # fmt: skip
+    stop = GracefulStop()
+
+    def save_checkpoint_at(epoch: int, progress: EpochProgress, sampler: dict[str, Any],
+                           lr: float) -> None:  # fmt: skip
+        """Every process, at the same step. Weights gone NaN are never saved over a good one."""
+        if not weights_finite(student, accelerator):
+            raise KdistillError(f"epoch {epoch}, step {progress.step}: the student's weights "
+                                "became NaN or inf; lower --learning-rate")  # fmt: skip
+        totals = progress.totals(accelerator)
+        save_checkpoint(accelerator, partial_dir, {
+            "epoch": epoch, "step": progress.step,
+            "progress": {"sums": totals.sums, "counts": totals.counts,
+                         "elapsed_s": progress.elapsed_s},
+            "sampler": sampler, "learning_rate": lr, "history": {"epochs": state.epochs},
+            "best": {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy},
+            "wall_time_s": time.perf_counter() - run_start,
+            "num_processes": accelerator.num_processes, "data_digest": data_digest,
+            "teacher_cache_key": history["teacher_cache"].get("key"),
+        })  # fmt: skip
+
+    def stopped(where: str) -> RunStopped:
+        return RunStopped(
+            f"stopped by {stop.name} {where}, checkpoint saved; resume with: "
+            f"{resume_command(partial_dir, accelerator.num_processes)}",
+            stop.exit_code,
+        )
+
+    def after_step(epoch: int, sampler: dict[str, Any], lr: float, progress: EpochProgress
+                   ) -> None:  # fmt: skip
+        """Checkpoint every --save-steps batches, and stop when asked: both only where an
+        optimiser step has just been taken (gradients mid-accumulation are not saved)."""
+        if not accelerator.sync_gradients:
+            return
+        stopping = stop.requested(accelerator)
+        if stopping or (config.save_steps and progress.step % config.save_steps == 0):
+            save_checkpoint_at(epoch, progress, sampler, lr)
+        if stopping:
+            raise stopped(f"at epoch {epoch}, batch {progress.step}")
+
     # A failure is written into history.json, so `kdistill runs` shows the run as crashed even
     # when the process goes on (a sweep, a notebook).
-    with failure_recorded(history, partial_dir / "history.json", accelerator):
-        for epoch in range(1, config.epochs + 1):
-            lr = scheduler.get_last_lr()[0]
+    with failure_recorded(history, partial_dir / "history.json", accelerator), stop:
+        for epoch in range(first_epoch, config.epochs + 1):
+            # As the epoch starts (a resume replays the sampler from here).
+            lr = saved["learning_rate"] if progress else scheduler.get_last_lr()[0]
+            sampler = sampler_state(train_loader)
             stats = train_one_epoch(
                 student, teacher_targets, train_loader, optimizer, scheduler, accelerator,
-                config.temperature, config.alpha, f"epoch {epoch}/{config.epochs}",
+                config.temperature, config.alpha, f"epoch {epoch}/{config.epochs}", progress,
+                functools.partial(after_step, epoch, sampler, lr),
             )  # fmt: skip
+            progress = None
             student.eval()  # dropout off: the numbers must be the model's, not one noisy draw
             metrics = evaluate(lambda b: student(**student_inputs(b)).logits, val_loader,
                                accelerator, data.num_labels, "validation")  # fmt: skip
@@ -850,6 +1094,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "val_loss": metrics["loss"],
                 "val_accuracy": metrics["accuracy"],
                 "val_macro_f1": metrics["macro_f1"],
+                "val_rows": metrics["n"],  # gathered from every process, each row once
                 "learning_rate": lr,
                 "wall_time_s": time.perf_counter() - run_start,
             }
@@ -857,6 +1102,9 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             logger.info("epoch %d: loss %.4f (%s), val acc %.4f, macro-F1 %.4f, %.1f samples/s",
                         epoch, stats["train_loss"], loss_parts(stats), metrics["accuracy"],
                         metrics["macro_f1"], stats["samples_per_second"])  # fmt: skip
+            if not math.isfinite(metrics["loss"]):  # never a best model from broken weights
+                raise KdistillError(f"epoch {epoch}: the validation loss is {metrics['loss']}; "
+                                    "lower --learning-rate")  # fmt: skip
             if metrics["accuracy"] > state.best_accuracy:
                 state.best_accuracy, state.best_epoch = metrics["accuracy"], epoch
                 save_model(partial_dir / "best_model", student, s_tok, accelerator)
@@ -875,6 +1123,14 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             accelerator.log({k: v for k, v in logged.items() if v is not None}, step=epoch)
             if accelerator.is_main_process:
                 atomic_write_json(partial_dir / "history.json", history)
+            # The next epoch from its first batch, the sampler as that epoch will find it (after
+            # the last epoch only when stopping: the final model is moments away).
+            stopping = stop.requested(accelerator)
+            if epoch < config.epochs or stopping:
+                save_checkpoint_at(epoch + 1, EpochProgress(), sampler_state(train_loader),
+                                   scheduler.get_last_lr()[0])  # fmt: skip
+            if stopping:
+                raise stopped(f"after epoch {epoch}")
 
         save_model(partial_dir / "final_model", student, s_tok, accelerator)
     accelerator.wait_for_everyone()
@@ -885,6 +1141,9 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         save_training_curves(history, partial_dir / "training_curves.png")
     accelerator.end_training()  # closes the trackers' files before the folder is renamed
     if accelerator.is_main_process:
+        # Complete: the models are saved, and the optimizer state is dead weight (16 bytes per
+        # student parameter).
+        shutil.rmtree(partial_dir / CHECKPOINTS, ignore_errors=True)
         finish_run_dir(partial_dir, final_dir)
         logger.info(
             "done: best validation accuracy %.4f at epoch %d; teacher %.4f; student %.1fM "

@@ -37,3 +37,12 @@ def environment_error(e: OSError) -> KdistillError | None:
     where = f"{e.filename}: " if e.filename else ""
     reason = (e.strerror or str(e)).strip().splitlines()[0]
     return KdistillError(f"{where}{reason} ({hint})")
+
+
+class RunStopped(Exception):
+    """A run stopped on request (SIGINT, SIGTERM) after saving a resumable checkpoint. The CLI
+    prints the message, which says how to resume, and exits with `exit_code` (128 + signal)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -244,6 +244,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         # sweep, a notebook) but the run is over.
         alive = not history.get("failed") and process_alive(config.get("process"))
         row["status"] = "running" if alive else "crashed"
+        if history.get("stopped") and not alive:  # on request, resumable
+            row["status"] = "stopped"
     else:  # renamed from .partial only after "completed" is written
         row["status"] = "completed" if history.get("completed") else "incomplete"
     return row
@@ -322,7 +324,7 @@ def format_runs_table(rows: list[dict[str, Any]]) -> str:
     statuses = [row["status"] for row in rows]
     summary = ", ".join(
         f"{statuses.count(s)} {s}"
-        for s in ("completed", "running", "crashed", "incomplete", "unreadable")
+        for s in ("completed", "running", "crashed", "stopped", "incomplete", "unreadable")
         if s in ("completed", "running", "crashed") or s in statuses
     )
     lines.append(f"{len(rows)} run{'s' * (len(rows) != 1)} ({summary})")
