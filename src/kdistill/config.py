@@ -614,3 +614,51 @@ class RunsConfig:
     )  # fmt: skip
     reverse: bool = _opt(False, "Sort in descending order.")
     json: bool = _opt(False, "Print JSON (one object per run) instead of a table.")
+
+
+@dataclass
+class PredictConfig:
+    """Label new text with a trained classifier: a student or teacher folder, a distill run
+    directory (its best_model/), or an exported ONNX folder or .onnx file. One JSON line per
+    row: the label, its probability and the class probabilities."""
+
+    model: str | None = _opt(
+        None, "Model folder, distill run directory, ONNX export folder or .onnx file."
+    )
+    text: str | None = _opt(None, "One text to label (prints its prediction).")
+    input: str | None = _opt(
+        None,
+        "File of texts: .csv/.tsv, .jsonl/.json, .parquet (--text-column) or .txt (one a line).",
+    )
+    output: str | None = _opt(
+        None, "Write the predictions here as JSON lines (default: standard output)."
+    )
+    text_column: str = _opt(
+        "text", "Text column of --input; comma-separated columns are joined, as in training."
+    )
+    batch_size: int = _opt(32, "Rows per forward pass (rows of similar length are batched).")
+    top_k: int | None = _opt(None, "Keep only the K most probable classes per row (default: all).")
+    max_length: int = _opt(
+        128, "Maximum tokens per text; use the --max-length the model was trained with."
+    )
+    device: str = _opt(
+        "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
+    )
+    mixed_precision: str = _opt(
+        "auto", "auto: bf16 where supported, fp16 on older GPUs, else no (ONNX: always fp32).",
+        choices=["auto", "no", "fp16", "bf16"],
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "--model: pass the model folder to predict with")
+        _check(
+            (self.text is None) != (self.input is None),
+            'pass --text "..." or --input FILE (one of them)',
+        )
+        _check(self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
+        _check(self.top_k is None or self.top_k >= 1, f"--top-k must be >= 1 (got {self.top_k})")
+        _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
+        _check(bool(self.text_column.strip()), "--text-column must name a column")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
