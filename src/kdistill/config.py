@@ -24,6 +24,28 @@ def _check_validation_split(value: float) -> None:
     _check(0.0 < value < 1.0, f"--validation-split must be between 0 and 1 (got {value})")
 
 
+PUSH_HELP = (
+    "Also upload the saved model folder, with its model card, to this Hugging Face Hub repo "
+    "(org/name or name), created if missing; private unless --hub-public."
+)
+HUB_PUBLIC_HELP = "With --push-to-hub: create the repo public (default: private)."
+
+
+def _check_push_to_hub(repo_id: str | None) -> None:
+    """A malformed repo id fails before any training, not after it."""
+    if repo_id is None:
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise KdistillError(
+            f"--push-to-hub {repo_id!r}: not a Hub repo id; pass org/name or name (letters, "
+            "digits, '-', '_' and '.')"
+        ) from None
+
+
 def _check_training(c: DistillConfig | FinetuneConfig) -> None:
     """The ranges every training command shares."""
     _check(c.epochs >= 1, f"--epochs must be >= 1 (got {c.epochs})")
@@ -301,6 +323,8 @@ class DistillConfig(TeacherOptions):
         "event files into the run directory; wandb and mlflow need their package installed).",
         choices=["none", "tensorboard", "wandb", "mlflow"],
     )
+    push_to_hub: str | None = _opt(None, PUSH_HELP + " distill pushes best_model/.")
+    hub_public: bool = _opt(False, HUB_PUBLIC_HELP)
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"--temperature must be > 0 (got {self.temperature})")
@@ -312,6 +336,7 @@ class DistillConfig(TeacherOptions):
             "--student-layers and --student-num-layers: pass one of them, not both",
         )
         self._check_unlabeled()
+        _check_push_to_hub(self.push_to_hub)
 
     def _check_unlabeled(self) -> None:
         _check(
@@ -396,8 +421,11 @@ class FinetuneConfig:
     text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
     label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
     validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
+    push_to_hub: str | None = _opt(None, PUSH_HELP)
+    hub_public: bool = _opt(False, HUB_PUBLIC_HELP)
 
     def __post_init__(self) -> None:
+        _check_push_to_hub(self.push_to_hub)
         if self.learning_rate is None:
             # Adapters start at zero and move few weights: they need a larger step than full
             # fine-tuning to learn in the same epochs.
@@ -504,6 +532,12 @@ class SweepConfig(DistillConfig):
     )
 
     def __post_init__(self) -> None:
+        _check(
+            self.push_to_hub is None,
+            "--push-to-hub: a sweep trains one student per grid "
+            "point; rerun the best point with distill --push-to-hub, or upload its best_model/ "
+            "with `hf upload`",
+        )
         for t in self.temperature_list():
             _check(t > 0, f"--temperature values must be > 0 (got {t})")
         for a in self.alpha_list():

@@ -866,6 +866,9 @@ def distill(config: DistillConfig) -> Path:
         history["completed"] = datetime.now().isoformat(timespec="seconds")
         atomic_write_json(partial_dir / "history.json", history)
         save_training_curves(history, partial_dir / "training_curves.png")
+        from kdistill.model_card import write_run_cards
+
+        write_run_cards(partial_dir, config.push_to_hub)  # README.md in each model folder
     accelerator.end_training()  # closes the trackers' files before the folder is renamed
     if accelerator.is_main_process:
         finish_run_dir(partial_dir, final_dir)
@@ -875,4 +878,8 @@ def distill(config: DistillConfig) -> Path:
             state.best_accuracy, state.best_epoch, teacher_metrics["accuracy"],
             n_student / 1e6, count_parameters(t_model) / 1e6, final_dir,
         )  # fmt: skip
+        if config.push_to_hub:  # after the rename: a failed upload leaves a complete run
+            from kdistill.publish import push_folder
+
+            push_folder(final_dir / "best_model", config.push_to_hub, not config.hub_public)
     return final_dir
