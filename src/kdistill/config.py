@@ -696,3 +696,66 @@ class PredictConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class ExportConfig:
+    """Export a classifier to ONNX (and optionally a dynamic-int8 copy), check that the exported
+    model predicts what the torch model does on real rows, and time each: export_report.json."""
+
+    model: str | None = _opt(None, "Model folder or distill run directory (its best_model/).")
+    format: str = _opt("onnx", "Export format.", choices=["onnx"])
+    quantize: str | None = _opt(
+        None,
+        "Also write model_quantized.onnx: dynamic-int8 stores weights as int8 and quantises "
+        "activations on the fly (smaller, usually faster on CPU; checked like the fp32 file).",
+        choices=["dynamic-int8"],
+    )
+    output_dir: str | None = _opt(
+        None, "Folder to write (default: <run>/onnx for a run, else <model folder>-onnx)."
+    )
+    min_agreement: float = _opt(
+        0.99,
+        "Refuse the export (exit 2, report kept) when an exported model's predictions agree with "
+        "the torch model's on fewer than this share of the parity rows, in [0, 1].",
+    )
+    dataset: str | None = _opt(
+        None,
+        "Real rows for the parity check (prepared data, or anything prepare-data accepts); "
+        "default: the data set the run or teacher was trained on.",
+    )
+    split: str = _opt(
+        "validation", "Split whose rows are checked.", choices=["validation", "test", "train"]
+    )
+    max_samples: int = _opt(500, "Parity rows (a stratified subsample of the split).")
+    max_length: int = _opt(128, "Maximum tokens per text.")
+    opset: int = _opt(18, "ONNX opset version.")
+    batch_size: int = _opt(32, "Batch size of the parity pass and of the throughput timing.")
+    latency_rows: int = _opt(32, "Rows timed one at a time for latency at batch 1.")
+    repeats: int = _opt(3, "Timed repeats of each speed measurement, after a warm-up.")
+    seed: int = _opt(42, "Seed for subsampling.")
+    data_dir: str = _opt("data", "Where prepared data sets live.")
+    text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
+    label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
+    validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
+    push_to_hub: str | None = _opt(None, PUSH_HELP + " export pushes the ONNX folder.")
+    hub_public: bool = _opt(False, HUB_PUBLIC_HELP)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "--model: pass the model folder or run directory to export")
+        _check(
+            0.0 <= self.min_agreement <= 1.0,
+            f"--min-agreement must be in [0, 1] (got {self.min_agreement})",
+        )
+        for flag, value in (("--max-samples", self.max_samples),
+                            ("--batch-size", self.batch_size),
+                            ("--latency-rows", self.latency_rows),
+                            ("--repeats", self.repeats)):  # fmt: skip
+            _check(value >= 1, f"{flag} must be >= 1 (got {value})")
+        _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
+        _check(self.opset >= 14, f"--opset must be >= 14 (got {self.opset})")
+        _check_validation_split(self.validation_split)
+        _check_push_to_hub(self.push_to_hub)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
