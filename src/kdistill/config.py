@@ -733,6 +733,11 @@ class ExportConfig:
     batch_size: int = _opt(32, "Batch size of the parity pass and of the throughput timing.")
     latency_rows: int = _opt(32, "Rows timed one at a time for latency at batch 1.")
     repeats: int = _opt(3, "Timed repeats of each speed measurement, after a warm-up.")
+    threads: int | None = _opt(
+        None,
+        "Threads per model for the timing, the same for torch and onnxruntime (default: torch's, "
+        "one per core); 1 gives steadier numbers on a CPU shared with other work.",
+    )
     seed: int = _opt(42, "Seed for subsampling.")
     data_dir: str = _opt("data", "Where prepared data sets live.")
     text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
@@ -754,6 +759,10 @@ class ExportConfig:
             _check(value >= 1, f"{flag} must be >= 1 (got {value})")
         _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
         _check(self.opset >= 14, f"--opset must be >= 14 (got {self.opset})")
+        _check(
+            self.threads is None or self.threads >= 1,
+            f"--threads must be >= 1 (got {self.threads})",
+        )
         _check_validation_split(self.validation_split)
         _check_push_to_hub(self.push_to_hub)
 

@@ -56,8 +56,9 @@ def require_onnx(flag: str = "--format onnx") -> None:
                             f"{EXTRA_HINT}")  # fmt: skip
 
 
-def onnx_session(path: Path, flag: str = "--model") -> Any:
-    """An onnxruntime CPU session with every graph optimisation on."""
+def onnx_session(path: Path, flag: str = "--model", threads: int | None = None) -> Any:
+    """An onnxruntime CPU session with every graph optimisation on (`threads` intra-op
+    threads; default: one per core)."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -69,6 +70,8 @@ def onnx_session(path: Path, flag: str = "--model") -> Any:
     # Idle worker threads sleep instead of spinning: on a shared CPU a spinning pool steals the
     # cores from whatever runs next (measured: torch 30x slower right after an ONNX pass).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)
@@ -369,7 +372,15 @@ def export(config: ExportConfig) -> Path:
                                       **parity(ref_logits, logits),
                                       "accuracy": accuracy(logits, labels, columns)}  # fmt: skip
         logger.info("timing %s at batch 1 and %d", ", ".join(predictors), config.batch_size)
-        speeds = {variant: speed(p, texts, config) for variant, p in predictors.items()}
+        threads = torch.get_num_threads()
+        if config.threads:  # the same thread count for every model
+            torch.set_num_threads(config.threads)
+            for variant, f in files.items():
+                predictors[variant] = load_onnx_predictor(f, threads=config.threads)
+        try:
+            speeds = {variant: speed(p, texts, config) for variant, p in predictors.items()}
+        finally:
+            torch.set_num_threads(threads)
         for s in speeds.values():
             s["speedup_vs_torch"] = speeds["torch"]["latency_ms_batch_1"] / s["latency_ms_batch_1"]
             s["throughput_ratio_vs_torch"] = s["throughput_per_s"] / speeds["torch"][
@@ -401,7 +412,8 @@ def export(config: ExportConfig) -> Path:
             "passed": not failed,
             "failed": failed,
             "device_description": f"CPU ({platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} torch threads)",
+            f"{config.threads or threads} threads per model)",
+            "threads": config.threads or threads,
             "versions": {**library_versions(), **_onnx_versions()},
             "created": datetime.now().isoformat(timespec="seconds"),
         }

@@ -144,7 +144,8 @@ def torch_predictor(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, 
                      model)  # fmt: skip
 
 
-def load_onnx_predictor(onnx_file: Path, flag: str = "--model") -> Predictor:
+def load_onnx_predictor(onnx_file: Path, flag: str = "--model", threads: int | None = None
+                        ) -> Predictor:  # fmt: skip
     """An exported model on onnxruntime's CPU provider; the class names and tokenizer come from
     the export folder (kdistill export writes the model's config.json and tokenizer beside it)."""
     from kdistill.export import onnx_forward, onnx_session
@@ -161,7 +162,7 @@ def load_onnx_predictor(onnx_file: Path, flag: str = "--model") -> Predictor:
         logger.warning("%s: its export was refused (agreement with the torch model below %s, "
                        "see export_report.json)", folder, report.get("min_agreement"))  # fmt: skip
     tokenizer = load_tokenizer(str(folder), flag)
-    session = onnx_session(onnx_file, flag)
+    session = onnx_session(onnx_file, flag, threads)
     return Predictor(str(onnx_file), "onnx", tokenizer, label_names_of(config),
                      onnx_forward(session), "no", session)  # fmt: skip
 
