@@ -43,7 +43,7 @@ def exported(tmp_path_factory, trained_teacher):
         calls = fake_hub(mp)
         # int8 on a 64-wide random-init BERT may disagree on a row or two: no threshold here,
         # its agreement is reported and checked below.
-        argv = export_argv(trained_teacher, out, "--quantize", "dynamic-int8",
+        argv = export_argv(trained_teacher, out, "--quantize", "dynamic-int8", "--threads", "1",
                            "--min-agreement", "0", "--push-to-hub", "me/tiny-onnx")  # fmt: skip
         assert main(argv) == 0
     return out, json.loads((out / "export_report.json").read_text()), calls
@@ -67,6 +67,7 @@ def test_onnx_export_matches_torch_and_reports_int8(exported):
         assert s["latency_ms_batch_1"] > 0 and s["throughput_per_s"] > 0
         assert s["latency_ms_batch_8"] == pytest.approx(8000 / s["throughput_per_s"])
     assert report["speed"]["torch"]["speedup_vs_torch"] == 1.0
+    assert report["threads"] == 1
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "onnx" and "onnx" in card.data.tags
     assert card.data.labels == ["Animal", "Building", "Company", "Film"]
