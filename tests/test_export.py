@@ -165,3 +165,16 @@ def test_export_never_replaces_the_model_or_a_foreign_folder(trained_teacher, tm
     assert "is a folder that is not an earlier export" in err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert (trained_teacher / "model.safetensors").is_file()
+
+
+def test_a_decoder_only_classifier_exports_with_parity(tiny_models, labelled_csv, tmp_path):
+    """Qwen2's head pools the last token that is not padding: the ONNX graph must do the same
+    on padded batches of rows of different lengths."""
+    out = tmp_path / "qwen-onnx"
+    argv = ["export", "--model", str(tiny_models["qwen_teacher"]), "--dataset", str(labelled_csv),
+            "--output-dir", str(out), "--max-samples", "24", "--latency-rows", "2", "--repeats",
+            "1", "--batch-size", "8"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["parity"]["onnx"]["max_abs_logit_diff"] < 1e-4
+    assert report["parity"]["onnx"]["agreement"] == 1.0 and report["passed"]
