@@ -20,7 +20,9 @@ from kdistill.config import (
     DistillConfig,
     DownloadConfig,
     EvalTeacherConfig,
+    ExportConfig,
     FinetuneConfig,
+    PredictConfig,
     PrepareDataConfig,
     RunsConfig,
     SweepConfig,
@@ -136,6 +138,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from kdistill.predict import predict
+
+    sys.stdout.write(predict(config_from_args(PredictConfig, args)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdistill.export import export
+
+    out_dir = export(config_from_args(ExportConfig, args))
+    sys.stdout.write(f"{out_dir}\n")
+    return 0
+
+
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "download-model": (DownloadConfig, cmd_download_model, "Download a model from the Hub."),
     "prepare-data": (PrepareDataConfig, cmd_prepare_data, "Split, explore and save a data set."),
@@ -145,6 +162,8 @@ COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "sweep": (SweepConfig, cmd_sweep, "Distil over a grid of temperatures and alphas."),
     "compare": (CompareConfig, cmd_compare, "Compare a teacher and its students; write a report."),
     "runs": (RunsConfig, cmd_runs, "List the runs under outputs/."),
+    "predict": (PredictConfig, cmd_predict, "Label new text with a trained model."),
+    "export": (ExportConfig, cmd_export, "Export a model to ONNX, checked against torch."),
 }
 
 

@@ -401,6 +401,9 @@ def compare(config: CompareConfig) -> Path:
             figures[f"Training curves: {m['name']}"] = curves
     write_html_report(results, partial / FILES["html"], figures)
     finish_run_dir(partial, final)
+    from kdistill.model_card import add_comparison_to_cards
+
+    add_comparison_to_cards(results)  # the students' cards gain test metrics, speed and size
     logger.info("results on %s/%s (%d rows, %s):\n%s\nreport: %s", data.name, config.split,
                 len(rows), accelerator.device, format_summary(results),
                 final / FILES["html"])  # fmt: skip

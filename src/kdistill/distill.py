@@ -1139,6 +1139,9 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         history["completed"] = datetime.now().isoformat(timespec="seconds")
         atomic_write_json(partial_dir / "history.json", history)
         save_training_curves(history, partial_dir / "training_curves.png")
+        from kdistill.model_card import write_run_cards
+
+        write_run_cards(partial_dir, config.push_to_hub)  # README.md in each model folder
     accelerator.end_training()  # closes the trackers' files before the folder is renamed
     if accelerator.is_main_process:
         # Complete: the models are saved, and the optimizer state is dead weight (16 bytes per
@@ -1151,4 +1154,8 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             state.best_accuracy, state.best_epoch, teacher_metrics["accuracy"],
             n_student / 1e6, count_parameters(t_model) / 1e6, final_dir,
         )  # fmt: skip
+        if config.push_to_hub:  # after the rename: a failed upload leaves a complete run
+            from kdistill.publish import push_folder
+
+            push_folder(final_dir / "best_model", config.push_to_hub, not config.hub_public)
     return final_dir

@@ -97,6 +97,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
         train_one_epoch,
     )
     from kdistill.evaluate import evaluate
+    from kdistill.model_card import write_teacher_card
     from kdistill.models import load_student
 
     run = setup_run(config)
@@ -140,7 +141,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
         with atomic_dir(target) as tmp:
             merged(accelerator.unwrap_model(model, keep_torch_compile=False)).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            atomic_write_json(tmp / "teacher_eval.json", {
+            report = {
                 "val_accuracy": epochs[-1]["val_accuracy"],
                 "val_macro_f1": epochs[-1]["val_macro_f1"],
                 "val_rows": len(val),
@@ -154,8 +155,14 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
                 "time_s": time.perf_counter() - start,
                 "versions": library_versions(),
                 "created": datetime.now().isoformat(timespec="seconds"),
-            })  # fmt: skip
+            }  # fmt: skip
+            atomic_write_json(tmp / "teacher_eval.json", report)
+            write_teacher_card(tmp, target, report, config.push_to_hub)
         logger.info("teacher saved to %s (validation accuracy %.4f)", target,
                     epochs[-1]["val_accuracy"])  # fmt: skip
     accelerator.wait_for_everyone()
+    if config.push_to_hub and accelerator.is_main_process:
+        from kdistill.publish import push_folder
+
+        push_folder(target, config.push_to_hub, not config.hub_public, what="teacher")
     return target
