@@ -8,25 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
+from cli_checks import one_line_error
 from conftest import make_texts
 from fake_hub import fake_hub
 
 from kdistill.cli import main
 
 pytest.importorskip("onnxruntime", reason="the [onnx] extra is part of the dev install")
-
-
-def one_line_error(capsys, argv: list[str], after_work: bool = False) -> str:
-    """The error line of a command that exits 2. One that fails `after_work` (training or an
-    export done) has drawn progress bars on stderr before it: its error is the last line."""
-    with pytest.raises(SystemExit) as exc:
-        raise SystemExit(main(argv))
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and (after_work or len(lines) == 1), err
-    assert lines[-1].startswith("kdistill: error: "), err
-    return lines[-1]
 
 
 def export_argv(model: Path, out: Path, *extra: str) -> list[str]:

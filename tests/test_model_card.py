@@ -8,23 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
+from cli_checks import one_line_error
 from conftest import CLASSES, write_toy_csv
 from fake_hub import fake_hub
 
 from kdistill.cli import main
-
-
-def one_line_error(capsys, argv: list[str], after_work: bool = False) -> str:
-    """The error line of a command that exits 2. One that fails `after_work` (training or an
-    export done) has drawn progress bars on stderr before it: its error is the last line."""
-    with pytest.raises(SystemExit) as exc:
-        raise SystemExit(main(argv))
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and (after_work or len(lines) == 1), err
-    assert lines[-1].startswith("kdistill: error: "), err
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")
