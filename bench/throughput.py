@@ -15,7 +15,8 @@ init, seed 0), same epochs:
      teacher's logits computed once through the disk cache), against nine runs of (a)
 
 Prints wall time, samples/s, the teacher's share of time, peak RSS and validation accuracy per
-variant, the ratios, and (c)'s achieved FLOP/s against this machine's measured bf16 matmul peak.
+variant, the ratios, and (c)'s achieved FLOP/s against this machine's measured matmul peak in
+the precision (c) ran in (bf16 where the CPU supports it, fp32 elsewhere).
 
     python bench/throughput.py                         # full sample: 4,000 train rows (~30 min)
     python bench/throughput.py --train-rows 1000       # a quicker look
@@ -214,11 +215,28 @@ def last_history(out_dir: Path) -> dict:
     return json.loads((run / "history.json").read_text())
 
 
-def bf16_peak_flops() -> float:
+def cpu_description() -> str:
+    import platform
+
     import torch
 
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    from kdistill.distill import cpu_supports_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line]
+    model = names[0] if names else platform.processor() or "unknown CPU"
+    bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}, {bf16}"
+
+
+def matmul_peak_flops(dtype_name: str) -> float:
+    """2048^3 matmuls in the precision (c) trained in: bf16 where the CPU has it, else fp32."""
+    import torch
+
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    a = torch.randn(2048, 2048, dtype=dtype)
+    b = torch.randn(2048, 2048, dtype=dtype)
     for _ in range(3):
         a @ b
     n, start = 20, time.perf_counter()
@@ -300,6 +318,7 @@ def main() -> None:
         config = json.loads(next(p for p in out_c.iterdir()).joinpath("config.json").read_text())
         flops = model_flops(h, config, work, args)
         results["c"]["flops_per_s"] = flops / results["c"]["train_time_s"]
+        results["c"]["precision"] = config["resolved"]["mixed_precision"]
     if "d" in args.variants:
         # `kdistill sweep`: one process, the teacher's logits computed by the first point and
         # read from a fresh disk cache by the other eight.
@@ -317,10 +336,12 @@ def main() -> None:
         accs = [r["best_val_accuracy"] for r in sweep["runs"]]
         results["d"] = {"wall_s": wall, "rss_mb": rss, "val_accuracy_mean": sum(accs) / len(accs)}
 
-    peak = bf16_peak_flops()
+    precision = results.get("c", {}).get("precision", "bf16")
+    peak = matmul_peak_flops(precision)
     rows = args.train_rows or 4000
     print(f"\nDBpedia sample, {rows} train rows, 1000 validation rows, {args.epochs} epochs, "
-          f"T={args.temperature} alpha={args.alpha}, {os.cpu_count()} CPUs")  # fmt: skip
+          f"T={args.temperature} alpha={args.alpha}, {os.cpu_count()} CPUs "
+          f"({cpu_description()})")  # fmt: skip
     print(f"{'variant':<28}{'wall s':>9}{'samples/s':>11}{'teacher %':>11}{'peak RSS MB':>13}"
           f"{'val acc':>9}")  # fmt: skip
     labels = {"a": "(a) seed loop", "b": "(b) Trainer recipe", "c": "(c) kdistill defaults"}
@@ -353,7 +374,8 @@ def main() -> None:
         achieved = results["c"]["flops_per_s"]
         print(
             f"(c) model FLOP/s {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of "
-            f"this machine's bf16 matmul peak ({peak / 1e9:.0f} GFLOP/s)"
+            f"this machine's {'bf16' if precision == 'bf16' else 'fp32'} matmul peak "
+            f"({peak / 1e9:.0f} GFLOP/s; (c) ran with mixed precision {precision})"
         )
     (work / "results.json").write_text(json.dumps(results, indent=2))
 

@@ -348,7 +348,8 @@ def load_student(
     folder has none. `layers` ("0,5") or `num_layers` keeps only those transformer blocks of the
     loaded model (a DistilBERT-style student that starts from real weights).
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, set_seed
+    from accelerate.utils import set_seed
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     flag = "--student-model"
     name = check_model_path(name, flag)
