@@ -13,6 +13,7 @@ init, seed 0), same epochs:
      has it)
   d  `kdistill sweep` over T in 2,3,4 x alpha in 0.5,0.7,0.9 (9 runs in one process, the
      teacher's logits computed once through the disk cache), against nine runs of (a)
+  e  (c) with --compile (torch.compile the student): is it worth a default?
 
 Prints wall time, samples/s, the teacher's share of time, peak RSS and validation accuracy per
 variant, the ratios, and (c)'s achieved FLOP/s against this machine's measured matmul peak in
@@ -210,9 +211,13 @@ def setup(work: Path) -> None:
                        check=True, capture_output=True)  # fmt: skip
 
 
-def last_history(out_dir: Path) -> dict:
+def latest_run(out_dir: Path) -> Path:
     (run,) = sorted(out_dir.iterdir(), key=lambda p: p.stat().st_mtime)[-1:]
-    return json.loads((run / "history.json").read_text())
+    return run
+
+
+def last_history(out_dir: Path) -> dict:
+    return json.loads((latest_run(out_dir) / "history.json").read_text())
 
 
 def cpu_description() -> str:
@@ -228,6 +233,20 @@ def cpu_description() -> str:
     model = names[0] if names else platform.processor() or "unknown CPU"
     bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
     return f"{model}, {torch.backends.cpu.get_cpu_capability()}, {bf16}"
+
+
+def kdistill_result(history: dict, wall: float, rss: int) -> dict:
+    """A kdistill run's row: its training time counts the teacher's one cached pass."""
+    train_s = sum(e["epoch_time_s"] for e in history["epochs"])
+    teacher_s = history["teacher_cache"]["time_s"]
+    return {
+        "wall_s": wall,
+        "rss_mb": rss,
+        "val_accuracy": history["epochs"][-1]["val_accuracy"],
+        "samples": sum(e["train_samples"] for e in history["epochs"]),
+        "train_time_s": train_s + teacher_s,
+        "teacher_share": teacher_s / (train_s + teacher_s),
+    }
 
 
 def matmul_peak_flops(dtype_name: str) -> float:
@@ -273,7 +292,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=3.0)
     parser.add_argument("--alpha", type=float, default=0.7)
-    parser.add_argument("--variants", default="abcd")
+    parser.add_argument("--variants", default="abcde")
     parser.add_argument("--work", default=str(REPO / "bench" / ".work"))
     parser.add_argument("--worker", choices=["a", "b"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -305,20 +324,18 @@ def main() -> None:
         out_c = work / "runs_c"
         wall, rss, _ = run_child(kdistill_argv(work, args, args.temperature, args.alpha, "runs_c"))
         h = last_history(out_c)
-        train_s = sum(e["epoch_time_s"] for e in h["epochs"])
-        teacher_s = h["teacher_cache"]["time_s"]
-        results["c"] = {
-            "wall_s": wall,
-            "rss_mb": rss,
-            "val_accuracy": h["epochs"][-1]["val_accuracy"],
-            "samples": sum(e["train_samples"] for e in h["epochs"]),
-            "train_time_s": train_s + teacher_s,
-            "teacher_share": teacher_s / (train_s + teacher_s),
-        }
-        config = json.loads(next(p for p in out_c.iterdir()).joinpath("config.json").read_text())
+        results["c"] = kdistill_result(h, wall, rss)
+        config = json.loads((latest_run(out_c) / "config.json").read_text())
         flops = model_flops(h, config, work, args)
         results["c"]["flops_per_s"] = flops / results["c"]["train_time_s"]
         results["c"]["precision"] = config["resolved"]["mixed_precision"]
+    if "e" in args.variants:
+        # (c) with --compile: is torch.compile worth turning on by default here?
+        print("running (e): (c) with --compile ...", flush=True)
+        out_e = work / "runs_e"
+        wall, rss, _ = run_child(kdistill_argv(work, args, args.temperature, args.alpha,
+                                               "runs_e", "--compile"))  # fmt: skip
+        results["e"] = kdistill_result(last_history(out_e), wall, rss)
     if "d" in args.variants:
         # `kdistill sweep`: one process, the teacher's logits computed by the first point and
         # read from a fresh disk cache by the other eight.
@@ -344,7 +361,8 @@ def main() -> None:
           f"({cpu_description()})")  # fmt: skip
     print(f"{'variant':<28}{'wall s':>9}{'samples/s':>11}{'teacher %':>11}{'peak RSS MB':>13}"
           f"{'val acc':>9}")  # fmt: skip
-    labels = {"a": "(a) seed loop", "b": "(b) Trainer recipe", "c": "(c) kdistill defaults"}
+    labels = {"a": "(a) seed loop", "b": "(b) Trainer recipe", "c": "(c) kdistill defaults",
+              "e": "(e) (c) with --compile"}  # fmt: skip
     for v, name in labels.items():
         if v in results:
             r = results[v]
@@ -370,6 +388,9 @@ def main() -> None:
             f"(d) vs 9 x (a): {9 * results['a']['wall_s'] / results['d']['wall_s']:.2f}x faster "
             "(target >= 8x)"
         )
+    if "c" in results and "e" in results:
+        print(f"(e) vs (c): --compile takes {results['e']['wall_s'] / results['c']['wall_s']:.2f}x "
+              "the wall time of the defaults")  # fmt: skip
     if "c" in results:
         achieved = results["c"]["flops_per_s"]
         print(
