@@ -26,29 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from teachers import BERT_TINY, DATA_CSV, minilm_path, smollm2_gguf  # noqa: E402
+from teachers import kd_run as kd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = ["--batch-size", "16", "--max-length", "128", "--temperature", "3.0"]
-
-
-def kd(*argv: str, work: Path) -> tuple[float, str]:
-    """Run one kdistill command: (wall seconds, its last stdout line). Failures stop the bench."""
-    env = {**os.environ, "TQDM_DISABLE": "1", "KDISTILL_CACHE": str(work / "cache")}
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "kdistill", *argv], env=env,
-                          capture_output=True, text=True)  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(f"kdistill {argv[0]} failed:\n{proc.stderr[-3000:]}")
-    lines = proc.stdout.strip().splitlines()
-    return time.perf_counter() - start, lines[-1] if lines else ""
 
 
 def main() -> None:

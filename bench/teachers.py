@@ -50,15 +50,22 @@ def smollm2_gguf() -> str:
     return str(next(Path(spec.submodule_search_locations[0]).glob("*.gguf")))
 
 
-def kd(*argv: str, work: Path) -> float:
-    """Run one kdistill command; its wall time in seconds. Failures stop the bench loudly."""
+def kd_run(*argv: str, work: Path) -> tuple[float, str]:
+    """Run one kdistill command: (wall seconds, its last stdout line, which names the run or
+    output folder where the command prints one). Failures stop the bench loudly."""
     env = {**os.environ, "TQDM_DISABLE": "1", "KDISTILL_CACHE": str(work / "cache")}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "kdistill", *argv], env=env,
                           capture_output=True, text=True)  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"kdistill {argv[0]} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
+    lines = proc.stdout.strip().splitlines()
+    return time.perf_counter() - start, lines[-1] if lines else ""
+
+
+def kd(*argv: str, work: Path) -> float:
+    """Run one kdistill command; its wall time in seconds."""
+    return kd_run(*argv, work=work)[0]
 
 
 def prepare(work: Path) -> list[str]:
