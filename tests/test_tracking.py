@@ -8,13 +8,6 @@ import pytest
 from kdistill.cli import main
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch, labelled_csv):
-    monkeypatch.chdir(tmp_path)
-    assert main(["prepare-data", "--dataset", str(labelled_csv)]) == 0
-    return tmp_path
-
-
 def distill_args(tiny_models, *extra: str) -> list[str]:
     return [
         "distill", "--dataset", "toy", "--teacher-model", str(tiny_models["bert_teacher"]),

@@ -23,7 +23,6 @@ def workdir(tmp_path, monkeypatch, labelled_csv):
     """The toy data prepared twice: data/toy0 with no labelled training rows (96 unlabelled),
     data/toy with a quarter of train labelled (24 labelled, 72 unlabelled)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
     for name, fraction in (("toy0", "0"), ("toy", "0.25")):
         argv = ["prepare-data", "--dataset", str(labelled_csv), "--name", name,
                 "--labeled-fraction", fraction]  # fmt: skip
