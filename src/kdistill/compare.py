@@ -115,13 +115,12 @@ def resolve_candidates(config: CompareConfig) -> list[Candidate]:
     return out
 
 
-def _norm(label: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", label.lower())
-
-
 def check_labels(candidate: Candidate, label_names: list[str]) -> None:
     """A student must be a classifier over exactly the data set's classes (by name, in any
-    order); one trained on other labels cannot be scored against these, whatever its accuracy."""
+    order, matched by `kdistill.labels.match_names`); one trained on other labels cannot be
+    scored against these, whatever its accuracy."""
+    from kdistill.labels import match_names
+
     cfg = _read_json(candidate.model_dir / "config.json") or {}
     id2label = cfg.get("id2label") or {}
     names = [str(id2label[k]) for k in sorted(id2label, key=int)]
@@ -130,10 +129,11 @@ def check_labels(candidate: Candidate, label_names: list[str]) -> None:
                             f"({', '.join(names[:3]) or 'none'}), so it is not a classifier "
                             "trained on this data set; pass a distill run directory or its "
                             "best_model/")  # fmt: skip
-    have, want = {_norm(n) for n in names}, {_norm(n) for n in label_names}
-    if have != want or len(names) != len(label_names):
-        missing = [n for n in label_names if _norm(n) not in have]
-        extra = [n for n in names if _norm(n) not in want]
+    found = match_names(names, label_names, f"{candidate.flag} {candidate.given}")
+    used = {i for i in found if i is not None}
+    if None in found or len(names) != len(label_names):
+        missing = [n for n, i in zip(label_names, found, strict=True) if i is None]
+        extra = [n for i, n in enumerate(names) if i not in used]
         raise KdistillError(f"{candidate.flag} {candidate.given}: its labels differ from the data "
                             f"set's and the teacher's; missing: {', '.join(missing) or 'none'}; "
                             f"extra: {', '.join(extra) or 'none'}; compare students trained on "

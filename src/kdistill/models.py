@@ -216,17 +216,16 @@ def set_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
 def map_labels(teacher_id2label: dict[int, str], label_names: list[str], flag: str) -> list[int]:
     """For each data-set class, the teacher logit column with the same name.
 
-    Names match exactly, else ignoring case, spaces and punctuation ("Educational Institution" =
-    "EducationalInstitution"). The teacher may know extra classes (their columns are dropped);
-    a data-set class the teacher lacks is an error that lists the differences.
+    Names match by `kdistill.labels.match_names`: exactly, else uniquely ignoring case, spaces
+    and punctuation in any script ("Educational Institution" = "EducationalInstitution"); an
+    ambiguous loose match is an error. The teacher may know extra classes (their columns are
+    dropped); a data-set class the teacher lacks is an error that lists the differences.
     """
+    from kdistill.labels import match_names
+
     teacher = {int(i): str(n) for i, n in teacher_id2label.items()}
     if all(GENERIC_LABEL.match(n) for n in teacher.values()):
         raise KdistillError(
@@ -235,26 +234,18 @@ def map_labels(teacher_id2label: dict[int, str], label_names: list[str], flag: s
             "so they cannot be matched to the data set's classes; set id2label in its config.json "
             "to the class names"
         )
-    exact = {n: i for i, n in teacher.items()}
-    loose = {_normalise(n): i for i, n in teacher.items()}
-    columns, missing = [], []
-    for name in label_names:
-        if name in exact:
-            columns.append(exact[name])
-        elif _normalise(name) in loose:
-            columns.append(loose[_normalise(name)])
-        else:
-            missing.append(name)
+    ids, names = list(teacher), list(teacher.values())
+    found = match_names(names, label_names, flag)
+    missing = [n for n, i in zip(label_names, found, strict=True) if i is None]
     if missing:
-        extra = sorted(set(teacher.values()) - {teacher[c] for c in columns})
+        used = {i for i in found if i is not None}
+        extra = sorted(n for i, n in enumerate(names) if i not in used)
         raise KdistillError(
             f"{flag}: the teacher's labels do not cover the data set's classes; missing from the "
             f"teacher: {', '.join(missing)}; teacher-only: {', '.join(extra) or 'none'}; use a "
             "teacher trained on these classes"
         )
-    if len(set(columns)) != len(columns):
-        raise KdistillError(f"{flag}: two data-set classes match the same teacher label")
-    return columns
+    return [ids[i] for i in found if i is not None]
 
 
 def _head_keys(model: PreTrainedModel, keys: list[Any]) -> list[str]:
