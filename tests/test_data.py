@@ -273,3 +273,169 @@ def test_validation_without_labels_says_why_it_needs_them(tmp_path):
     write_csv(folder / "validation.csv", [("z", "")])
     with pytest.raises(KdistillError, match="validation needs labels, for model selection"):
         kdata.build(str(folder), None, None, 0.2, 0)
+
+
+# --------------------------------------------------------------------------- folder splits
+
+
+def _rows(n: int, tag: str) -> list[tuple[str, str]]:
+    return [(f"{tag} text {i}", ["a", "b", "c"][i % 3]) for i in range(n)]
+
+
+def test_train_data_and_test_data_files_keep_test_out_of_training(tmp_path):
+    # The old rule read only the name before the first "-"/".", so train_data.csv and
+    # test_data.csv were both unnamed and all 800 rows went into train and validation.
+    folder = tmp_path / "news"
+    folder.mkdir()
+    write_csv(folder / "train_data.csv", _rows(600, "train"))
+    write_csv(folder / "test_data.csv", _rows(200, "test"))
+    data = kdata.build(str(folder), None, None, 0.2, 0)
+    assert len(data.splits["test"]) == 200
+    assert len(data.splits["train"]) + len(data.splits["validation"]) == 600
+    seen = list(data.splits["train"]["text"]) + list(data.splits["validation"]["text"])
+    assert not any(t.startswith("test") for t in seen)
+
+
+@pytest.mark.parametrize(
+    ("name", "split"),
+    [
+        ("train.csv", {"train"}),
+        ("training.csv", {"train"}),
+        ("train_data.csv", {"train"}),
+        ("dbpedia_train.csv", {"train"}),
+        ("train-00000-of-00001.parquet", {"train"}),
+        ("trainData.jsonl", {"train"}),
+        ("my_test_data.jsonl", {"test"}),
+        ("testing.tsv", {"test"}),
+        ("test1.csv", {"test"}),
+        ("ag_news.test.csv", {"test"}),
+        ("val.csv", {"validation"}),
+        ("valid.csv", {"validation"}),
+        ("validation-00000-of-00001.parquet", {"validation"}),
+        ("DBpedia-Dev.csv", {"validation"}),
+        # Words that contain a split name are not one.
+        ("contest.csv", set()),
+        ("latest.csv", set()),
+        ("develop.csv", set()),
+        ("trains.csv", set()),
+        ("retraining.csv", set()),
+        ("interval.csv", set()),
+        ("train_test_split.csv", {"train", "test"}),
+    ],
+)
+def test_split_of_file_reads_name_tokens(name, split):
+    assert kdata.split_of_file(name) == split
+
+
+def test_prefixed_and_sharded_split_files(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    write_csv(folder / "train-00000-of-00002.csv", _rows(30, "t0"))
+    write_csv(folder / "train-00001-of-00002.csv", _rows(30, "t1"))
+    write_csv(folder / "dbpedia_validation.csv", _rows(12, "v"))
+    write_csv(folder / "my_test_data.csv", _rows(9, "x"))
+    data = kdata.build(str(folder), None, None, 0.2, 0)
+    assert {s: len(d) for s, d in data.splits.items()} == {"train": 60, "validation": 12, "test": 9}
+
+
+def test_folder_of_unnamed_files_is_train(tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_csv(folder / "part1.csv", _rows(30, "p1"))
+    write_csv(folder / "part2.csv", _rows(30, "p2"))
+    data = kdata.build(str(folder), None, None, 0.2, 0)
+    assert len(data.splits["train"]) + len(data.splits["validation"]) == 60
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        # A test file and one that names no split: which is train is a guess.
+        (("test.csv", "news.csv"), r"cannot tell which split news\.csv belongs to"),
+        (("train.csv", "extra.csv"), r"cannot tell which split extra\.csv belongs to"),
+        (("train_test_split.csv",), r"cannot tell which split train_test_split\.csv is"),
+        # Only held-out files: never train on them.
+        (("test.csv", "validation.csv"), r"no train file \(test\.csv, validation\.csv"),
+    ],
+)
+def test_folder_whose_files_cannot_be_told_apart_is_refused(tmp_path, files, message):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for name in files:
+        write_csv(folder / name, _rows(30, name))
+    with pytest.raises(KdistillError, match=message) as e:
+        kdata.build(str(folder), None, None, 0.2, 0)
+    assert "\n" not in str(e.value)
+
+
+def test_prepared_folder_rebuilds_without_its_unlabelled_file(labelled_csv, tmp_path):
+    cfg = PrepareDataConfig(
+        dataset=str(labelled_csv), data_dir=str(tmp_path / "data"), labeled_fraction=0.5
+    )
+    target, _ = kdata.prepare(cfg)
+    data = kdata.build(str(target), None, None, 0.2, 0)
+    assert set(data.splits) == {"train", "validation"}
+    assert len(data.splits["train"]) == kdata.load_prepared(target).info["labeled_rows"]
+
+
+# --------------------------------------------------------------------------- Hub splits
+
+
+def test_hub_split_without_labels_is_dropped_with_a_warning(monkeypatch, caplog):
+    """GLUE's test splits carry label -1 on every row: the Hub is mocked at datasets' boundary."""
+    import datasets
+
+    features = Features(
+        {"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"])}
+    )
+
+    def split(n, hidden=False):
+        labels = [-1] * n if hidden else [i % 2 for i in range(n)]
+        return Dataset.from_dict(
+            {"sentence": [f"s{i}" for i in range(n)], "label": labels}, features=features
+        )
+
+    def fake_load_dataset(path, *args, **kwargs):
+        assert path == "nyu-mll/glue-sst2"
+        return DatasetDict(
+            {"train": split(40), "validation": split(10), "test": split(8, hidden=True)}
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    with caplog.at_level("WARNING", logger="kdistill.data"):
+        data = kdata.build("nyu-mll/glue-sst2", "sentence", None, 0.2, 0)
+    assert set(data.splits) == {"train", "validation"}
+    assert len(data.splits["train"]) == 40 and len(data.splits["validation"]) == 10
+    assert any(
+        "test split has no row with both text and label" in r.getMessage()
+        and "dropped it" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_hub_validation_without_labels_is_carved_from_train(monkeypatch):
+    import datasets
+
+    def fake_load_dataset(path, *args, **kwargs):
+        train = Dataset.from_dict({"text": [f"t{i}" for i in range(40)], "label": ["a", "b"] * 20})
+        val = Dataset.from_dict({"text": ["v0", "v1"]})  # no label column at all
+        return DatasetDict({"train": train, "validation": val})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data = kdata.build("org/no-val-labels", None, None, 0.25, 0)
+    assert len(data.splits["validation"]) == 10 and len(data.splits["train"]) == 30
+
+
+def test_hub_train_without_labels_is_still_an_error(monkeypatch):
+    import datasets
+
+    def fake_load_dataset(path, *args, **kwargs):
+        train = Dataset.from_dict(
+            {"text": ["t0", "t1"], "label": [None, None]},
+            features=Features({"text": Value("string"), "label": Value("string")}),
+        )
+        return DatasetDict({"train": train})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    with pytest.raises(KdistillError, match="empty in train"):
+        kdata.build("org/no-labels", None, None, 0.25, 0)

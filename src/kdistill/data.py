@@ -106,9 +106,44 @@ def dataset_name(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).lstrip(".") or "dataset"
 
 
+# A file's split is read from its name's tokens: "dbpedia_train.csv", "train-00000-of-00001
+# .parquet" and "my_test_data.jsonl" name a split, "contest.csv" and "develop.csv" do not.
+SPLIT_TOKENS = {
+    "train": "train",
+    "training": "train",
+    "test": "test",
+    "testing": "test",
+    "val": "validation",
+    "valid": "validation",
+    "validation": "validation",
+    "dev": "validation",
+}
+# Files of text without labels (prepare-data --labeled-fraction writes unlabeled.parquet): not
+# a labelled split, and read only by --unlabeled-data.
+UNLABELED_TOKENS = ("unlabeled", "unlabelled", "unsupervised")
+# JSON beside the data that describes it, not rows: prepare-data's and datasets' own.
+METADATA_FILES = (INFO_FILE, "dataset_infos.json", "dataset_dict.json", "state.json")
+
+
+def name_tokens(name: str) -> list[str]:
+    """A file name's words, lowercased: split at every character that is not a letter or digit,
+    between letters and digits, and where camelCase starts a word ("trainData" -> train, data)."""
+    boundaries = r"[^0-9A-Za-z]+|(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])"
+    return [w.lower() for w in re.split(boundaries, name) if w]
+
+
+def split_of_file(name: str) -> set[str]:
+    """The splits a file name's tokens name (its extension left out): usually none or one."""
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix else name
+    return {SPLIT_TOKENS[t] for t in name_tokens(stem) if t in SPLIT_TOKENS}
+
+
 def _local_files(path: Path, flag: str = "--dataset") -> dict[str, list[str]]:
-    """Map split -> files. Files named after a split (train.csv, test.jsonl...) give that split;
-    otherwise every supported file in the folder is train."""
+    """Map split -> files. A folder's files are told apart by the split their names give
+    (train.csv, dbpedia_test.csv, validation-00000-of-00001.parquet...); a folder where no name
+    gives one is all train (shards of one set). A file whose name says test or validation is
+    never merged into train: a folder mixing split-named files and others, a name giving two
+    splits, or split files without a train one, is an error naming the files."""
     if path.is_file():
         if path.suffix.lower() not in FILE_FORMATS:
             raise KdistillError(
@@ -118,17 +153,57 @@ def _local_files(path: Path, flag: str = "--dataset") -> dict[str, list[str]]:
         return {"train": [str(path)]}
     if not path.is_dir():
         raise KdistillError(f"{flag} {path}: not a regular file or folder")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in FILE_FORMATS and p.is_file())
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.suffix.lower() in FILE_FORMATS and p.is_file() and p.name not in METADATA_FILES
+    )
+    unlabelled = [p for p in files if set(name_tokens(p.stem)) & set(UNLABELED_TOKENS)]
+    if unlabelled:
+        logger.info(
+            "%s %s: skipping %s (text without labels; pass it with --unlabeled-data)",
+            flag,
+            path,
+            ", ".join(p.name for p in unlabelled),
+        )
+        files = [p for p in files if p not in unlabelled]
     if not files:
         raise KdistillError(f"{flag} {path}: the folder holds no CSV/TSV/JSON/JSONL/Parquet file")
+    splits = {p: split_of_file(p.name) for p in files}
+    two = [p for p, s in splits.items() if len(s) > 1]
+    if two:
+        raise KdistillError(
+            f"{flag} {path}: cannot tell which split {two[0].name} is (its name says "
+            f"{' and '.join(sorted(splits[two[0]]))}); rename it so its name gives one of "
+            "train, validation or test"
+        )
+    named = {p: s.pop() for p, s in splits.items() if s}
+    if not named:
+        if len(files) > 1:
+            logger.info(
+                "%s %s: no file is named after a split; reading all %d as train",
+                flag,
+                path,
+                len(files),
+            )
+        return {"train": [str(p) for p in files]}
+    unnamed = [p.name for p in files if p not in named]
+    if unnamed:
+        shown = ", ".join(unnamed[:3]) + (" ..." if len(unnamed) > 3 else "")
+        raise KdistillError(
+            f"{flag} {path}: cannot tell which split {shown} belongs to (other files are named "
+            f"after their split: {', '.join(p.name for p in named)}); put train, validation or "
+            "test in each file's name, or move it out of the folder"
+        )
     by_split: dict[str, list[str]] = {}
-    for p in files:
-        split = SPLIT_ALIASES.get(p.stem.lower().split("-")[0].split(".")[0])
-        if split:
-            by_split.setdefault(split, []).append(str(p))
-    if "train" in by_split:
-        return by_split
-    return {"train": [str(p) for p in files]}
+    for p, split in named.items():
+        by_split.setdefault(split, []).append(str(p))
+    if "train" not in by_split:
+        raise KdistillError(
+            f"{flag} {path}: no train file ({', '.join(p.name for p in named)} name other "
+            "splits); add one with train in its name"
+        )
+    return by_split
 
 
 def _load_local(path: Path, flag: str = "--dataset") -> dict[str, Dataset]:
@@ -316,16 +391,29 @@ def to_labelled(
     text_columns: list[str],
     label_column: str,
     where: str,
+    drop_unlabelled: bool = False,
 ) -> tuple[dict[str, Dataset], list[str]]:
     """Reduce every split to (`text`: str, `label`: int) and name the classes.
 
     Class names come from a ClassLabel feature when the source has one (its order is kept);
     otherwise they are the sorted distinct values of train's label column. A validation or test
     label that train never shows is an error, not a silently dropped row.
+
+    `drop_unlabelled` (Hub data sets): a split other than train without one labelled row is
+    dropped with a warning. GLUE-style test splits hide their labels (all -1, or no label
+    column): nothing there can be scored, and the rest of the data set is still good. A local
+    file without labels is the user's own mistake and stays an error.
     """
     if "train" not in raw:
         raise KdistillError(f"{where}: no train split (found: {', '.join(raw) or 'none'})")
-    for split, ds in raw.items():
+    raw = dict(raw)
+    for split, ds in list(raw.items()):
+        if drop_unlabelled and split != "train" and label_column not in ds.column_names:
+            logger.warning(
+                "%s: the %s split has no label column %r; dropped it", where, split, label_column
+            )
+            del raw[split]
+            continue
         missing = [c for c in [*text_columns, label_column] if c not in ds.column_names]
         if missing:
             flag = "--label-column" if label_column in missing else "--text-column"
@@ -334,7 +422,7 @@ def to_labelled(
                 f"{where}: {split} has no column {missing[0]!r} (columns: "
                 f"{', '.join(ds.column_names)}); choose one with {flag}{hint}"
             )
-        if len(ds) == 0:
+        if len(ds) == 0 and not (drop_unlabelled and split != "train"):
             raise KdistillError(f"{where}: the {split} split is empty")
 
     names = _label_names_of(raw["train"], label_column)
@@ -368,6 +456,15 @@ def to_labelled(
         conv = ds.map(convert, batched=True, remove_columns=ds.column_names, desc=f"{split} rows")
         before = len(conv)
         conv = conv.filter(lambda r: r["text"] is not None and r["label_name"] is not None)
+        if len(conv) == 0 and drop_unlabelled and split != "train":
+            logger.warning(
+                "%s: the %s split has no row with both text and label (%d rows, "
+                "labels hidden as in GLUE's test splits); dropped it",
+                where,
+                split,
+                before,
+            )
+            continue
         if len(conv) < before:
             logger.warning("%s: dropped %d %s rows with empty text or label", where,
                            before - len(conv), split)  # fmt: skip
@@ -574,7 +671,8 @@ def build(
     """
     raw, alias = load_source(dataset)
     texts, label = _resolve_columns(alias, text_column, label_column)
-    splits, names = to_labelled(raw, texts, label, f"--dataset {dataset}")
+    from_hub = not Path(dataset).expanduser().exists()
+    splits, names = to_labelled(raw, texts, label, f"--dataset {dataset}", from_hub)
     if test_split > 0 and "test" in splits:
         logger.warning("%s has a test split of its own; --test-split is ignored", dataset)
     elif test_split > 0:
