@@ -325,6 +325,14 @@ def compare(config: CompareConfig) -> Path:
     """The compare command. Returns the new comparison folder."""
     from kdistill.data import subsample
     from kdistill.distill import library_versions, pick_teacher_dtype, start_command
+    from kdistill.from_run import (
+        Run,
+        check_same_split,
+        data_config,
+        run_of,
+        run_teacher,
+        teacher_model_for,
+    )
     from kdistill.report import plot_comparison, write_html_report
     from kdistill.teachers import load_teacher
 
@@ -332,7 +340,13 @@ def compare(config: CompareConfig) -> Path:
     # Everything that can be checked without loading a model fails first.
     check_output_dir(config.output_dir)
     candidates = resolve_candidates(config)
-    _device, precision, accelerator, data = start_command(config)
+    # Runs given (students, baseline, a run as --teacher-model) fix the split and the teacher.
+    runs = [Run(c.flag, c.given, c.run_config) for c in candidates if c.run_config]
+    teacher_run = run_of(config.teacher_model, "--teacher-model")
+    teacher_model = teacher_model_for(config, teacher_run, runs)
+    runs = [teacher_run, *runs] if teacher_run else runs
+    _device, precision, accelerator, data = start_command(data_config(config, runs))
+    check_same_split(data, runs)
     if accelerator.num_processes > 1:
         raise KdistillError("compare times each model on one device; run it as a plain command, "
                             "not under accelerate launch")  # fmt: skip
@@ -355,9 +369,18 @@ def compare(config: CompareConfig) -> Path:
                 dtype_name, precision)  # fmt: skip
 
     total = 1 + len(candidates)
-    logger.info("[1/%d] teacher %s", total, config.teacher_model)
-    teacher = load_teacher(config, config.teacher_model, data.label_names, dtype,
-                           data.splits["train"], config.max_length, config.seed)  # fmt: skip
+    logger.info("[1/%d] teacher %s", total, teacher_model)
+    chosen = run_teacher(config, teacher_model, runs, data.label_names, data.splits["train"])
+    teacher = load_teacher(
+        chosen.options,
+        chosen.model,
+        data.label_names,
+        dtype,
+        data.splits["train"],
+        config.max_length,
+        config.seed,
+        chosen.shots,
+    )
     teacher_logits, speed = score_model(teacher, rows, config, accelerator, data.num_labels)
     models = [model_record("teacher", "teacher", teacher, teacher_logits, labels, teacher_logits,
                            speed, data.label_names)]  # fmt: skip

@@ -518,7 +518,8 @@ class EvalTeacherConfig(TeacherOptions):
 
     teacher_model: str = _opt(
         "models/DeepSeek-R1-Distill-Qwen-1.5B",
-        "Teacher: a local folder, Hub id or .gguf file (classifier or causal LM).",
+        "Teacher: a local folder, Hub id or .gguf file (classifier or causal LM), or a distill "
+        "run directory: its teacher, asked as it taught (prompt, few-shot examples), on its split.",
     )
     dataset: str = _opt("dbpedia", "Prepared data, or anything prepare-data accepts.")
     split: str = _opt(
@@ -643,7 +644,9 @@ class CompareConfig(TeacherOptions):
 
     teacher_model: str = _opt(
         "models/DeepSeek-R1-Distill-Qwen-1.5B",
-        "Teacher: a local folder, Hub id or .gguf file (classifier or causal LM).",
+        "Teacher: a local folder, Hub id or .gguf file (classifier or causal LM), or a distill "
+        "run directory (its teacher). Student runs fix the split compared on, and their teacher "
+        "is asked as it taught them (prompt, few-shot examples).",
     )
     student_model: str | None = _opt(
         None, "Student: a model folder or a distill run directory (its best_model/ is used)."

@@ -795,6 +795,26 @@ def prepare(config: PrepareDataConfig) -> tuple[Path, str]:
     return target, format_summary(data, summary)
 
 
+def rows_digest(ds: Dataset) -> str:
+    """A split's rows (texts and labels, in order) as one hash: equal digests, equal rows."""
+    from kdistill.cache import texts_digest
+
+    rows = ds.select_columns(["text", "label"])[:]
+    return texts_digest([f"{y}\t{t}" for t, y in zip(rows["text"], rows["label"], strict=True)])
+
+
+def split_record(data: LabelledData) -> dict[str, Any]:
+    """How `data` was split, for the run's config.json: a command given the run later checks
+    that its own train rows are these (`train_digest`), so its held-out rows are held out."""
+    keys = ("seed", "validation_split", "test_split", "labeled_fraction")
+    return {
+        "prepared": is_prepared(Path(data.source)),
+        **{k: data.info.get(k) for k in keys},
+        "train_rows": len(data.splits["train"]),
+        "train_digest": rows_digest(data.splits["train"]),
+    }
+
+
 def is_prepared(path: Path) -> bool:
     return (path / INFO_FILE).is_file()
 

@@ -848,9 +848,10 @@ def distill(config: DistillConfig) -> Path:
 def _distill(config: DistillConfig, created: list[Path]) -> Path:
     from accelerate.utils import set_seed
 
-    from kdistill.data import load_unlabeled, with_unlabeled
+    from kdistill.data import load_unlabeled, split_record, with_unlabeled
     from kdistill.evaluate import evaluate
     from kdistill.models import count_parameters, load_student
+    from kdistill.prompt_teacher import few_shot_record
     from kdistill.teachers import load_teacher
 
     run = setup_run(config)
@@ -933,6 +934,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "validation_rows": len(val),
                 "unlabeled_rows": n_unlabeled,
                 "unlabeled_source": config.unlabeled_data,
+                "split": split_record(data),
             },
             "teacher": {
                 "model": config.teacher_model,
@@ -940,6 +942,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "parameters": count_parameters(t_model),
                 "mode": teacher.mode,
                 "settings": teacher.settings(),
+                "few_shot": few_shot_record(teacher, config.seed),
                 "dtype": t_dtype_name,
                 "attn_implementation": getattr(t_model.config, "_attn_implementation", None),
             },

@@ -35,10 +35,22 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         start_command,
     )
     from kdistill.evaluate import classification_metrics, per_class_accuracy, soft_target_stats
+    from kdistill.from_run import (
+        check_same_split,
+        data_config,
+        run_of,
+        run_teacher,
+        teacher_model_for,
+    )
     from kdistill.models import count_parameters
     from kdistill.teachers import load_teacher
 
-    _device, precision, accelerator, data = start_command(config)
+    # A distill run as --teacher-model: its teacher, asked as it taught, on the run's split.
+    run = run_of(config.teacher_model, "--teacher-model")
+    runs = [run] if run else []
+    teacher_model = teacher_model_for(config, run, [])
+    _device, precision, accelerator, data = start_command(data_config(config, runs))
+    check_same_split(data, runs)
     if config.split not in data.splits:
         raise KdistillError(f"--split {config.split}: {data.name} has no such split (it has "
                             f"{', '.join(data.splits)})")  # fmt: skip
@@ -47,8 +59,17 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         raise KdistillError(f"--split {config.split}: {data.name}'s {config.split} split is empty")
     train = data.splits["train"]
     dtype, dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
-    teacher = load_teacher(config, config.teacher_model, data.label_names, dtype, train,
-                           config.max_length, config.seed)  # fmt: skip
+    chosen = run_teacher(config, teacher_model, runs, data.label_names, train)
+    teacher = load_teacher(
+        chosen.options,
+        chosen.model,
+        data.label_names,
+        dtype,
+        train,
+        config.max_length,
+        config.seed,
+        chosen.shots,
+    )
     teacher.to(accelerator.device)
 
     start = time.perf_counter()
@@ -60,7 +81,8 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     metrics = classification_metrics(logits, labels, data.num_labels)
     chance = chance_accuracy(labels.tolist(), data.num_labels)
     report: dict[str, Any] = {
-        "teacher": config.teacher_model,
+        "teacher": teacher_model,
+        "run": str(run.given) if run else None,
         "mode": teacher.mode,
         "settings": teacher.settings(),
         "parameters": count_parameters(teacher.model),

@@ -160,6 +160,37 @@ def pick_few_shot(
     return [(texts[i], labels[i]) for i in picked]
 
 
+def few_shot_record(teacher: Any, seed: int) -> dict[str, Any] | None:
+    """The few-shot examples a prompt teacher shows, whole (before the prompt cuts them), for
+    the run's config.json: compare and eval-teacher given the run show the same ones, rather
+    than picking their own from another train split. None for a teacher without any."""
+    settings = getattr(teacher, "prompt_settings", None)
+    if settings is None or not settings.few_shot:
+        return None
+    return {
+        "k": len(settings.few_shot),
+        "seed": seed,
+        "picked_from": "train after --max-train-samples",
+        "rows": [[text, teacher.label_names[y]] for text, y in settings.few_shot],
+    }
+
+
+def shots_from_record(
+    record: dict[str, Any], label_names: list[str], where: str
+) -> list[tuple[str, int]]:
+    """`few_shot_record`'s rows back as (text, label index) over `label_names`."""
+    index = {n: i for i, n in enumerate(label_names)}
+    shots = []
+    for text, name in record.get("rows") or []:
+        if name not in index:
+            raise KdistillError(
+                f"{where}: its few-shot example of class {name!r} is not a class of this data "
+                "set; pass the --dataset the run used"
+            )
+        shots.append((str(text), index[name]))
+    return shots
+
+
 # --------------------------------------------------------------------------- the teacher
 
 

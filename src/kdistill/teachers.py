@@ -110,9 +110,11 @@ def load_teacher(
     examples: Dataset | None,
     max_length: int,
     seed: int,
+    shots: list[tuple[str, int]] | None = None,
 ) -> Teacher:
     """The teacher `options` describe, frozen, in eval mode. `examples` (the training split,
-    `text` and `label` columns) is where few-shot examples come from; it is read only then."""
+    `text` and `label` columns) is where few-shot examples come from; it is read only then.
+    `shots` (a run's recorded examples) are shown instead of picking new ones."""
     from kdistill.models import check_model_path, load_teacher_classifier
 
     path = check_model_path(name, "--teacher-model")
@@ -139,12 +141,12 @@ def load_teacher(
 
     check_template(options.prompt_template)
     words = parse_label_words(options.label_words, label_names)
-    shots: list[tuple[str, int]] = []
-    if options.few_shot:
+    if shots is None and options.few_shot:
         if examples is None:
             raise KdistillError("--few-shot needs training examples; this split has none")
         shots = pick_few_shot(list(examples["text"]), list(examples["label"]), label_names,
                               options.few_shot, seed)  # fmt: skip
+    shots = shots or []
     settings = PromptSettings(template=options.prompt_template, label_words=words,
                               few_shot=shots, calibrate=options.calibrate,
                               chat=options.chat_template,
