@@ -26,8 +26,8 @@ def prompt_run(tmp_path_factory, tiny_models) -> dict:
     csv = write_toy_csv(root / "toy.csv", 30)
     out = root / "runs"
     flags = (
-        f"--few-shot 2 --max-train-samples 40 --seed {RUN_SEED} --epochs 1 --batch-size 8 "
-        "--mixed-precision no --allow-weak-teacher --teacher-cache off"
+        f"--few-shot 2 --max-train-samples 40 --seed {RUN_SEED} --max-length 48 --epochs 1 "
+        "--batch-size 8 --mixed-precision no --allow-weak-teacher --teacher-cache off"
     ).split()
     models = ["--teacher-model", str(tiny_models["qwen_lm"])]
     models += ["--student-model", str(tiny_models["bert_student"])]

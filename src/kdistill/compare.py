@@ -377,7 +377,7 @@ def compare(config: CompareConfig) -> Path:
         data.label_names,
         dtype,
         data.splits["train"],
-        config.max_length,
+        chosen.max_length or config.max_length,
         config.seed,
         chosen.shots,
     )

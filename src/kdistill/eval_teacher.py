@@ -66,7 +66,7 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         data.label_names,
         dtype,
         train,
-        config.max_length,
+        chosen.max_length or config.max_length,
         config.seed,
         chosen.shots,
     )

@@ -197,6 +197,8 @@ class RunTeacher:
     model: str
     options: Any
     shots: list[tuple[str, int]] | None = None
+    max_length: int | None = None
+    """The run's --max-length: where a prompt teacher cuts its texts (None: the command's)."""
 
 
 def run_teacher(
@@ -244,7 +246,8 @@ def run_teacher(
             )
         changes[key] = theirs
     options = replace(config, **changes)  # type: ignore[type-var]
-    return RunTeacher(model, options, run_shots(first, label_names, train))
+    max_length = first.config.get("max_length")
+    return RunTeacher(model, options, run_shots(first, label_names, train), max_length)
 
 
 def _recorded_shots(run: Run) -> Any:
