@@ -320,3 +320,19 @@ def test_eval_teacher_reports_on_the_rows_whose_labels_were_kept_aside(workdir, 
                                             mixed_precision="no"))  # fmt: skip
     assert report["split"] == "unlabeled" and report["rows"] == 72
     assert 0.0 <= report["accuracy"] <= 1.0
+
+
+def test_a_folder_of_only_unsupervised_text_is_read_as_unlabelled(tmp_path):
+    """Files named unlabeled/unsupervised are skipped beside labelled splits, but a folder of
+    nothing else is what --unlabeled-data reads."""
+    import csv
+
+    from kdistill.data import load_unlabeled
+
+    folder = tmp_path / "imdb"
+    folder.mkdir()
+    with (folder / "imdb_unsupervised.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["text"], *[[f"review {i}"] for i in range(5)]])
+    assert list(load_unlabeled(str(folder), "text", None, 0)["text"]) == [
+        f"review {i}" for i in range(5)
+    ]

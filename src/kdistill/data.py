@@ -134,8 +134,7 @@ def name_tokens(name: str) -> list[str]:
 
 def split_of_file(name: str) -> set[str]:
     """The splits a file name's tokens name (its extension left out): usually none or one."""
-    stem = name[: -len(Path(name).suffix)] if Path(name).suffix else name
-    return {SPLIT_TOKENS[t] for t in name_tokens(stem) if t in SPLIT_TOKENS}
+    return {SPLIT_TOKENS[t] for t in name_tokens(Path(name).stem) if t in SPLIT_TOKENS}
 
 
 def _local_files(path: Path, flag: str = "--dataset") -> dict[str, list[str]]:
@@ -159,7 +158,7 @@ def _local_files(path: Path, flag: str = "--dataset") -> dict[str, list[str]]:
         if p.suffix.lower() in FILE_FORMATS and p.is_file() and p.name not in METADATA_FILES
     )
     unlabelled = [p for p in files if set(name_tokens(p.stem)) & set(UNLABELED_TOKENS)]
-    if unlabelled:
+    if unlabelled and len(unlabelled) < len(files):  # a folder of them only is --unlabeled-data's
         logger.info(
             "%s %s: skipping %s (text without labels; pass it with --unlabeled-data)",
             flag,

@@ -107,11 +107,12 @@ def teacher_model_for(config: Any, teacher_run: Run | None, runs: list[Run]) -> 
     return config.teacher_model
 
 
-def split_key(run: Run) -> tuple[Any, ...]:
-    """What decides a run's train rows: their digest where recorded, else its split flags."""
-    if "train_digest" in run.split:
-        return ("digest", run.split["train_digest"])
-    return tuple(run.config.get(k) for k in (*DATA_KEYS, *SPLIT_KEYS))
+def same_split(a: Run, b: Run) -> bool:
+    """Whether two runs trained on the same rows: by the digests of their train rows where both
+    recorded one, else by the flags that decide the split."""
+    if "train_digest" in a.split and "train_digest" in b.split:
+        return a.split["train_digest"] == b.split["train_digest"]
+    return all(a.config.get(k) == b.config.get(k) for k in ("dataset", *SPLIT_KEYS))
 
 
 def data_config(config: C, runs: list[Run]) -> C:
@@ -123,7 +124,7 @@ def data_config(config: C, runs: list[Run]) -> C:
         return config
     first = runs[0]
     for other in runs[1:]:
-        if split_key(other) != split_key(first):
+        if not same_split(other, first):
             raise KdistillError(
                 f"{other.where}: its data was split differently from {first.given}'s (seed "
                 f"{other.config.get('seed')} vs {first.config.get('seed')}, --dataset "
