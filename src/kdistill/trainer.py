@@ -260,74 +260,57 @@ def with_row_index(ds: Dataset, text_column: str, needs_text: bool) -> Dataset:
     return ds.add_column(ROW, list(range(len(ds))))
 
 
-def save_trainer_run(trainer: DistillationTrainer, dataset: str) -> Path:
-    """DistillationTrainer.save_run: the files `kdistill distill` writes, from the Trainer's."""
-    from kdistill.distill import library_versions, run_name, save_model, save_training_curves
+def label_column(ds: Dataset) -> list[int]:
+    """The integer labels of a data set in Trainer form (`label` or `labels`)."""
+    name = "label" if "label" in ds.column_names else "labels"
+    return list(ds[name])
+
+
+def validation_metrics(
+    trainer: DistillationTrainer, n_labels: int
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(student, teacher) accuracy, macro-F1 and loss on eval_dataset's labelled rows, measured
+    now; None where there is no eval_dataset (or, for the teacher, no text or teacher)."""
     from kdistill.evaluate import classification_metrics
-    from kdistill.model_card import write_run_cards
-    from kdistill.models import count_parameters
-    from kdistill.runs import atomic_write_json, finish_run_dir, new_run_dir
 
-    args, state = trainer.args, trainer.state
-    if trainer.processing_class is None:
-        raise KdistillError(
-            "save_run needs the student's tokenizer: DistillationTrainer("
-            "processing_class=tokenizer)"
-        )
-    student = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
-    label_names = student_label_names(student)
-    n = len(label_names)
+    ds, args = trainer.eval_dataset, trainer.args
+    if ds is None:
+        return None, None
 
-    def metrics_of(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    def metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         keep = labels >= 0
-        return classification_metrics(logits[keep], labels[keep], n)
+        return classification_metrics(logits[keep].float(), labels[keep], n_labels)
 
-    val = teacher_val = None
-    if trainer.eval_dataset is not None:
-        out = trainer.predict(trainer.eval_dataset, metric_key_prefix="kdistill")
-        logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
-        labels = torch.as_tensor(out.label_ids)
-        val = metrics_of(torch.as_tensor(logits).float(), labels)
-        if trainer.teacher is not None and args.text_column in trainer.eval_dataset.column_names:
-            t_logits = compute_teacher_logits(
-                trainer.teacher,
-                list(trainer.eval_dataset[args.text_column]),
-                max_length=args.teacher_max_length,
-                batch_size=args.teacher_batch_size,
-                cache=args.teacher_cache,
-                cache_dir=args.teacher_cache_dir,
-                accelerator=trainer.accelerator,
-            )
-            trainer.teacher.to(torch.device("cpu"))
-            teacher_val = metrics_of(
-                t_logits,
-                torch.as_tensor(
-                    list(
-                        trainer.eval_dataset["label"]
-                        if "label" in trainer.eval_dataset.column_names
-                        else trainer.eval_dataset["labels"]
-                    )
-                ),
-            )
-    train_losses = [e["loss"] for e in state.log_history if "loss" in e]
-    epoch = round(state.epoch or args.num_train_epochs)
-    record = {
-        "epoch": epoch,
-        "train_loss": train_losses[-1] if train_losses else None,
-        "val_loss": val["loss"] if val else None,
-        "val_accuracy": val["accuracy"] if val else None,
-        "val_macro_f1": val["macro_f1"] if val else None,
-        "val_rows": val["n"] if val else None,
-    }
-    labels_col = (
-        trainer.train_dataset["label"]
-        if "label" in trainer.train_dataset.column_names
-        else trainer.train_dataset["labels"]
+    out = trainer.predict(ds, metric_key_prefix="kdistill")
+    logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+    student = metrics(torch.as_tensor(logits), torch.as_tensor(out.label_ids))
+    if trainer.teacher is None or args.text_column not in ds.column_names:
+        return student, None
+    t_logits = compute_teacher_logits(
+        trainer.teacher,
+        list(ds[args.text_column]),
+        max_length=args.teacher_max_length,
+        batch_size=args.teacher_batch_size,
+        cache=args.teacher_cache,
+        cache_dir=args.teacher_cache_dir,
+        accelerator=trainer.accelerator,
     )
-    labeled = sum(1 for y in labels_col if y >= 0)
-    teacher = trainer.teacher
+    trainer.teacher.to(torch.device("cpu"))
+    return student, metrics(t_logits, torch.tensor(label_column(ds)))
+
+
+def run_config(trainer: DistillationTrainer, dataset: str, val_rows: int | None) -> dict[str, Any]:
+    """config.json of a distill run, with the fields `kdistill runs`, compare and the model
+    card read, and the TrainingArguments in full."""
+    from kdistill.distill import library_versions
+    from kdistill.models import count_parameters
+
+    args, teacher = trainer.args, trainer.teacher
+    student = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+    labels = label_column(trainer.train_dataset)
+    labeled = sum(1 for y in labels if y >= 0)
     t_model = teacher.model if teacher is not None else None
-    config = {
+    return {
         "kind": "distill",
         "made_by": "kdistill.DistillationTrainer",
         "dataset": dataset,
@@ -342,16 +325,14 @@ def save_trainer_run(trainer: DistillationTrainer, dataset: str) -> Path:
         "learning_rate": args.learning_rate,
         "max_length": args.teacher_max_length,
         "seed": args.seed,
-        "max_train_samples": None,
-        "max_val_samples": None,
         "training_arguments": args.to_dict(),
         "data": {
             "name": dataset,
             "source": None,
-            "label_names": label_names,
+            "label_names": student_label_names(student),
             "train_rows": labeled,
-            "unlabeled_rows": len(labels_col) - labeled,
-            "validation_rows": val["n"] if val else None,
+            "unlabeled_rows": len(labels) - labeled,
+            "validation_rows": val_rows,
         },
         "teacher": {
             "model": teacher.name if teacher is not None else args.teacher_model,
@@ -369,40 +350,75 @@ def save_trainer_run(trainer: DistillationTrainer, dataset: str) -> Path:
         "+ (1 - alpha) * CE(s, label) for a labelled row, T^2 * KL for an unlabelled row",
         "command": sys.argv,
         "versions": library_versions(),
+        "started": datetime.now().isoformat(timespec="seconds"),
     }
-    history = {
+
+
+def run_history(
+    trainer: DistillationTrainer, val: dict[str, Any] | None, teacher: dict[str, Any] | None
+) -> dict[str, Any]:
+    """history.json: one epoch record, the saved student's, and the Trainer's own log."""
+    log = trainer.state.log_history
+    train_losses = [e["loss"] for e in log if "loss" in e]
+    epoch = round(trainer.state.epoch or trainer.args.num_train_epochs)
+    record = {"epoch": epoch, "train_loss": train_losses[-1] if train_losses else None}
+    for key in ("loss", "accuracy", "macro_f1"):
+        record[f"val_{key}"] = val[key] if val else None
+    record["val_rows"] = val["n"] if val else None
+    return {
         "teacher": {
-            "val_accuracy": teacher_val["accuracy"] if teacher_val else None,
-            "val_macro_f1": teacher_val["macro_f1"] if teacher_val else None,
-            "val_loss": teacher_val["loss"] if teacher_val else None,
-            "val_rows": teacher_val["n"] if teacher_val else None,
+            f"val_{k}": teacher[key] if teacher else None
+            for k, key in (
+                ("accuracy", "accuracy"),
+                ("macro_f1", "macro_f1"),
+                ("loss", "loss"),
+                ("rows", "n"),
+            )
         },
         "epochs": [record],
         "best": {"epoch": epoch, "val_accuracy": record["val_accuracy"]},
-        "trainer_log_history": state.log_history,
-        "total_time_s": next(
-            (e["train_runtime"] for e in state.log_history if "train_runtime" in e), None
-        ),
+        "trainer_log_history": log,
+        "total_time_s": next((e["train_runtime"] for e in log if "train_runtime" in e), None),
         "completed": datetime.now().isoformat(timespec="seconds"),
     }
-    final_dir, partial = None, None
+
+
+def save_trainer_run(trainer: DistillationTrainer, dataset: str) -> Path:
+    """DistillationTrainer.save_run: the files `kdistill distill` writes, from the Trainer's,
+    in a `.partial` folder renamed when complete."""
+    from kdistill.distill import run_name, save_model, save_training_curves
+    from kdistill.model_card import write_run_cards
+    from kdistill.runs import atomic_write_json, finish_run_dir, new_run_dir
+
+    args = trainer.args
+    if trainer.processing_class is None:
+        raise KdistillError(
+            "save_run needs the student's tokenizer: DistillationTrainer("
+            "processing_class=tokenizer)"
+        )
+    student = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+    val, teacher_val = validation_metrics(trainer, len(student_label_names(student)))
+    partial = final = None
     if trainer.is_world_process_zero():
-        final_dir, partial = new_run_dir(
+        final, partial = new_run_dir(
             Path(args.output_dir), run_name(dataset, args.temperature, args.alpha)
         )
-        config["started"] = history["completed"]
-        atomic_write_json(partial / "config.json", config)
+        atomic_write_json(
+            partial / "config.json", run_config(trainer, dataset, val["n"] if val else None)
+        )
+    # Every process: a sharded student (FSDP, ZeRO-3) is gathered from all of them.
     save_model(
         (partial or Path(args.output_dir)) / "best_model",
         trainer.model,
         trainer.processing_class,
         trainer.accelerator,
     )
-    if partial is None:
+    if partial is None or final is None:
         return Path(args.output_dir)
+    history = run_history(trainer, val, teacher_val)
     atomic_write_json(partial / "history.json", history)
     save_training_curves(history, partial / "training_curves.png")
     write_run_cards(partial)
-    finish_run_dir(partial, final_dir)
-    logger.info("saved the distilled student as %s", final_dir)
-    return final_dir
+    finish_run_dir(partial, final)
+    logger.info("saved the distilled student as %s", final)
+    return final
