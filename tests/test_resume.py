@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Runs distill like `kdistill`, with every training step slowed to STEP_DELAY seconds.
 DRIVER = """\
-import os, sys, time
+import importlib, os, sys, time
 kd = importlib.import_module("kdistill.distill")  # not kdistill.distill: the function
 from kdistill.cli import main
 
