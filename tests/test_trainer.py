@@ -196,3 +196,37 @@ def test_the_teacher_comes_from_the_arguments_and_bad_input_is_one_line(tmp_path
         args(tmp_path, alpha=1.5)
     with pytest.raises(KdistillError, match="teacher_cache='sometimes'"):
         args(tmp_path, teacher_cache="sometimes")
+
+
+def test_gradient_accumulation_takes_the_same_step_as_one_big_batch(tmp_path, tiny_models):
+    """kd_loss is a per-batch mean: 2 micro-batches of 4 must move the student exactly as one
+    batch of 8 (plain SGD, no clipping, no dropout, so the step is the gradient itself)."""
+    teacher = load_teacher(str(tiny_models["bert_teacher"]), CLASSES)
+    weights = []
+    for batch_size, accumulation in ((8, 1), (4, 2)):
+        model, tok = student(tiny_models)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        train = toy_split(tok, 4, seed=0)
+        extra = dict(
+            per_device_train_batch_size=batch_size,
+            max_steps=1,
+            optim="sgd",
+            gradient_accumulation_steps=accumulation,
+            max_grad_norm=0.0,
+            lr_scheduler_type="constant",
+            learning_rate=0.5,
+        )
+        trainer = DistillationTrainer(
+            model=model,
+            teacher=teacher,
+            train_dataset=train,
+            processing_class=tok,
+            args=args(tmp_path, **extra),
+        )
+        trainer.train()
+        weights.append(model.classifier.weight.detach().clone())
+    before = student(tiny_models)[0].classifier.weight
+    assert not torch.allclose(weights[0], before)  # the step is not nothing
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
