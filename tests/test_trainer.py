@@ -134,6 +134,7 @@ def test_it_trains_the_student_and_saves_a_run_the_cli_reads(
     assert history["teacher"]["val_accuracy"] > 0.5
     assert (run / "best_model" / "model.safetensors").is_file()
     assert (run / "best_model" / "README.md").is_file()  # the model card
+    assert (run / "training_curves.png").stat().st_size > 0
 
     # The CLI takes it as it takes a distill run: predict, compare, runs.
     capsys.readouterr()
