@@ -1,5 +1,6 @@
 """Teacher-logit cache, length-grouped batches and precision choices: faster, never different."""
 
+import importlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -187,7 +188,7 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch(tiny_models):
 
 
 def test_mixed_precision_auto_on_cpu(monkeypatch):
-    from kdistill import distill as distill_module
+    distill_module = importlib.import_module("kdistill.distill")
     from kdistill.errors import KdistillError
 
     monkeypatch.setattr(distill_module, "cpu_supports_bf16", lambda: True)

@@ -1,6 +1,7 @@
 """The distill run on tiny real models: the seed's output layout, what the files say, that only
 the student learns, and that the recorded numbers are the saved model's."""
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_saved_student_is_a_plain_classifier_whose_accuracy_matches_history(work
 @pytest.mark.parametrize("cache", ["off", "memory"])
 def test_only_the_student_learns(workdir, tiny_models, monkeypatch, cache):
     """The teacher is frozen: its weights end bit-identical, and no grad reaches it."""
-    from kdistill import distill as distill_module
+    distill_module = importlib.import_module("kdistill.distill")
     from kdistill import models as models_module
 
     captured = {}
@@ -190,7 +191,7 @@ def test_config_only_student_starts_from_random_weights(workdir, tiny_models, tm
 
 
 def test_a_failed_run_leaves_a_partial_folder_with_its_config(workdir, tiny_models, monkeypatch):
-    from kdistill import distill as distill_module
+    distill_module = importlib.import_module("kdistill.distill")
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash")
@@ -214,7 +215,7 @@ def test_runs_with_different_precision_in_one_process(workdir, tiny_models):
 
 
 def test_gradient_checkpointing_auto_follows_the_student_size(tiny_models, monkeypatch):
-    from kdistill import distill as distill_module
+    distill_module = importlib.import_module("kdistill.distill")
     from kdistill.models import load_student
 
     model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
@@ -280,7 +281,7 @@ def test_student_layer_flags_are_checked(workdir, tiny_models, capsys):
 
 def test_nan_loss_stops_with_one_line_and_the_run_shows_as_crashed(workdir, tiny_models,
                                                                   monkeypatch, capsys):  # fmt: skip
-    import kdistill.distill as kd
+    kd = importlib.import_module("kdistill.distill")
     from kdistill.runs import list_runs
 
     real = kd.kd_loss

@@ -102,6 +102,10 @@ def check_model_path(name: str, flag: str) -> str:
             raise KdistillError(f"{flag} {name}: a file; pass a model folder, a .gguf or a Hub id")
         check_no_pickle_only(path, flag)
         return str(path)
+    # An installed wheel carries the checkout's examples/ as kdistill/examples/.
+    packaged = Path(__file__).parent / name
+    if name.startswith("examples/") and packaged.is_dir():
+        return check_model_path(str(packaged), flag)
     # `models/X` reads like a Hub id `org/X`, but when `models/` is a local folder (or one of our
     # own output folders) the user means a path: say it is missing instead of asking the Hub.
     first = path.parts[0] if path.parts else ""
