@@ -26,6 +26,7 @@ import argparse
 import csv
 import importlib.util
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -138,6 +139,7 @@ def main() -> None:
         shots = pick_few_shot(
             [r["text"] for r in rest], [names.index(r["label"]) for r in rest], names, k, args.seed
         )
+        print(f"scoring {k}-shot ...", file=sys.stderr, flush=True)
         for r in run_setting(loaded.model, tokenizer, names, texts, labels, shots, args):
             results.append({"setting": f"{k}-shot", **r})
 

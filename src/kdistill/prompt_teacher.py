@@ -11,12 +11,13 @@ inputs ("N/A", "", "[MASK]") with the same prompt measures that prior, p_cf; sub
 log p_cf from every score makes the content-free input's own distribution uniform, so what is
 left is what the text adds.
 
-Efficiency: the prompts run once (batch B) with the KV cache kept; all C label words of all B
-prompts are then scored in one more forward over the cache repeated C times (in chunks when
-B * C is large). The first label token's log-probability comes from the prompt pass, so when
-every label word is a single token the second pass is skipped. The tokens every prompt starts
-with (few-shot examples, instruction, label list) are run once and their keys and values reused
-by every batch (`kdistill.prompt_cache`); the text comes last in the prompt so that share is long.
+Efficiency: the prompts run once (batch B) with the KV cache kept; the later tokens of all C
+label words of all B prompts are then scored in one more forward over that cache, packed into
+one sequence per prompt under a mask that keeps the words apart (in chunks when B * C is
+large). The first label token's log-probability comes from the prompt pass, so when every label
+word is a single token the second pass is skipped. The tokens every prompt starts with
+(few-shot examples, instruction, label list) run once and their keys and values are reused by
+every batch; the text comes last in the prompt so that share is long (`kdistill.prompt_cache`).
 
 Reasoning models: a chat template whose generation prompt opens a thinking block (the
 DeepSeek-R1 distills end it with "<think>\n") gets the block closed empty before the answer
