@@ -140,21 +140,31 @@ def test_one_forward_when_all_words_are_single_tokens(lm):
     expected = direct_batch(single, TEXTS)
     with count_forwards(single) as calls:
         got = single.logits(batch)
-    assert len(calls) == 1
+        single.logits(batch)
+    assert len(calls) == 1 + 2  # the shared prompt prefix once, then one forward a batch
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_continuations_in_one_forward_or_in_chunks(lm):
+@pytest.mark.parametrize("packed", [True, False])
+def test_continuations_in_one_forward_or_in_chunks(lm, monkeypatch, packed):
+    """Packed: the words of several tokens share one forward over one cache (a 4D mask keeps
+    them apart); repeated (attention without custom masks): the cache is copied per class."""
+    if not packed:
+        monkeypatch.setattr("kdistill.prompt_teacher.packed_continuations", lambda *a: None)
     teacher = make_teacher(lm, calibrate=False, label_words=MIXED)
     batch = batch_of(teacher, TEXTS)
+    expected = direct_batch(teacher, TEXTS)
+    teacher.logits(batch)  # the shared prompt prefix runs once, in the first batch
     with count_forwards(teacher) as calls:
         whole = teacher.logits(batch)
     assert len(calls) == 2  # the prompts, then every continuation of every prompt
     teacher.chunk_bytes = 1  # one class per chunk
     with count_forwards(teacher) as calls:
         chunked = teacher.logits(batch)
-    assert len(calls) == 1 + len(CLASSES)
+    multi = sum(len(ids) > 1 for ids in teacher.label_ids)
+    assert len(calls) == 1 + (multi if packed else len(CLASSES))
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole, expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

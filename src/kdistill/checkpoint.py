@@ -44,6 +44,7 @@ STATE_FORMAT = "kdistill-checkpoint/1"
 RESUME_FREE_FLAGS = frozenset({
     "resume", "resume_from", "save_steps", "output_dir", "data_dir", "report_to", "device",
     "teacher_cache", "teacher_cache_dir", "teacher_batch_size", "eval_batch_size",
+    "prefix_cache",
 })  # fmt: skip
 
 

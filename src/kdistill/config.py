@@ -212,6 +212,13 @@ class TeacherOptions(LoadOptions):
         "probabilities by those the prompt gives a content-free input, removing the LLM's bias "
         "towards some label words.",
     )
+    prefix_cache: str = _opt(
+        "auto",
+        "Prompt teacher: compute the tokens every prompt shares (few-shot examples, instruction, "
+        "label list) once and reuse their keys and values; auto = on when the prompts share a "
+        "prefix. The logits are the same either way (not part of the teacher-cache key).",
+        choices=["auto", "off"],
+    )
     teacher_batch_size: int = _opt(
         64, "Batch size of teacher inference (no gradients, so larger than the student's)."
     )
@@ -228,6 +235,10 @@ class TeacherOptions(LoadOptions):
 
     def _check_teacher(self) -> None:
         _check(self.few_shot >= 0, f"--few-shot must be >= 0 (got {self.few_shot})")
+        _check(
+            self.prefix_cache in ("auto", "off"),
+            f"--prefix-cache must be auto or off (got {self.prefix_cache})",
+        )
         _check(
             self.teacher_batch_size >= 1,
             f"--teacher-batch-size must be >= 1 (got {self.teacher_batch_size})",

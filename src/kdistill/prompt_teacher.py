@@ -11,10 +11,17 @@ inputs ("N/A", "", "[MASK]") with the same prompt measures that prior, p_cf; sub
 log p_cf from every score makes the content-free input's own distribution uniform, so what is
 left is what the text adds.
 
-Efficiency: the prompts run once (batch B) with the KV cache kept; all C label words of all B
-prompts are then scored in one more forward over the cache repeated C times (in chunks when
-B * C is large). The first label token's log-probability comes from the prompt pass, so when
-every label word is a single token the second pass is skipped.
+Efficiency: the prompts run once (batch B) with the KV cache kept; the later tokens of all C
+label words of all B prompts are then scored in one more forward over that cache, packed into
+one sequence per prompt under a mask that keeps the words apart (in chunks when B * C is
+large). The first label token's log-probability comes from the prompt pass, so when every label
+word is a single token the second pass is skipped. The tokens every prompt starts with
+(few-shot examples, instruction, label list) run once and their keys and values are reused by
+every batch; the text comes last in the prompt so that share is long (`kdistill.prompt_cache`).
+
+Reasoning models: a chat template whose generation prompt opens a thinking block (the
+DeepSeek-R1 distills end it with "<think>\n") gets the block closed empty before the answer
+cue, so the label word is read where the model answers, not inside its thinking.
 """
 
 from __future__ import annotations
@@ -32,6 +39,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.errors import KdistillError
+from kdistill.prompt_cache import (
+    MIN_PREFIX_TOKENS,
+    PrefixCache,
+    common_prefix,
+    packed_continuations,
+    suffix_batch,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -45,6 +59,9 @@ DEFAULT_TEMPLATE = (
 # Bumped when the scoring changes in a way the settings do not show, so cached logits go stale.
 SCORING = "mean-token-logprob/2"
 ANSWER_PREFIX = "Category:"  # how a chat reply begins, before the label word
+THINK_OPEN = "<think>"
+# What R1-style templates write for a reply without thinking.
+EMPTY_THINK = "<think>\n\n</think>\n\n"
 
 
 # --------------------------------------------------------------------------- label words
@@ -229,6 +246,7 @@ class PromptTeacher:
         label_names: list[str],
         name: str,
         settings: PromptSettings,
+        prefix_cache: str = "auto",
     ) -> None:
         check_template(settings.template)
         self.model = model
@@ -248,6 +266,7 @@ class PromptTeacher:
         if settings.chat and settings.template is not None:
             logger.warning("--chat-template does not apply to a --prompt-template (used raw)")
         self.chat = settings.chat and settings.template is None and has_chat
+        self.think_close = self._think_close() if self.chat else ""
         self.template = DEFAULT_TEMPLATE if settings.template is None else settings.template
         for _, y in settings.few_shot:
             if not 0 <= y < len(self.label_names):
@@ -256,12 +275,40 @@ class PromptTeacher:
                          for t, y in settings.few_shot]  # fmt: skip
         self.label_ids = self._label_token_ids()
         self._log_p_cf: dict[str, list[float]] = {}
+        if prefix_cache not in ("auto", "off"):
+            raise KdistillError(f"--prefix-cache {prefix_cache}: use auto or off")
+        self.prefix_cache_mode = prefix_cache
+        self._prefix: PrefixCache | None = None  # decided at the first batch (needs the model)
+        self._prefix_resolved = prefix_cache == "off"
 
     # ------------------------------------------------------------------ prompts and tokens
 
     def _fill(self, text: str) -> str:
         # {labels} first: a text that happens to contain "{labels}" stays as written.
         return self.template.replace("{labels}", ", ".join(self.words)).replace("{text}", text)
+
+    def _think_close(self) -> str:
+        """What closes the thinking block the chat template's generation prompt leaves open
+        ("" when it leaves none). Read off the generation prompt alone, so a text that happens
+        to contain "<think>" changes nothing."""
+        messages = [{"role": "user", "content": "x"}]
+        with_prompt = self._apply_chat(messages)
+        without = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        generation = with_prompt[len(without) :] if with_prompt.startswith(without) else with_prompt
+        start = generation.rfind(THINK_OPEN)
+        if start < 0 or "</think>" in generation[start:]:
+            return ""
+        opened = generation[start:]
+        if EMPTY_THINK.startswith(opened):
+            return EMPTY_THINK[len(opened) :]
+        return "\n</think>\n\n"
+
+    def _apply_chat(self, messages: list[dict[str, str]]) -> str:
+        # enable_thinking=False: Qwen3-style templates then write the empty thinking block
+        # themselves; templates that do not read the variable ignore it.
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, enable_thinking=False
+        )
 
     def _continuation(self, word: str, prompt: str) -> str:
         """The label word as the model would write it next. After "Category:" a word starts
@@ -284,12 +331,7 @@ class PromptTeacher:
             # in the raw prompt. At the very start of a reply, words split into rare pieces
             # ("Al|b|um"), whose near-certain later pieces squash the length-normalised scores:
             # measured on 100 DBpedia rows with SmolLM2-135M, 13% calibrated without the prefix.
-            return (
-                self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=False
-                )
-                + ANSWER_PREFIX
-            )
+            return self._apply_chat(messages) + self.think_close + ANSWER_PREFIX
         parts = []
         for shot, y in self.few_shot:
             filled = self._fill(shot)
@@ -367,7 +409,15 @@ class PromptTeacher:
             "content_free": list(self.content_free),
             "max_text_tokens": self.prompt_settings.max_text_tokens,
             "dtype": str(self.model.dtype),
+            # Only where a template mentions thinking, so other teachers' cached logits stay valid.
+            **({"think": self.think_close or "template"} if self._mentions_think() else {}),
         }
+
+    def _mentions_think(self) -> bool:
+        template = self.tokenizer.chat_template if self.chat else None
+        if not isinstance(template, str):
+            return False
+        return THINK_OPEN in template or "enable_thinking" in template
 
     def to(self, device: torch.device | str) -> PromptTeacher:
         self.model.to(device)
@@ -420,16 +470,77 @@ class PromptTeacher:
         order = torch.argsort(mask, dim=1, stable=True)
         ids = input_ids.to(device).gather(1, order)
         mask = mask.gather(1, order)
-        lengths = mask.sum(1)  # (B,)
-        # Positions count real tokens only, so a padded row sees what it would see alone.
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        prefix = self._shared_prefix()
+        hits = prefix.match(ids, mask) if prefix is not None else torch.zeros_like(mask[:, 0])
+        if bool(hits.all()):
+            return self._scores_aligned(ids, mask, prefix)
+        if not bool(hits.any()):
+            return self._scores_aligned(ids, mask, None)
+        # Some rows tokenised the prefix differently: each group its own way, same logits.
+        hits = hits.bool()
+        scores = torch.empty((ids.shape[0], len(self.label_ids)), device=device)
+        for rows, cached in ((hits, prefix), (~hits, None)):
+            sub_ids, sub_mask = ids[rows], mask[rows]
+            first = int((sub_mask.sum(0) > 0).nonzero()[0])  # drop columns of pads only
+            scores[rows] = self._scores_aligned(sub_ids[:, first:], sub_mask[:, first:], cached)
+        return scores
+
+    def _shared_prefix(self) -> PrefixCache | None:
+        """The prefix cache, or None when it is off or there is no shared prefix worth one.
+
+        The prefix is the token ids that the prompts of probe texts with different first
+        characters all start with: everything before the text, less any token the text could
+        merge with. Rows are still checked one by one (`PrefixCache.match`)."""
+        if not self._prefix_resolved:
+            self._prefix_resolved = True
+            probes = [*self.content_free, "a", "1 2", "Zebra", "(x)"]
+            prefix = PrefixCache(common_prefix(self._tokenize([self.render(t) for t in probes])))
+            full = len(self._tokenize([self.render(self.content_free[0])])[0])
+            why = None
+            if len(prefix) < MIN_PREFIX_TOKENS:
+                why = f"the prompts share only {len(prefix)} leading tokens"
+            else:
+                why = prefix.usable(self.model)
+            if why:
+                logger.info("prefix cache: off (%s)", why)
+            else:
+                self._prefix = prefix
+                logger.info(
+                    "prefix cache: the first %d tokens of every prompt (of %d in a content-free "
+                    "one) are computed once and reused",
+                    len(prefix),
+                    full,
+                )
+        return self._prefix
+
+    def _scores_aligned(
+        self, ids: torch.Tensor, mask: torch.Tensor, prefix: PrefixCache | None
+    ) -> torch.Tensor:
+        """`_scores` of left-aligned rows; with `prefix`, every row starts with its tokens and
+        only what follows them runs, over a copy of the prefix's keys and values."""
+        if prefix is None:
+            lengths = mask.sum(1)  # (B,)
+            # Positions count real tokens only, so a padded row sees what it would see alone.
+            positions = (mask.cumsum(1) - 1).clamp(min=0)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        else:
+            suffix = suffix_batch(ids, mask, len(prefix), self.tokenizer.pad_token_id or 0)
+            mask, lengths = suffix["attention_mask"], suffix["lengths"]  # mask: (B, P + S)
+            out = self.model(
+                input_ids=suffix["input_ids"],
+                attention_mask=mask,
+                position_ids=suffix["position_ids"],
+                cache=prefix.expanded(self.model, ids.shape[0]),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        device = ids.device
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
         labels = [torch.tensor(r, device=device) for r in self.label_ids]
         n_tokens = torch.tensor([len(r) for r in self.label_ids], device=device)  # (C,)
@@ -449,8 +560,13 @@ class PromptTeacher:
         longest: int,
         vocab: int,
     ) -> torch.Tensor:
-        """(B, C) summed log-probabilities of label tokens 2..n, from one forward over the
-        prompt cache repeated per class (in chunks of classes that fit `chunk_bytes`)."""
+        """(B, C) summed log-probabilities of label tokens 2..n: all words packed over one copy
+        of the prompt cache (`packed_continuations`), or, where the model's attention takes no
+        custom mask, one forward over the cache repeated per class (in chunks of classes that
+        fit `chunk_bytes`)."""
+        packed = packed_continuations(self.model, cache, mask, lengths, labels, self.chunk_bytes)
+        if packed is not None:
+            return packed
         device = mask.device
         batch, num_labels, steps = mask.shape[0], len(labels), longest - 1
         pad = self.tokenizer.pad_token_id or 0
@@ -497,10 +613,15 @@ class PromptTeacher:
 
 
 def load_prompt_teacher(
-    name: str, label_names: list[str], settings: PromptSettings, dtype: Any = None
+    name: str,
+    label_names: list[str],
+    settings: PromptSettings,
+    dtype: Any = None,
+    prefix_cache: str = "auto",
 ) -> PromptTeacher:
     """A frozen causal LM and its tokenizer as a prompt teacher. `dtype` (torch.bfloat16, say)
-    loads the weights in that precision: the teacher only runs inference."""
+    loads the weights in that precision: the teacher only runs inference. `prefix_cache` (auto,
+    off): reuse the keys and values of the tokens all prompts share."""
     from transformers import AutoModelForCausalLM
 
     from kdistill.models import _load_error, check_model_path, hf_kwargs, load_tokenizer
@@ -516,4 +637,4 @@ def load_prompt_teacher(
         raise _load_error(flag, name, e) from e
     model.eval()
     model.requires_grad_(False)
-    return PromptTeacher(model, tokenizer, label_names, name, settings)
+    return PromptTeacher(model, tokenizer, label_names, name, settings, prefix_cache)

@@ -151,7 +151,7 @@ def load_teacher(
                               few_shot=shots, calibrate=options.calibrate,
                               chat=options.chat_template,
                               max_text_tokens=max_length)  # fmt: skip
-    teacher = load_prompt_teacher(path, label_names, settings, dtype)
+    teacher = load_prompt_teacher(path, label_names, settings, dtype, options.prefix_cache)
     logger.info("teacher %s: prompt mode (label words: %s; %d-shot; calibration %s)", name,
                 ", ".join(words[n] for n in label_names[:4]) + ("..." if len(label_names) > 4
                                                                 else ""),
