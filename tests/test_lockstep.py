@@ -184,6 +184,12 @@ def test_lockstep_points_equal_their_runs_alone_without_dropout(workdir, tiny_mo
         (2, "completed")
     ] * 2
     assert record["peak_rss_mb"] > 100
+    # each point's seeds summarised; the best point named by its mean
+    assert [(p["alpha"], p["seeds"]) for p in record["points"]] == [(0.0, [1, 2]), (0.7, [1, 2])]
+    means = [p["val_accuracy_mean"] for p in record["points"]]
+    assert record["best"]["val_accuracy_mean"] == max(means)
+    assert "clear_lead" in record["best"]
+    assert (sweep_dir / "sweep_heatmap.png").stat().st_size > 5000
     alone = alone_runs(workdir, args, record)
     for entry in record["runs"]:
         key = (entry["temperature"], entry["alpha"], entry["seed"])
@@ -261,3 +267,17 @@ def test_bad_seeds_are_one_line(workdir, tiny_models, capsys, value):
     assert main(["distill", *args, "--seeds", value]) == 2
     err = capsys.readouterr().err.strip()
     assert "--seeds" in err and len(err.splitlines()) == 1
+
+
+def test_the_best_mean_is_a_clear_lead_only_beyond_one_spread():
+    from kdistill.sweep import best_by_mean
+
+    def point(t, mean, std):
+        return {"temperature": t, "alpha": 0.5, "val_accuracy_mean": mean, "val_accuracy_std": std}
+
+    close = best_by_mean([point(2, 0.80, 0.02), point(3, 0.81, 0.01), point(4, 0.5, 0.0)])
+    assert close["temperature"] == 3 and close["lead"] == pytest.approx(0.01)
+    assert close["spread"] == 0.02 and close["clear_lead"] is False
+    clear = best_by_mean([point(2, 0.70, 0.02), point(3, 0.81, 0.01)])
+    assert clear["clear_lead"] is True
+    assert best_by_mean([point(2, None, None)]) is None

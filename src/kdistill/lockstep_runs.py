@@ -40,8 +40,10 @@ from kdistill.distill import (
 from kdistill.errors import KdistillError
 from kdistill.lockstep import (
     CannotStack,
+    Slice,
     StackedStudents,
     clip_per_point,
+    keep_freed_memory,
     rng_state,
     set_rng_state,
     stacked_kd_loss,
@@ -113,6 +115,8 @@ def train_group(
     device = pick_device(config.device)
     precision = pick_mixed_precision(config.mixed_precision, device)
     accelerator = _accelerator(config, device, precision)
+    if device == "cpu":
+        keep_freed_memory()
     seeds = list(dict.fromkeys(seed for seed, _, _ in members))
     cohorts, lo = [], 0
     for seed in seeds:
@@ -483,10 +487,16 @@ def train_one_epoch(
     for c in cohorts:
         with c.stream(accelerator.device):
             iters.append(iter(c.train_loader))
+    sizes = [c.hi - c.lo for c in cohorts]
     for step in tqdm(range(len(cohorts[0].train_loader)), desc=desc, dynamic_ncols=True):
+        batches = []
+        for c, it in zip(cohorts, iters, strict=True):
+            with c.stream(accelerator.device):  # as the run alone draws its next batch
+                batches.append(next(it))
+        slices = stack.split(batches, sizes)
         parts = [
-            cohort_loss(stack, c, it, temps, alphas, accelerator)
-            for c, it in zip(cohorts, iters, strict=True)
+            cohort_loss(stack, c, part, temps, alphas, accelerator)
+            for c, part in zip(cohorts, slices, strict=True)
         ]
         loss = torch.cat([q.loss for q in parts])  # (K,)
         values = torch.stack(
@@ -517,18 +527,18 @@ def train_one_epoch(
 def cohort_loss(
     stack: StackedStudents,
     cohort: Cohort,
-    batches: Iterator[dict[str, torch.Tensor]],
+    part: Slice,
     temps: torch.Tensor,
     alphas: torch.Tensor,
     accelerator: Accelerator,
 ) -> Any:
-    """The cohort's students on its next batch, dropout drawn from the cohort's own stream."""
+    """The cohort's students on its batch, dropout drawn from the cohort's own stream."""
     with cohort.stream(accelerator.device), accelerator.autocast():
-        batch = next(batches)
-        logits = stack.logits(batch, cohort.lo, cohort.hi)  # (k, batch, num_labels)
-    teacher_logits = cohort.cache.index_select(0, batch["row"])  # (batch, num_labels)
+        logits = stack.logits(part)  # (k, batch, num_labels)
+    teacher_logits = cohort.cache.index_select(0, part.batch["row"])  # (batch, num_labels)
     lo, hi = cohort.lo, cohort.hi
-    return stacked_kd_loss(logits, teacher_logits, batch["labels"], temps[lo:hi], alphas[lo:hi])
+    labels = part.batch["labels"]
+    return stacked_kd_loss(logits, teacher_logits, labels, temps[lo:hi], alphas[lo:hi])
 
 
 def mark_failures(
@@ -594,7 +604,7 @@ def evaluate_points(
     for c in cohorts:
         with c.stream(accelerator.device):
             logits, labels = collect_logits(
-                lambda b, c=c: stack.logits(b, c.lo, c.hi).transpose(0, 1),  # (batch, k, C)
+                lambda b, c=c: stack.eval_logits(b, c.lo, c.hi),
                 c.val_loader,
                 accelerator,
                 "validation",
