@@ -248,7 +248,7 @@ def test_distill_seeds_groups_one_run_per_seed(workdir, tiny_models, capsys):
     assert main(["distill", *args, "--epochs", "1", "--seeds", "1,2,3"]) == 0
     group = Path(capsys.readouterr().out.strip().splitlines()[-1]).resolve()
     assert group.parent == workdir / "outputs" / "student_soft_distill"
-    assert group.name.startswith("toy_T3_A0.7_seeds_")
+    assert group.name.startswith("toy_T3.0_A0.7_seeds_")
     summary = json.loads((group / "seeds.json").read_text())
     assert summary["kind"] == "seeds" and summary["seeds"] == [1, 2, 3]
     (point,) = summary["points"]
