@@ -10,15 +10,33 @@ from kdistill.cli import main
 
 def sweep_args(tiny_models, *extra: str) -> list[str]:
     return [
-        "sweep", "--dataset", "toy", "--teacher-model", str(tiny_models["bert_teacher"]),
-        "--student-model", str(tiny_models["bert_student"]), "--max-train-samples", "60",
-        "--max-val-samples", "40", "--batch-size", "8", "--epochs", "1",
-        "--mixed-precision", "no", "--allow-weak-teacher", *extra,
-    ]  # fmt: skip
+        "sweep",
+        "--dataset",
+        "toy",
+        "--teacher-model",
+        str(tiny_models["bert_teacher"]),
+        "--student-model",
+        str(tiny_models["bert_student"]),
+        "--max-train-samples",
+        "60",
+        "--max-val-samples",
+        "40",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--mixed-precision",
+        "no",
+        "--allow-weak-teacher",
+        *extra,
+    ]
 
 
-def test_sweep_runs_the_grid_once_each_and_names_the_best(workdir, tiny_models, capsys):
-    argv = sweep_args(tiny_models, "--temperature", "2,4", "--alpha", "0.5,1")
+@pytest.mark.parametrize("lockstep", ["off", "auto"])
+def test_sweep_runs_the_grid_once_each_and_names_the_best(workdir, tiny_models, capsys, lockstep):
+    argv = sweep_args(
+        tiny_models, "--temperature", "2,4", "--alpha", "0.5,1", "--lockstep", lockstep
+    )
     assert main(argv) == 0
     sweep_dir = Path(capsys.readouterr().out.strip().splitlines()[-1]).resolve()
     assert sweep_dir.parent == workdir / "outputs" / "sweeps"
@@ -39,10 +57,19 @@ def test_sweep_runs_the_grid_once_each_and_names_the_best(workdir, tiny_models, 
         assert (config["temperature"], config["alpha"]) == (entry["temperature"], entry["alpha"])
         assert entry["best_val_accuracy"] == history["best"]["val_accuracy"]
         assert (run / "training_curves.png").stat().st_size > 5000
-    # the teacher ran for the first point only; the other three read its logits from disk
-    hits = [json.loads((Path(e["run_dir"]) / "history.json").read_text())["teacher_cache"]["hit"]
-            for e in record["runs"]]  # fmt: skip
-    assert hits == [False, True, True, True]
+    caches = [
+        json.loads((Path(e["run_dir"]) / "history.json").read_text())["teacher_cache"]
+        for e in record["runs"]
+    ]
+    assert len({c["key"] for c in caches}) == 1
+    if lockstep == "off":
+        # the teacher ran for the first point only; the other three read its logits from disk
+        assert [c["hit"] for c in caches] == [False, True, True, True]
+        assert record["lockstep"]["group_size"] is None
+    else:
+        # one pass of the teacher for the four students trained together
+        assert [c["hit"] for c in caches] == [False] * 4
+        assert record["lockstep"]["groups"][0]["students"] == 4
     best = max(record["runs"], key=lambda r: r["best_val_accuracy"])
     assert record["best"]["run_dir"] == best["run_dir"]
     assert record["teacher_val_accuracy"] is not None
@@ -60,8 +87,9 @@ def test_sweep_runs_the_grid_once_each_and_names_the_best(workdir, tiny_models, 
         (["--text-column", "nope", "--dataset", "missing.csv"], "missing.csv"),
     ],
 )
-def test_sweep_bad_input_is_one_line_and_leaves_nothing(workdir, tiny_models, capsys, extra,
-                                                        message):  # fmt: skip
+def test_sweep_bad_input_is_one_line_and_leaves_nothing(
+    workdir, tiny_models, capsys, extra, message
+):
     assert main(sweep_args(tiny_models, "--temperature", "2,3", *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err

@@ -94,7 +94,13 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from kdistill.distill import distill
 
-    run_dir = distill(config_from_args(DistillConfig, args))
+    config = config_from_args(DistillConfig, args)
+    if config.seeds:  # one run per seed, grouped: the sweep's machinery with a one-point grid
+        from kdistill.sweep import distill_seeds
+
+        run_dir = distill_seeds(config)
+    else:
+        run_dir = distill(config)
     sys.stdout.write(f"{run_dir}\n")
     return 0
 

@@ -398,9 +398,16 @@ class DistillConfig(TeacherOptions):
     )
     push_to_hub: str | None = _opt(None, PUSH_HELP + " distill pushes best_model/.")
     hub_public: bool = _opt(False, HUB_PUBLIC_HELP)
+    seeds: str | None = _opt(
+        None,
+        "Comma-separated seeds, e.g. 1,2,3: one run per seed (each as --seed would train it), "
+        "grouped in one folder with seeds.json giving the mean and standard deviation of the "
+        "best validation accuracy; the gap between two settings means little inside that spread.",
+    )
 
     def __post_init__(self) -> None:
         _check_finite(self)
+        self.seed_list()
         _check(self.save_steps >= 0, f"--save-steps must be >= 0 (got {self.save_steps})")
         _check(
             not (self.resume and self.resume_from),
@@ -444,6 +451,18 @@ class DistillConfig(TeacherOptions):
                 "--group-by-length and --unlabeled-data: batches mix labelled and unlabelled "
                 "rows, not rows of similar length; drop --group-by-length",
             )
+
+    def seed_list(self) -> list[int]:
+        """--seeds as integers, or [--seed] without it."""
+        if self.seeds is None:
+            return [self.seed]
+        try:
+            seeds = [int(v) for v in str(self.seeds).split(",") if v.strip()]
+        except ValueError:
+            seeds = []
+        _check(bool(seeds), f"--seeds must be comma-separated integers (got {self.seeds!r})")
+        _check(len(set(seeds)) == len(seeds), f"--seeds lists a seed twice (got {self.seeds!r})")
+        return seeds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -613,6 +632,15 @@ class SweepConfig(DistillConfig):
         "Parent folder: the sweep gets <dataset>_sweep_<YYYYMMDD_HHMMSS>/ with one run per "
         "grid point inside.",
     )
+    lockstep: str = _opt(
+        "auto",
+        "Train the grid's students together over the same batches, their weights stacked, so "
+        "each step does every point's work in one launch per operator; every point still gets "
+        "its own run folder, clipping, best epoch and models. auto: where it fits in memory and "
+        "the options allow it (else the points train in turn, with a warning saying why); on: "
+        "always, an error where the options do not allow it; off: one point after another.",
+        choices=["auto", "on", "off"],
+    )
 
     def __post_init__(self) -> None:
         _check(
@@ -638,12 +666,14 @@ class SweepConfig(DistillConfig):
     def alpha_list(self) -> list[float]:
         return parse_floats(str(self.alpha), "--alpha")
 
-    def run_config(self, temperature: float, alpha: float, output_dir: str | None = None
-                   ) -> DistillConfig:  # fmt: skip
+    def run_config(self, temperature: float, alpha: float, output_dir: str | None = None,
+                   seed: int | None = None) -> DistillConfig:  # fmt: skip
         """The distill config of one grid point."""
         values = {f.name: getattr(self, f.name) for f in fields(DistillConfig)}
         values.update(temperature=temperature, alpha=alpha,
                       output_dir=output_dir or self.output_dir)  # fmt: skip
+        if seed is not None:  # one run of --seeds: it is the run --seed <seed> makes
+            values.update(seed=seed, seeds=None)
         return DistillConfig(**values)
 
 

@@ -316,19 +316,38 @@ def plot_comparison(results: dict[str, Any], path: Path) -> None:
 # ---------------------------------------------------------------------------- sweep heatmap
 
 
-def plot_sweep_heatmap(sweep: dict[str, Any], path: Path) -> None:
-    """Best validation accuracy over the temperature x alpha grid of one sweep."""
+def sweep_cells(sweep: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value %, std %, status) per (T, alpha) cell: each run's best validation accuracy, or with
+    --seeds (sweep["points"]) the mean over the seeds and their standard deviation."""
     temps, alphas = sweep["temperatures"], sweep["alphas"]
     values = np.full((len(temps), len(alphas)), np.nan)
+    stds = np.full(values.shape, np.nan)
     status = np.full(values.shape, "", dtype=object)
     for run in sweep["runs"]:
         r, c = temps.index(run["temperature"]), alphas.index(run["alpha"])
-        status[r, c] = run["status"]
+        status[r, c] = run["status"] if status[r, c] in ("", "failed") else status[r, c]
         if run["status"] == "completed" and run.get("best_val_accuracy") is not None:
             values[r, c] = 100 * run["best_val_accuracy"]
+    for point in sweep.get("points") or []:
+        r, c = temps.index(point["temperature"]), alphas.index(point["alpha"])
+        mean, std = point["val_accuracy_mean"], point["val_accuracy_std"]
+        values[r, c] = np.nan if mean is None else 100 * mean
+        stds[r, c] = np.nan if std is None else 100 * std
+    return values, stds, status
 
-    fig = Figure(figsize=(max(5.5, 1.3 * len(alphas) + 3), max(3.5, 0.8 * len(temps) + 2)),
-                 layout="constrained")  # fmt: skip
+
+def plot_sweep_heatmap(sweep: dict[str, Any], path: Path) -> None:
+    """Best validation accuracy over the temperature x alpha grid of one sweep; with --seeds the
+    mean over the seeds (± their standard deviation), and the best cell drawn dashed when its
+    lead over the runner-up is within one standard deviation: the seeds cannot tell them apart."""
+    temps, alphas = sweep["temperatures"], sweep["alphas"]
+    values, stds, status = sweep_cells(sweep)
+    seeds = sweep.get("seeds")
+
+    fig = Figure(
+        figsize=(max(5.5, 1.3 * len(alphas) + 3), max(3.5, 0.8 * len(temps) + 2)),
+        layout="constrained",
+    )
     ax = fig.subplots()
     done = values[~np.isnan(values)]
     vmin, vmax = (done.min(), done.max()) if done.size else (0, 100)
@@ -341,30 +360,56 @@ def plot_sweep_heatmap(sweep: dict[str, Any], path: Path) -> None:
             v = values[r, c]
             if not np.isnan(v):
                 light = (v - vmin) / (vmax - vmin) > 0.6  # viridis is light at the top
-                ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=10,
-                        color="black" if light else "white")  # fmt: skip
+                text = f"{v:.1f}" if np.isnan(stds[r, c]) else f"{v:.1f}\n±{stds[r, c]:.1f}"
+                ax.text(
+                    c,
+                    r,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=10,
+                    color="black" if light else "white",
+                )
             else:
                 label = "failed" if status[r, c] == "failed" else "not run"
-                ax.text(c, r, label, ha="center", va="center", fontsize=9, color="#555555",
-                        style="italic")  # fmt: skip
+                ax.text(
+                    c,
+                    r,
+                    label,
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="#555555",
+                    style="italic",
+                )
 
     best = sweep.get("best")
     if best is None and done.size:
         r, c = np.unravel_index(np.nanargmax(values), values.shape)
         best = {"temperature": temps[r], "alpha": alphas[c]}
+    unclear = best is not None and best.get("clear_lead") is False
     if best is not None:
         r, c = temps.index(best["temperature"]), alphas.index(best["alpha"])
-        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="red", lw=3))
+        ax.add_patch(
+            Rectangle(
+                (c - 0.5, r - 0.5), 1, 1, fill=False, ec="red", lw=3, ls="--" if unclear else "-"
+            )
+        )
     ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set_yticks(range(len(temps)), [f"{t:g}" for t in temps])
     ax.set_xlabel("alpha (weight of the KL term; 0 = cross-entropy only)")
     ax.set_ylabel("temperature T")
-    fig.colorbar(im, ax=ax, label="best validation accuracy (%)")
+    what = "best validation accuracy (%)"
+    if seeds:
+        what = f"mean best validation accuracy (%) over seeds {', '.join(map(str, seeds))}"
+    fig.colorbar(im, ax=ax, label="mean validation accuracy (%)" if seeds else what)
     teacher = sweep.get("teacher_val_accuracy")
-    title = f"Sweep on {sweep.get('dataset', '?')}: best validation accuracy (%)"
+    title = f"Sweep on {sweep.get('dataset', '?')}: {what}"
     if teacher is not None:
         title += f"\nteacher {100 * teacher:.1f}%"
     title += (" — " if teacher is not None else "\n") + "red box = best cell"
+    if unclear:
+        title += ", dashed: its lead over the runner-up is within one std"
     ax.set_title(_tex_safe(title), fontsize=10)
     _save(fig, path)
 
