@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.config import DistillConfig, SweepConfig
+from kdistill.data import split_record
 from kdistill.distill import (
     MAX_GRAD_NORM,
     TrainState,
@@ -49,6 +50,7 @@ from kdistill.lockstep import (
     stacked_kd_loss,
     stacked_optimizer,
 )
+from kdistill.prompt_teacher import few_shot_record
 from kdistill.runs import atomic_write_json, finish_run_dir, new_run_dir
 
 if TYPE_CHECKING:
@@ -368,6 +370,7 @@ def shared_config(
             "validation_rows": n_val,
             "unlabeled_rows": n_unlabeled,
             "unlabeled_source": config.unlabeled_data,
+            "split": split_record(data),
         },
         "teacher": {
             "model": config.teacher_model,
@@ -375,6 +378,7 @@ def shared_config(
             "parameters": count_parameters(t_model),
             "mode": teacher.mode,
             "settings": teacher.settings(),
+            "few_shot": few_shot_record(teacher, config.seed),
             "dtype": t_dtype_name,
             "attn_implementation": getattr(t_model.config, "_attn_implementation", None),
         },
