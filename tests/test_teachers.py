@@ -224,6 +224,30 @@ def test_chance_is_the_better_of_uniform_and_majority():
     check_teacher_strength(0.26, 0.25, allow_weak=False)
 
 
+@pytest.mark.parametrize(
+    ("accuracy", "chance", "near"),
+    [
+        (0.93, 0.5, False),  # a good binary teacher: 2x chance is 100%, and it is far from chance
+        (0.99, 0.5, False),
+        (0.60, 0.5, True),  # 20% of the way from chance to 1
+        (0.20, 1 / 14, True),  # 14 classes: well above 2x chance and still near it
+        (0.50, 1 / 14, False),
+    ],
+)
+def test_near_chance_is_measured_between_chance_and_a_perfect_score(caplog, accuracy, chance, near):
+    from kdistill.distill import NEAR_CHANCE_SKILL, check_teacher_strength, skill_over_chance
+
+    caplog.set_level("INFO", logger="kdistill")
+    check_teacher_strength(accuracy, chance, allow_weak=False)  # above chance: never refused
+    warned = any("near chance" in r.getMessage() for r in caplog.records)
+    assert warned == near
+    assert (skill_over_chance(accuracy, chance) < NEAR_CHANCE_SKILL) == near
+    # The refusal sits at skill 0, the same scale: at chance, refused; a hair above, not.
+    assert skill_over_chance(chance, chance) == 0.0
+    with pytest.raises(KdistillError, match="at or below chance"):
+        check_teacher_strength(chance, chance, allow_weak=False)
+
+
 # --------------------------------------------------------------------------- modes and GGUF
 
 
