@@ -44,8 +44,61 @@ def test_per_class_scores_and_confusion_on_a_hand_computed_case():
     assert scores["Film"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert confusion(labels, preds, 4) == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     logits = torch.nn.functional.one_hot(preds, 4).float()
-    macro = classification_metrics(logits, labels, 4)["macro_f1"]
-    assert macro == pytest.approx(sum(s["f1"] for s in scores.values()) / 4)
+    metrics = classification_metrics(logits, labels, 4)
+    # Film has no row in the split: macro-F1 averages the three classes present, not four.
+    present = [s["f1"] for s in scores.values() if s["support"]]
+    assert metrics["macro_f1"] == pytest.approx(sum(present) / 3)
+    assert metrics["macro_f1_classes"] == 3
+
+
+def test_macro_f1_counts_only_the_classes_present_in_the_split():
+    """A perfect model on a split that lacks two of four classes has macro-F1 1, not 0.5."""
+    from sklearn.metrics import f1_score
+
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    perfect = torch.nn.functional.one_hot(labels, 4).float()
+    metrics = classification_metrics(perfect, labels, 4)
+    assert metrics["macro_f1"] == 1.0 and metrics["macro_f1_classes"] == 2
+    # A prediction of an absent class is still an error of the class it should have named.
+    preds = torch.tensor([0, 3, 1, 1, 1])
+    got = classification_metrics(torch.nn.functional.one_hot(preds, 4).float(), labels, 4)
+    assert got["macro_f1"] == pytest.approx(f1_score(labels, preds, labels=[0, 1], average="macro"))
+    assert got["macro_f1"] == pytest.approx((2 / 3 + 1.0) / 2)
+
+
+def test_bootstrap_scores_are_paired_seeded_and_match_the_point_metrics():
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from kdistill.evaluate import BOOTSTRAP_CELLS, bootstrap_scores, interval
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    good = np.where(rng.random(400) < 0.9, y, rng.integers(0, 4, 400))
+    same = good.copy()
+    boot = bootstrap_scores(y, {"a": good, "b": same}, 4, 1000, seed=1)
+    again = bootstrap_scores(y, {"a": good, "b": same}, 4, 1000, seed=1)
+    assert np.array_equal(boot["a"]["accuracy"], again["a"]["accuracy"])  # seeded
+    # Paired: two identical models differ by exactly 0 on every resample.
+    assert np.array_equal(boot["a"]["accuracy"], boot["b"]["accuracy"])
+    acc = float((good == y).mean())
+    low, high = interval(boot["a"]["accuracy"])
+    assert low < acc < high
+    # About the binomial width: 1.96 * sqrt(p(1-p)/n) each side.
+    half = 1.96 * (acc * (1 - acc) / 400) ** 0.5
+    assert (high - low) / 2 == pytest.approx(half, rel=0.2)
+    f1 = f1_score(y, good, average="macro")
+    low, high = interval(boot["a"]["macro_f1"])
+    assert low < f1 < high
+    # One resample's numbers are those sklearn gives on that resample's rows: rebuild the first
+    # resample from the same generator (chunked exactly as bootstrap_scores draws them).
+    chunk = max(1, min(1000, BOOTSTRAP_CELLS // 400))
+    idx = np.random.default_rng(1).integers(0, 400, size=(chunk, 400))[0]
+    yy, pp = y[idx], good[idx]
+    assert boot["a"]["accuracy"][0] == pytest.approx((yy == pp).mean())
+    assert boot["a"]["macro_f1"][0] == pytest.approx(
+        f1_score(yy, pp, labels=np.unique(yy), average="macro", zero_division=0)
+    )
 
 
 def test_agreement_and_kl_against_hand_computed_values():
@@ -89,6 +142,45 @@ def test_measure_speed_times_what_the_model_costs():
     assert 8 / 0.008 / 2 < fast["throughput_per_s"] <= 8 / 0.008
     assert slow["latency_ms_batch_1"] > fast["latency_ms_batch_1"]
     assert slow["throughput_per_s"] < fast["throughput_per_s"]
+
+
+def test_measure_speeds_interleaves_so_drift_hits_every_model_alike():
+    """Two identical models on a machine that slows down as it goes (another job starting, a
+    clock stepping down): timed one after another the second looks ~2x slower; interleaved
+    ABBA, both see the same slowdown and their ratio stays near 1. The spread is reported."""
+    import numpy as np
+
+    from kdistill.evaluate import measure_speeds
+
+    calls: list[str] = []
+
+    def model(name: str):
+        def forward(batch: dict[str, torch.Tensor]) -> None:
+            calls.append(name)
+            time.sleep(0.001 * (1 + len(calls) / 12))  # every call a little slower than the last
+
+        return forward
+
+    singles = [{"x": torch.zeros(1, 3)} for _ in range(2)]
+    batch = {"x": torch.zeros(4, 3)}
+    inputs = {"a": (model("a"), singles, batch), "b": (model("b"), singles, batch)}
+    out = measure_speeds(inputs, 6, torch.device("cpu"), threads=1)
+    timed = calls[6:]  # after one warm-up pass of each (2 singles + the batch)
+    rounds = [timed[i : i + 6] for i in range(0, len(timed), 6)]
+    assert [r[0] for r in rounds] == ["a", "b", "a", "b", "a", "b"]  # ABBA...
+    ratio = out["b"]["latency_ms_batch_1"] / out["a"]["latency_ms_batch_1"]
+    assert 0.8 < ratio < 1.25, ratio
+    for s in out.values():
+        low, high = s["latency_ms_batch_1_iqr"]
+        assert low <= s["latency_ms_batch_1"] <= high
+        low, high = s["throughput_per_s_iqr"]
+        assert low <= s["throughput_per_s"] <= high
+    assert torch.get_num_threads() >= 1
+    # The same two timed one after another: the drift lands on b alone.
+    calls.clear()
+    one_by_one = {n: measure_speeds({n: inputs[n]}, 6, torch.device("cpu"))[n] for n in inputs}
+    sequential = one_by_one["b"]["latency_ms_batch_1"] / one_by_one["a"]["latency_ms_batch_1"]
+    assert sequential > 1.4 and np.isfinite(sequential)
 
 
 # --------------------------------------------------------------------------- the command
