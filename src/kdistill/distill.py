@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 
     from kdistill.config import EvalTeacherConfig, FinetuneConfig
     from kdistill.data import LabelledData
+    from kdistill.teachers import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -796,6 +797,42 @@ def weights_finite(model: torch.nn.Module, accelerator: Accelerator) -> bool:
     return bad.item() == 0
 
 
+KD_LOSS = (
+    "mean over rows of: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * "
+    "CE(s, label) for a labelled row, T^2 * KL for an unlabelled row"
+)
+CE_LOSS = "CE(s, label), mean over the labelled rows (alpha 0: no teacher on any row)"
+
+
+def teacher_record(config: DistillConfig, teacher: Teacher | None, dtype: str) -> dict[str, Any]:
+    """config.json's teacher block; with no teacher (alpha 0) the same keys, None, and used
+    false, so everything that parses a run's config reads it the same way."""
+    from kdistill.models import count_parameters
+
+    if teacher is None:
+        return {
+            "model": config.teacher_model,
+            "used": False,
+            "class": None,
+            "parameters": None,
+            "mode": None,
+            "settings": None,
+            "dtype": None,
+            "attn_implementation": None,
+        }
+    model = teacher.model
+    return {
+        "model": config.teacher_model,
+        "used": True,
+        "class": type(model).__name__,
+        "parameters": count_parameters(model),
+        "mode": teacher.mode,
+        "settings": teacher.settings(),
+        "dtype": dtype,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    }
+
+
 def run_name(dataset: str, temperature: float, alpha: float) -> str:
     return f"{dataset}_T{format_float(temperature)}_A{format_float(alpha)}"
 
@@ -879,9 +916,17 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     device, precision, accelerator = run.device, run.precision, run.accelerator
     data, train, val = run.data, run.train, run.val
 
+    # alpha 0 is pure supervised training (the cross-entropy-only baseline): no row learns from
+    # the teacher, so it is neither loaded nor run, and a weak one cannot stop the run.
+    uses_teacher = config.alpha > 0
     # ---- unlabelled text (a transfer set): after the labelled rows, with label UNLABELED
     unlabeled = None
-    if config.unlabeled_data:
+    if config.unlabeled_data and not uses_teacher:
+        logger.warning(
+            "--alpha 0 trains on the labels alone: the --unlabeled-data rows have no "
+            "labels and nothing to learn from, so they are not used"
+        )
+    elif config.unlabeled_data:
         unlabeled = load_unlabeled(config.unlabeled_data, config.unlabeled_text_column,
                                    config.max_unlabeled_samples, config.seed)  # fmt: skip
         warn_unlabeled_overlap(unlabeled, data)
@@ -891,9 +936,21 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
     # ---- models: teacher frozen in eval mode, student with a fresh head for these classes
     t_dtype, t_dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
-    teacher = load_teacher(config, config.teacher_model, data.label_names, t_dtype, train,
-                           config.max_length, config.seed)  # fmt: skip
-    t_model, t_tok = teacher.model, teacher.tokenizer
+    teacher = None
+    if uses_teacher:
+        teacher = load_teacher(
+            config,
+            config.teacher_model,
+            data.label_names,
+            t_dtype,
+            train,
+            config.max_length,
+            config.seed,
+        )
+    else:
+        logger.info(
+            "--alpha 0: cross-entropy only; the teacher %s is not loaded", config.teacher_model
+        )
     student, s_tok = load_student(
         config.student_model, data.label_names, config.seed, config.student_tokenizer,
         config.student_layers, config.student_num_layers,
@@ -903,13 +960,15 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
     if config.compile:
         student = torch.compile(student)
-    cached = config.teacher_cache != "off"
+    cached = teacher is not None and config.teacher_cache != "off"
     if cached:
         from kdistill.cache import teacher_logits_for
-    tokenizers = {"student": s_tok, "teacher": t_tok}
+    tokenizers, encoders = {"student": s_tok}, None
+    if teacher is not None:
+        tokenizers["teacher"], encoders = teacher.tokenizer, {"teacher": teacher}
     train_loader, val_loader, train_tok = make_loaders(
         with_unlabeled(train, unlabeled), val, tokenizers, config, accelerator,
-        ("student",) if cached else None, {"teacher": teacher}, n_unlabeled,
+        ("student",) if cached else None, encoders, n_unlabeled,
     )  # fmt: skip
     val_tok, eval_bs = val_loader.dataset, val_loader.batch_size
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
@@ -917,7 +976,8 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     student, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         student, optimizer, train_loader, val_loader, scheduler
     )
-    teacher.to(accelerator.device)
+    if teacher is not None:
+        teacher.to(accelerator.device)
 
     # ---- run directory: `.partial` until complete; config.json first so a crash is explained.
     # A resume continues the unfinished run's directory from its latest checkpoint.
@@ -939,7 +999,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 * accelerator.num_processes,
                 "total_optimizer_steps": total_steps,
                 "eval_batch_size": eval_bs,
-                "teacher_dtype": t_dtype_name,
+                "teacher_dtype": t_dtype_name if teacher is not None else None,
                 # Share of unlabelled rows per batch: --unlabeled-ratio, else the natural one.
                 "unlabeled_share": (
                     config.unlabeled_ratio
@@ -956,22 +1016,13 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "unlabeled_rows": n_unlabeled,
                 "unlabeled_source": config.unlabeled_data,
             },
-            "teacher": {
-                "model": config.teacher_model,
-                "class": type(t_model).__name__,
-                "parameters": count_parameters(t_model),
-                "mode": teacher.mode,
-                "settings": teacher.settings(),
-                "dtype": t_dtype_name,
-                "attn_implementation": getattr(t_model.config, "_attn_implementation", None),
-            },
+            "teacher": teacher_record(config, teacher, t_dtype_name),
             "student": {
                 "model": config.student_model,
                 "class": type(accelerator.unwrap_model(student, keep_torch_compile=False)).__name__,
                 "parameters": n_student,
             },
-            "loss": "mean over rows of: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) "
-            "+ (1 - alpha) * CE(s, label) for a labelled row, T^2 * KL for an unlabelled row",
+            "loss": KD_LOSS if teacher is not None else CE_LOSS,
             "command": sys.argv,
             "versions": library_versions(),
             "started": datetime.now().isoformat(timespec="seconds"),
@@ -984,6 +1035,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
     # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
     # With a cache, the validation logits are cached too: a sweep evaluates the teacher once.
+    teacher_metrics: dict[str, Any] | None = None  # None: no teacher (alpha 0)
     if cached:
         from kdistill.evaluate import classification_metrics
 
@@ -994,18 +1046,22 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         teacher_metrics = classification_metrics(
             val_logits, torch.tensor(list(val["label"])), data.num_labels
         )
-    else:
+    elif teacher is not None:
         teacher_metrics = evaluate(teacher.logits, val_loader, accelerator, data.num_labels,
                                    "teacher eval")  # fmt: skip
     chance = chance_accuracy(list(val["label"]), data.num_labels)
-    check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
+    if teacher_metrics is not None:
+        check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
+    metric = (teacher_metrics or {}).get
 
     history: dict[str, Any] = {
+        # Every key present either way (sweeps, runs and cards read them); None without a teacher.
         "teacher": {
-            "val_accuracy": teacher_metrics["accuracy"],
-            "val_macro_f1": teacher_metrics["macro_f1"],
-            "val_loss": teacher_metrics["loss"],
-            "val_rows": teacher_metrics["n"],
+            "used": teacher is not None,
+            "val_accuracy": metric("accuracy"),
+            "val_macro_f1": metric("macro_f1"),
+            "val_loss": metric("loss"),
+            "val_rows": metric("n"),
         },
         "chance_accuracy": chance,
         "epochs": [],
@@ -1028,6 +1084,9 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
         def teacher_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return cache.index_select(0, batch["row"])
+    elif teacher is None:  # alpha 0: train_one_epoch's plain cross-entropy
+        history["teacher_cache"] = {"mode": "none", "reason": "--alpha 0: no teacher"}
+        teacher_targets = None
     else:
         history["teacher_cache"] = {"mode": "off"}
 
@@ -1142,7 +1201,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "train/samples_per_second": stats["samples_per_second"],
                 "val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"],
                 "val/macro_f1": metrics["macro_f1"], "learning_rate": lr,
-                "teacher/val_accuracy": teacher_metrics["accuracy"],
+                "teacher/val_accuracy": metric("accuracy"),
             }  # fmt: skip
             accelerator.log({k: v for k, v in logged.items() if v is not None}, step=epoch)
             if accelerator.is_main_process:
@@ -1172,12 +1231,20 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         # student parameter).
         shutil.rmtree(partial_dir / CHECKPOINTS, ignore_errors=True)
         finish_run_dir(partial_dir, final_dir)
+        teacher_part = (
+            f"teacher {metric('accuracy'):.4f}, {count_parameters(teacher.model) / 1e6:.1f}M "
+            "parameters"
+            if teacher is not None
+            else "no teacher (alpha 0)"
+        )
         logger.info(
-            "done: best validation accuracy %.4f at epoch %d; teacher %.4f; student %.1fM "
-            "parameters, teacher %.1fM; %s",
-            state.best_accuracy, state.best_epoch, teacher_metrics["accuracy"],
-            n_student / 1e6, count_parameters(t_model) / 1e6, final_dir,
-        )  # fmt: skip
+            "done: best validation accuracy %.4f at epoch %d; %s; student %.1fM parameters; %s",
+            state.best_accuracy,
+            state.best_epoch,
+            teacher_part,
+            n_student / 1e6,
+            final_dir,
+        )
         if config.push_to_hub:  # after the rename: a failed upload leaves a complete run
             from kdistill.publish import push_folder
 
