@@ -300,6 +300,20 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
     assert g["student"] == student["name"]
     assert g["accuracy_points"] == pytest.approx((student["accuracy"] - baseline["accuracy"]) * 100)
     assert g["macro_f1_points"] == pytest.approx((student["macro_f1"] - baseline["macro_f1"]) * 100)
+    # How sure each number is: 95% bootstrap intervals, seeded, and a paired one for the gain.
+    assert results["intervals"]["resamples"] == 1000 and results["intervals"]["confidence"] == 0.95
+    assert results["macro_f1_classes"] == CLASSES  # every class has test rows here
+    for m in results["models"]:
+        for metric in ("accuracy", "macro_f1"):
+            low, high = m[f"{metric}_ci"]
+            assert 0 <= low <= m[metric] <= high <= 1
+    assert teacher["accuracy_ci"][1] - teacher["accuracy_ci"][0] > 0  # 40 rows: not exact
+    for metric in ("accuracy", "macro_f1"):
+        low, high = g[f"{metric}_points_ci"]
+        assert low <= g[f"{metric}_points"] <= high
+        assert g[f"{metric}_within_noise"] == (low <= 0 <= high)
+    assert gain["baseline_valid"] and gain["baseline_problems"] == []
+    assert baseline["history"]["teacher"]["used"] is False  # alpha 0: no teacher was run
 
     png = (folder / "teacher_student_comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
@@ -314,7 +328,7 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
                                 "html": "report.html"}  # fmt: skip
     # The terminal shows the results without opening a file.
     table = next(r.getMessage() for r in caplog.records if "speed-up" in r.getMessage())
-    assert student["name"] in table and "distillation gain" in table
+    assert student["name"] in table and "distillation gain" in table and "95% CI" in table
 
 
 def test_the_seed_script_runs_with_the_seed_flags(project, tmp_path, monkeypatch):
@@ -391,27 +405,148 @@ def test_a_model_without_a_trained_head_is_refused(project, tmp_path, capsys, ti
     assert err.startswith(f"--student-model {bare}: its classes are unnamed"), err
 
 
-def test_gain_only_against_a_baseline_of_the_same_student():
-    from kdistill.compare import distillation_gain
+def gain_models():
+    """A teacher, students trained several ways, and a baseline, as model records with the
+    run configs compare reads; plus each model's predictions on 200 rows."""
+    import numpy as np
 
-    def model(name, role, acc, run_config=None, params=100, cls="BertForSequenceClassification"):
-        return {"name": name, "role": role, "accuracy": acc, "macro_f1": acc,
-                "run_config": run_config, "parameters": params, "model_class": cls}  # fmt: skip
+    def run(alpha, **changes):
+        data = {
+            "source": "data/toy",
+            "train_rows": 96,
+            "unlabeled_rows": 0,
+            **changes.pop("data", {}),
+        }
+        return {
+            "student_model": "bert-tiny",
+            "student_layers": None,
+            "student_num_layers": None,
+            "alpha": alpha,
+            "epochs": 3,
+            "max_length": 128,
+            "data": data,
+            **changes,
+        }
 
-    tiny = {"student_model": "bert-tiny", "student_layers": None, "student_num_layers": None}
-    cut = {"student_model": "minilm", "student_layers": "0,5", "student_num_layers": None}
+    def model(name, role, run_config=None, params=100, cls="BertForSequenceClassification"):
+        return {
+            "name": name,
+            "role": role,
+            "run_config": run_config,
+            "parameters": params,
+            "model_class": cls,
+        }
+
     models = [
-        model("teacher", "teacher", 0.97),
-        model("kd-tiny", "student", 0.92, {**tiny, "alpha": 0.7}),
-        model("kd-cut", "student", 0.95, {**cut, "alpha": 0.7}),
-        model("folder", "student", 0.91, None, params=100),
-        model("other-folder", "student", 0.91, None, params=999),
-        model("ce-tiny", "baseline", 0.90, {**tiny, "alpha": 0.0}, params=100),
+        model("teacher", "teacher"),
+        model("kd", "student", run(0.7)),
+        model("kd-same", "student", run(0.7)),
+        model("kd-cut", "student", run(0.7, student_layers="0,5")),
+        model("kd-longer", "student", run(0.7, epochs=10)),
+        model("kd-more-rows", "student", run(0.7, data={"train_rows": 960})),
+        model("kd-other-length", "student", run(0.7, max_length=64)),
+        model("folder", "student", None),
+        model("ce", "baseline", run(0.0)),
     ]
-    gain = distillation_gain(models)
-    assert gain["baseline"] == "ce-tiny"
-    assert [g["student"] for g in gain["students"]] == ["kd-tiny", "folder"]
-    assert gain["students"][0]["accuracy_points"] == pytest.approx(2.0)
-    # a gain over another architecture would measure the architecture, not distillation
-    assert gain["not_comparable"] == ["kd-cut", "other-folder"]
-    assert distillation_gain(models[:-1]) is None
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+
+    def right(share):  # predictions right on about `share` of the rows
+        return np.where(rng.random(200) < share, y, (y + 1) % 4)
+
+    preds = {m["name"]: right(0.8) for m in models}
+    preds["kd"] = right(0.95)  # clearly better than the baseline
+    preds["kd-same"] = preds["ce"].copy()  # exactly the baseline: a gain of 0, within noise
+    return models, preds, y
+
+
+def test_gain_only_against_a_fair_cross_entropy_baseline():
+    import torch as t
+
+    from kdistill.compare import add_intervals, distillation_gain
+
+    models, preds, y = gain_models()
+    for m in models:
+        p = preds[m["name"]]
+        m["accuracy"] = float((p == y).mean())
+        m["macro_f1"] = m["accuracy"]  # not what is tested here
+    boot = add_intervals(
+        models, {n: t.tensor(p) for n, p in preds.items()}, t.tensor(y), 4, 1000, 0
+    )
+    for m in models:
+        assert m["accuracy_ci"][0] <= m["accuracy"] <= m["accuracy_ci"][1]
+    gain = distillation_gain(models, boot)
+    assert gain["baseline"] == "ce" and gain["baseline_valid"] and gain["baseline_problems"] == []
+    kd, same = gain["students"]
+    assert (kd["student"], same["student"]) == ("kd", "kd-same")
+    ce = next(m for m in models if m["name"] == "ce")
+    kd_model = next(m for m in models if m["name"] == "kd")
+    assert kd["accuracy_points"] == pytest.approx((kd_model["accuracy"] - ce["accuracy"]) * 100)
+    low, high = kd["accuracy_points_ci"]
+    assert 0 < low < kd["accuracy_points"] < high and not kd["accuracy_within_noise"]
+    assert same["accuracy_points"] == 0 and same["accuracy_points_ci"] == [0.0, 0.0]
+    assert same["accuracy_within_noise"] and same["macro_f1_within_noise"]
+    # Anything else the student did differently would be folded into the "gain": none given.
+    why = {n["student"]: n["differences"] for n in gain["not_comparable"]}
+    assert list(why) == ["kd-cut", "kd-longer", "kd-more-rows", "kd-other-length", "folder"]
+    assert why["kd-cut"] == ["student_layers 0,5 vs the baseline's None"]
+    assert why["kd-longer"] == ["epochs 10 vs the baseline's 3"]
+    assert why["kd-more-rows"] == ["labelled rows 960 vs the baseline's 96"]
+    assert why["kd-other-length"] == ["max length 64 vs the baseline's 128"]
+    assert "no distill config.json" in why["folder"][0]
+    assert distillation_gain(models[:-1], boot) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"alpha": 0.7}, "alpha 0.7, not 0"),
+        (
+            {"data": {"source": "data/toy", "train_rows": 96, "unlabeled_rows": 500}},
+            "500 unlabelled rows",
+        ),
+        (None, "no distill config.json"),
+    ],
+)
+def test_a_baseline_that_saw_the_teacher_gives_no_gain(tmp_path, change, problem):
+    """A "baseline" trained with the teacher (alpha > 0, or unlabelled rows given T^2 * KL as
+    alpha 0 did before) measures nothing: every student is listed with the reason, in the JSON,
+    the terminal table and the HTML report."""
+    import torch as t
+
+    from kdistill.compare import add_intervals, distillation_gain, format_summary
+    from kdistill.report import write_html_report
+
+    models, preds, y = gain_models()
+    ce = models[-1]
+    ce["run_config"] = None if change is None else {**ce["run_config"], **change}
+    for m in models:
+        m.update(
+            accuracy=float((preds[m["name"]] == y).mean()),
+            macro_f1=0.5,
+            agreement_with_teacher=0.9,
+            kl_to_teacher=0.1,
+            latency_ms_batch_1=1.0,
+            speedup_vs_teacher=1.0,
+            throughput_per_s=10.0,
+            size_on_disk_bytes=1000,
+        )
+    boot = add_intervals(models, {n: t.tensor(p) for n, p in preds.items()}, t.tensor(y), 4, 200, 0)
+    gain = distillation_gain(models, boot)
+    assert not gain["baseline_valid"] and problem in gain["baseline_problems"][0]
+    assert gain["students"] == []
+    assert len(gain["not_comparable"]) == 7
+    assert all(problem in n["differences"][0] for n in gain["not_comparable"])
+    results = {
+        "models": models,
+        "distillation_gain": gain,
+        "speed_settings": {"throughput_batch_size": 8},
+        "dataset": {"name": "toy", "split": "test", "rows": 200, "label_names": CLASSES},
+    }
+    table = format_summary(results)
+    assert "distillation gain of" not in table
+    assert "no distillation gain for kd: not a fair comparison with the baseline ce" in table
+    assert problem in table
+    write_html_report(results, tmp_path / "report.html", {})
+    page = (tmp_path / "report.html").read_text()
+    assert "no gain reported" in page and problem in page

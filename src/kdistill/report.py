@@ -465,8 +465,6 @@ def _gain_html(gain: dict[str, Any] | None) -> str:
         for g in gain["students"]
     )
     for n in gain.get("not_comparable", []):
-        if isinstance(n, str):  # results written before the baseline's checks
-            n = {"student": n, "differences": ["a different student from the baseline"]}
         reasons = "".join(f"<li>{html.escape(d)}</li>" for d in n["differences"])
         items += (
             f"<li>student <b>{html.escape(n['student'])}</b>: no gain reported, it is not a fair "
