@@ -265,6 +265,8 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
                 {"precision": prec[i], "recall": rec[i], "f1": f1[i], "support": sup[i]}
             )
         assert m["latency_ms_batch_1"] > 0 and m["throughput_per_s"] > 0
+        low, high = m["latency_ms_batch_1_iqr"]  # timed interleaved, with the spread
+        assert 0 < low <= m["latency_ms_batch_1"] <= high
         assert m["speedup_vs_teacher"] == pytest.approx(
             teacher["latency_ms_batch_1"] / m["latency_ms_batch_1"]
         )
@@ -301,6 +303,7 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
     assert g["accuracy_points"] == pytest.approx((student["accuracy"] - baseline["accuracy"]) * 100)
     assert g["macro_f1_points"] == pytest.approx((student["macro_f1"] - baseline["macro_f1"]) * 100)
     # How sure each number is: 95% bootstrap intervals, seeded, and a paired one for the gain.
+    assert results["speed_settings"]["timing"].startswith("interleaved")
     assert results["intervals"]["resamples"] == 1000 and results["intervals"]["confidence"] == 0.95
     assert results["macro_f1_classes"] == CLASSES  # every class has test rows here
     for m in results["models"]:

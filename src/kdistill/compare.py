@@ -17,6 +17,7 @@ import gc
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -196,16 +197,27 @@ def pad_rows(rows: list[list[int]], pad_id: int, left: bool, device: torch.devic
     return {"teacher_input_ids": ids.to(device), "teacher_attention_mask": mask.to(device)}
 
 
+# (forward, one-row batches, one throughput batch): what measure_speeds times a model on.
+Timing = tuple[
+    Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    list[dict[str, torch.Tensor]],
+    dict[str, torch.Tensor],
+]
+
+
 def score_model(
-    wrapper: Teacher, rows: Dataset, config: CompareConfig, accelerator: Accelerator,
+    wrapper: Teacher,
+    rows: Dataset,
+    config: CompareConfig,
+    accelerator: Accelerator,
     num_labels: int,
-) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
-    """(len(rows), num_labels) logits over the split and the speed of the model on this device:
-    the split's first rows one at a time, and its first throughput-batch-size rows as one batch,
-    each model reading its own tokenisation of the same texts."""
+) -> tuple[torch.Tensor, Timing]:
+    """(len(rows), num_labels) logits over the split, and what measure_speeds times the model on
+    (it times every model together, interleaved): the split's first rows one at a time, and its
+    first throughput-batch-size rows as one batch, each model reading its own tokenisation of
+    the same texts."""
     from kdistill.cache import compute_teacher_logits
     from kdistill.data import tokenize
-    from kdistill.evaluate import measure_speed
 
     wrapper.to(accelerator.device)
     encoded = tokenize(rows, {"teacher": wrapper}, config.max_length)
@@ -219,7 +231,7 @@ def score_model(
         with accelerator.autocast():
             return wrapper.logits(b)
 
-    return logits, measure_speed(forward, singles, batch, config.repeats, accelerator.device)
+    return logits, (forward, singles, batch)
 
 
 def model_record(
@@ -426,6 +438,7 @@ def compare(config: CompareConfig) -> Path:
     """The compare command. Returns the new comparison folder."""
     from kdistill.data import subsample
     from kdistill.distill import library_versions, pick_teacher_dtype, start_command
+    from kdistill.evaluate import measure_speeds
     from kdistill.report import plot_comparison, write_html_report
     from kdistill.teachers import load_teacher
 
@@ -459,20 +472,40 @@ def compare(config: CompareConfig) -> Path:
     logger.info("[1/%d] teacher %s", total, config.teacher_model)
     teacher = load_teacher(config, config.teacher_model, data.label_names, dtype,
                            data.splits["train"], config.max_length, config.seed)  # fmt: skip
-    teacher_logits, speed = score_model(teacher, rows, config, accelerator, data.num_labels)
-    models = [model_record("teacher", "teacher", teacher, teacher_logits, labels, teacher_logits,
-                           speed, data.label_names)]  # fmt: skip
-    _release(teacher)
-    preds = {"teacher": teacher_logits.argmax(-1)}  # (rows,) each, for the bootstrap
+    teacher_logits, timing = score_model(teacher, rows, config, accelerator, data.num_labels)
+    # Every model stays on the device until all are timed together, interleaved: timed one
+    # after another, the same student measured 2.4 and 3.2 ms. Students are small beside the
+    # teacher, so keeping them beside it costs little memory.
+    scored: list[tuple[str, str, Teacher, torch.Tensor, Candidate | None]] = [
+        ("teacher", "teacher", teacher, teacher_logits, None)
+    ]
+    timings = {"teacher": timing}
     taken = {"teacher"}
     for i, c in enumerate(candidates, start=2):
         logger.info("[%d/%d] %s %s", i, total, c.role, c.model_dir)
         student = load_student_model(c, data.label_names, dtype)
-        logits, speed = score_model(student, rows, config, accelerator, data.num_labels)
-        models.append(model_record(_unique(c.name, taken), c.role, student, logits, labels,
-                                   teacher_logits, speed, data.label_names, c))  # fmt: skip
-        preds[models[-1]["name"]] = logits.argmax(-1)
-        _release(student)
+        name = _unique(c.name, taken)
+        logits, timings[name] = score_model(student, rows, config, accelerator, data.num_labels)
+        scored.append((name, c.role, student, logits, c))
+    logger.info("timing %d models interleaved, %d repeats", len(timings), config.repeats)
+    speeds = measure_speeds(timings, config.repeats, accelerator.device)
+    models, preds = [], {}  # preds: (rows,) each, for the bootstrap
+    for name, role, wrapper, logits, c in scored:
+        models.append(
+            model_record(
+                name,
+                role,
+                wrapper,
+                logits,
+                labels,
+                teacher_logits,
+                speeds[name],
+                data.label_names,
+                c,
+            )
+        )
+        preds[name] = logits.argmax(-1)
+        _release(wrapper)
     add_ratios(models)
     boot = add_intervals(
         models, preds, labels, data.num_labels, config.bootstrap_resamples, config.seed
@@ -492,7 +525,9 @@ def compare(config: CompareConfig) -> Path:
         "speed_settings": {"latency_rows": min(config.latency_rows, len(rows)),
                            "throughput_batch_size": min(config.throughput_batch_size, len(rows)),
                            "repeats": config.repeats, "max_length": config.max_length,
-                           "threads": torch.get_num_threads()},
+                           "threads": torch.get_num_threads(),
+                           "timing": "interleaved: each repeat times every model in turn "
+                           "(ABBA order); medians with their interquartile range"},
         "intervals": {
             "confidence": 0.95, "resamples": config.bootstrap_resamples, "seed": config.seed,
             "method": "percentile bootstrap over the split's rows; every model is scored on the "

@@ -532,7 +532,8 @@ def write_html_report(results: dict[str, Any], path: Path, figures: dict[str, Pa
         f"{ds['rows']:,} rows, {len(ds['label_names'])} classes · device "
         f"{results.get('device', '?')}, mixed precision {results.get('mixed_precision', '?')} · "
         f"created {results.get('created', '?')}",
-        f"latency: median over {speed.get('latency_rows', '?')} rows one at a time; throughput "
+        f"latency: median (and IQR) over {speed.get('latency_rows', '?')} rows one at a time, "
+        f"the models timed interleaved; throughput "
         f"at batch {speed.get('throughput_batch_size', '?')}; {speed.get('repeats', '?')} "
         f"repeats; max length {speed.get('max_length', '?')}",
         versions,
