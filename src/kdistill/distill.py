@@ -8,6 +8,7 @@
             loss.backward(); optimizer.step()                    # only the student learns
 
 With --unlabeled-data the batches also hold rows without labels, which get T^2 * KL alone.
+--alpha 0 is the cross-entropy-only baseline: no teacher is loaded, and no unlabelled row used.
 
 Accelerate supplies the device, mixed precision, gradient accumulation and `accelerate launch`;
 the run directory, history and checkpoints are ours.
