@@ -220,7 +220,6 @@ def test_alpha_zero_never_loads_or_runs_the_teacher(
     not stop it), --unlabeled-data rows are not used, and the run's files say so in the layout
     `kdistill runs`, model cards and compare read."""
     import kdistill.teachers
-    from kdistill.compare import baseline_problems
     from kdistill.model_card import run_card
     from kdistill.runs import read_run
 
@@ -268,6 +267,8 @@ def test_alpha_zero_never_loads_or_runs_the_teacher(
     assert history["epochs"][0]["train_kl"] == 0.0 and history["epochs"][0]["train_ce"] > 0
     assert read_run(run)["status"] == "completed"
     assert "validation accuracy -" in run_card(run).text  # no teacher number on the card
+    from kdistill.compare import baseline_problems
+
     assert baseline_problems({"run_config": config}) == []  # a valid compare --baseline
 
 
@@ -293,12 +294,14 @@ def test_chance_is_the_better_of_uniform_and_majority():
     ],
 )
 def test_near_chance_is_measured_between_chance_and_a_perfect_score(caplog, accuracy, chance, near):
-    from kdistill.distill import NEAR_CHANCE_SKILL, check_teacher_strength, skill_over_chance
+    from kdistill.distill import check_teacher_strength
 
     caplog.set_level("INFO", logger="kdistill")
     check_teacher_strength(accuracy, chance, allow_weak=False)  # above chance: never refused
     warned = any("near chance" in r.getMessage() for r in caplog.records)
     assert warned == near
+    from kdistill.distill import NEAR_CHANCE_SKILL, skill_over_chance
+
     assert (skill_over_chance(accuracy, chance) < NEAR_CHANCE_SKILL) == near
     # The refusal sits at skill 0, the same scale: at chance, refused; a hair above, not.
     assert skill_over_chance(chance, chance) == 0.0

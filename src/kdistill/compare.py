@@ -491,19 +491,10 @@ def compare(config: CompareConfig) -> Path:
     speeds = measure_speeds(timings, config.repeats, accelerator.device)
     models, preds = [], {}  # preds: (rows,) each, for the bootstrap
     for name, role, wrapper, logits, c in scored:
-        models.append(
-            model_record(
-                name,
-                role,
-                wrapper,
-                logits,
-                labels,
-                teacher_logits,
-                speeds[name],
-                data.label_names,
-                c,
-            )
+        record = model_record(
+            name, role, wrapper, logits, labels, teacher_logits, speeds[name], data.label_names, c
         )
+        models.append(record)
         preds[name] = logits.argmax(-1)
         _release(wrapper)
     add_ratios(models)
