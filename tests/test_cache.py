@@ -105,6 +105,37 @@ def test_cache_key_changes_with_every_part(tiny_models, tmp_path):
     assert len(set(digests.values())) == len(digests)
 
 
+def test_the_autocast_mode_is_part_of_the_key_and_a_mismatch_recomputes(
+    tiny_models, tmp_path, monkeypatch
+):
+    """bf16 autocast over fp32 weights gives other logits than a plain fp32 pass: a disk cache
+    written under one must not be reused under the other."""
+    teacher, ds, texts = teacher_and_data(tiny_models)
+    passes = []
+
+    def compute(teacher, ds, batch_size, accelerator, num_labels):
+        passes.append(accelerator.mixed_precision)
+        return torch.randn(len(ds), num_labels)
+
+    monkeypatch.setattr(kcache, "compute_teacher_logits", compute)
+    config = SimpleNamespace(max_length=64, teacher_cache_dir=str(tmp_path), teacher_batch_size=8)
+    accelerator = make_accelerator("cpu", "no", 1)
+
+    def under(mode):  # the same accelerator, run under another autocast mode
+        return SimpleNamespace(
+            mixed_precision=mode, is_main_process=True, device=accelerator.device
+        )
+
+    records = [
+        kcache.teacher_logits_for("disk", teacher, ds, texts, config, under(mode), 4, "fp32")[1]
+        for mode in ("no", "bf16", "no", "bf16")
+    ]
+    assert passes == ["no", "bf16"]  # each mode computed once, then read back from disk
+    assert [r["hit"] for r in records] == [False, False, True, True]
+    assert records[0]["key"] != records[1]["key"]
+    assert kcache.make_key(teacher, texts, 64, "fp32", "bf16").parts["autocast"] == "bf16"
+
+
 def test_a_mismatched_or_broken_cache_file_is_never_used(tiny_models, tmp_path):
     teacher, _, texts = teacher_and_data(tiny_models)
     key = kcache.make_key(teacher, texts, 64, "fp32")

@@ -102,6 +102,10 @@ def one_line_error(capsys, argv, prog="kdistill", command=None) -> str:
         (["distill", "--temperature", "hot"], "invalid float value: 'hot'"),
         (["distill", "--mixed-precision", "fp8"], "invalid choice: 'fp8'"),
         (["prepare-data", "--validation-split", "1"], "--validation-split must be between"),
+        (
+            ["compare", "--student-model", "s", "--bootstrap-resamples", "10"],
+            r"--bootstrap-resamples must be in \[100, 100000\]",
+        ),
         (["distill", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
 )

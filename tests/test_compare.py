@@ -44,8 +44,61 @@ def test_per_class_scores_and_confusion_on_a_hand_computed_case():
     assert scores["Film"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert confusion(labels, preds, 4) == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     logits = torch.nn.functional.one_hot(preds, 4).float()
-    macro = classification_metrics(logits, labels, 4)["macro_f1"]
-    assert macro == pytest.approx(sum(s["f1"] for s in scores.values()) / 4)
+    metrics = classification_metrics(logits, labels, 4)
+    # Film has no row in the split: macro-F1 averages the three classes present, not four.
+    present = [s["f1"] for s in scores.values() if s["support"]]
+    assert metrics["macro_f1"] == pytest.approx(sum(present) / 3)
+    assert metrics["macro_f1_classes"] == 3
+
+
+def test_macro_f1_counts_only_the_classes_present_in_the_split():
+    """A perfect model on a split that lacks two of four classes has macro-F1 1, not 0.5."""
+    from sklearn.metrics import f1_score
+
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    perfect = torch.nn.functional.one_hot(labels, 4).float()
+    metrics = classification_metrics(perfect, labels, 4)
+    assert metrics["macro_f1"] == 1.0 and metrics["macro_f1_classes"] == 2
+    # A prediction of an absent class is still an error of the class it should have named.
+    preds = torch.tensor([0, 3, 1, 1, 1])
+    got = classification_metrics(torch.nn.functional.one_hot(preds, 4).float(), labels, 4)
+    assert got["macro_f1"] == pytest.approx(f1_score(labels, preds, labels=[0, 1], average="macro"))
+    assert got["macro_f1"] == pytest.approx((2 / 3 + 1.0) / 2)
+
+
+def test_bootstrap_scores_are_paired_seeded_and_match_the_point_metrics():
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from kdistill.evaluate import BOOTSTRAP_CELLS, bootstrap_scores, interval
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    good = np.where(rng.random(400) < 0.9, y, rng.integers(0, 4, 400))
+    same = good.copy()
+    boot = bootstrap_scores(y, {"a": good, "b": same}, 4, 1000, seed=1)
+    again = bootstrap_scores(y, {"a": good, "b": same}, 4, 1000, seed=1)
+    assert np.array_equal(boot["a"]["accuracy"], again["a"]["accuracy"])  # seeded
+    # Paired: two identical models differ by exactly 0 on every resample.
+    assert np.array_equal(boot["a"]["accuracy"], boot["b"]["accuracy"])
+    acc = float((good == y).mean())
+    low, high = interval(boot["a"]["accuracy"])
+    assert low < acc < high
+    # About the binomial width: 1.96 * sqrt(p(1-p)/n) each side.
+    half = 1.96 * (acc * (1 - acc) / 400) ** 0.5
+    assert (high - low) / 2 == pytest.approx(half, rel=0.2)
+    f1 = f1_score(y, good, average="macro")
+    low, high = interval(boot["a"]["macro_f1"])
+    assert low < f1 < high
+    # One resample's numbers are those sklearn gives on that resample's rows: rebuild the first
+    # resample from the same generator (chunked exactly as bootstrap_scores draws them).
+    chunk = max(1, min(1000, BOOTSTRAP_CELLS // 400))
+    idx = np.random.default_rng(1).integers(0, 400, size=(chunk, 400))[0]
+    yy, pp = y[idx], good[idx]
+    assert boot["a"]["accuracy"][0] == pytest.approx((yy == pp).mean())
+    assert boot["a"]["macro_f1"][0] == pytest.approx(
+        f1_score(yy, pp, labels=np.unique(yy), average="macro", zero_division=0)
+    )
 
 
 def test_agreement_and_kl_against_hand_computed_values():
@@ -89,6 +142,45 @@ def test_measure_speed_times_what_the_model_costs():
     assert 8 / 0.008 / 2 < fast["throughput_per_s"] <= 8 / 0.008
     assert slow["latency_ms_batch_1"] > fast["latency_ms_batch_1"]
     assert slow["throughput_per_s"] < fast["throughput_per_s"]
+
+
+def test_measure_speeds_interleaves_so_drift_hits_every_model_alike():
+    """Two identical models on a machine that slows down as it goes (another job starting, a
+    clock stepping down): timed one after another the second looks ~2x slower; interleaved
+    ABBA, both see the same slowdown and their ratio stays near 1. The spread is reported."""
+    import numpy as np
+
+    from kdistill.evaluate import measure_speeds
+
+    calls: list[str] = []
+
+    def model(name: str):
+        def forward(batch: dict[str, torch.Tensor]) -> None:
+            calls.append(name)
+            time.sleep(0.001 * (1 + len(calls) / 12))  # every call a little slower than the last
+
+        return forward
+
+    singles = [{"x": torch.zeros(1, 3)} for _ in range(2)]
+    batch = {"x": torch.zeros(4, 3)}
+    inputs = {"a": (model("a"), singles, batch), "b": (model("b"), singles, batch)}
+    out = measure_speeds(inputs, 6, torch.device("cpu"), threads=1)
+    timed = calls[6:]  # after one warm-up pass of each (2 singles + the batch)
+    rounds = [timed[i : i + 6] for i in range(0, len(timed), 6)]
+    assert [r[0] for r in rounds] == ["a", "b", "a", "b", "a", "b"]  # ABBA...
+    ratio = out["b"]["latency_ms_batch_1"] / out["a"]["latency_ms_batch_1"]
+    assert 0.8 < ratio < 1.25, ratio
+    for s in out.values():
+        low, high = s["latency_ms_batch_1_iqr"]
+        assert low <= s["latency_ms_batch_1"] <= high
+        low, high = s["throughput_per_s_iqr"]
+        assert low <= s["throughput_per_s"] <= high
+    assert torch.get_num_threads() >= 1
+    # The same two timed one after another: the drift lands on b alone.
+    calls.clear()
+    one_by_one = {n: measure_speeds({n: inputs[n]}, 6, torch.device("cpu"))[n] for n in inputs}
+    sequential = one_by_one["b"]["latency_ms_batch_1"] / one_by_one["a"]["latency_ms_batch_1"]
+    assert sequential > 1.4 and np.isfinite(sequential)
 
 
 # --------------------------------------------------------------------------- the command
@@ -173,6 +265,8 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
                 {"precision": prec[i], "recall": rec[i], "f1": f1[i], "support": sup[i]}
             )
         assert m["latency_ms_batch_1"] > 0 and m["throughput_per_s"] > 0
+        low, high = m["latency_ms_batch_1_iqr"]  # timed interleaved, with the spread
+        assert 0 < low <= m["latency_ms_batch_1"] <= high
         assert m["speedup_vs_teacher"] == pytest.approx(
             teacher["latency_ms_batch_1"] / m["latency_ms_batch_1"]
         )
@@ -208,6 +302,21 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
     assert g["student"] == student["name"]
     assert g["accuracy_points"] == pytest.approx((student["accuracy"] - baseline["accuracy"]) * 100)
     assert g["macro_f1_points"] == pytest.approx((student["macro_f1"] - baseline["macro_f1"]) * 100)
+    # How sure each number is: 95% bootstrap intervals, seeded, and a paired one for the gain.
+    assert results["speed_settings"]["timing"].startswith("interleaved")
+    assert results["intervals"]["resamples"] == 1000 and results["intervals"]["confidence"] == 0.95
+    assert results["macro_f1_classes"] == CLASSES  # every class has test rows here
+    for m in results["models"]:
+        for metric in ("accuracy", "macro_f1"):
+            low, high = m[f"{metric}_ci"]
+            assert 0 <= low <= m[metric] <= high <= 1
+    assert teacher["accuracy_ci"][1] - teacher["accuracy_ci"][0] > 0  # 40 rows: not exact
+    for metric in ("accuracy", "macro_f1"):
+        low, high = g[f"{metric}_points_ci"]
+        assert low <= g[f"{metric}_points"] <= high
+        assert g[f"{metric}_within_noise"] == (low <= 0 <= high)
+    assert gain["baseline_valid"] and gain["baseline_problems"] == []
+    assert baseline["history"]["teacher"]["used"] is False  # alpha 0: no teacher was run
 
     png = (folder / "teacher_student_comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
@@ -222,7 +331,7 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
                                 "html": "report.html"}  # fmt: skip
     # The terminal shows the results without opening a file.
     table = next(r.getMessage() for r in caplog.records if "speed-up" in r.getMessage())
-    assert student["name"] in table and "distillation gain" in table
+    assert student["name"] in table and "distillation gain" in table and "95% CI" in table
 
 
 def test_the_seed_script_runs_with_the_seed_flags(project, tmp_path, monkeypatch):
@@ -299,27 +408,148 @@ def test_a_model_without_a_trained_head_is_refused(project, tmp_path, capsys, ti
     assert err.startswith(f"--student-model {bare}: its classes are unnamed"), err
 
 
-def test_gain_only_against_a_baseline_of_the_same_student():
-    from kdistill.compare import distillation_gain
+def gain_models():
+    """A teacher, students trained several ways, and a baseline, as model records with the
+    run configs compare reads; plus each model's predictions on 200 rows."""
+    import numpy as np
 
-    def model(name, role, acc, run_config=None, params=100, cls="BertForSequenceClassification"):
-        return {"name": name, "role": role, "accuracy": acc, "macro_f1": acc,
-                "run_config": run_config, "parameters": params, "model_class": cls}  # fmt: skip
+    def run(alpha, **changes):
+        data = {
+            "source": "data/toy",
+            "train_rows": 96,
+            "unlabeled_rows": 0,
+            **changes.pop("data", {}),
+        }
+        return {
+            "student_model": "bert-tiny",
+            "student_layers": None,
+            "student_num_layers": None,
+            "alpha": alpha,
+            "epochs": 3,
+            "max_length": 128,
+            "data": data,
+            **changes,
+        }
 
-    tiny = {"student_model": "bert-tiny", "student_layers": None, "student_num_layers": None}
-    cut = {"student_model": "minilm", "student_layers": "0,5", "student_num_layers": None}
+    def model(name, role, run_config=None, params=100, cls="BertForSequenceClassification"):
+        return {
+            "name": name,
+            "role": role,
+            "run_config": run_config,
+            "parameters": params,
+            "model_class": cls,
+        }
+
     models = [
-        model("teacher", "teacher", 0.97),
-        model("kd-tiny", "student", 0.92, {**tiny, "alpha": 0.7}),
-        model("kd-cut", "student", 0.95, {**cut, "alpha": 0.7}),
-        model("folder", "student", 0.91, None, params=100),
-        model("other-folder", "student", 0.91, None, params=999),
-        model("ce-tiny", "baseline", 0.90, {**tiny, "alpha": 0.0}, params=100),
+        model("teacher", "teacher"),
+        model("kd", "student", run(0.7)),
+        model("kd-same", "student", run(0.7)),
+        model("kd-cut", "student", run(0.7, student_layers="0,5")),
+        model("kd-longer", "student", run(0.7, epochs=10)),
+        model("kd-more-rows", "student", run(0.7, data={"train_rows": 960})),
+        model("kd-other-length", "student", run(0.7, max_length=64)),
+        model("folder", "student", None),
+        model("ce", "baseline", run(0.0)),
     ]
-    gain = distillation_gain(models)
-    assert gain["baseline"] == "ce-tiny"
-    assert [g["student"] for g in gain["students"]] == ["kd-tiny", "folder"]
-    assert gain["students"][0]["accuracy_points"] == pytest.approx(2.0)
-    # a gain over another architecture would measure the architecture, not distillation
-    assert gain["not_comparable"] == ["kd-cut", "other-folder"]
-    assert distillation_gain(models[:-1]) is None
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+
+    def right(share):  # predictions right on about `share` of the rows
+        return np.where(rng.random(200) < share, y, (y + 1) % 4)
+
+    preds = {m["name"]: right(0.8) for m in models}
+    preds["kd"] = right(0.95)  # clearly better than the baseline
+    preds["kd-same"] = preds["ce"].copy()  # exactly the baseline: a gain of 0, within noise
+    return models, preds, y
+
+
+def test_gain_only_against_a_fair_cross_entropy_baseline():
+    import torch as t
+
+    from kdistill.compare import add_intervals, distillation_gain
+
+    models, preds, y = gain_models()
+    for m in models:
+        p = preds[m["name"]]
+        m["accuracy"] = float((p == y).mean())
+        m["macro_f1"] = m["accuracy"]  # not what is tested here
+    boot = add_intervals(
+        models, {n: t.tensor(p) for n, p in preds.items()}, t.tensor(y), 4, 1000, 0
+    )
+    for m in models:
+        assert m["accuracy_ci"][0] <= m["accuracy"] <= m["accuracy_ci"][1]
+    gain = distillation_gain(models, boot)
+    assert gain["baseline"] == "ce" and gain["baseline_valid"] and gain["baseline_problems"] == []
+    kd, same = gain["students"]
+    assert (kd["student"], same["student"]) == ("kd", "kd-same")
+    ce = next(m for m in models if m["name"] == "ce")
+    kd_model = next(m for m in models if m["name"] == "kd")
+    assert kd["accuracy_points"] == pytest.approx((kd_model["accuracy"] - ce["accuracy"]) * 100)
+    low, high = kd["accuracy_points_ci"]
+    assert 0 < low < kd["accuracy_points"] < high and not kd["accuracy_within_noise"]
+    assert same["accuracy_points"] == 0 and same["accuracy_points_ci"] == [0.0, 0.0]
+    assert same["accuracy_within_noise"] and same["macro_f1_within_noise"]
+    # Anything else the student did differently would be folded into the "gain": none given.
+    why = {n["student"]: n["differences"] for n in gain["not_comparable"]}
+    assert list(why) == ["kd-cut", "kd-longer", "kd-more-rows", "kd-other-length", "folder"]
+    assert why["kd-cut"] == ["student_layers 0,5 vs the baseline's None"]
+    assert why["kd-longer"] == ["epochs 10 vs the baseline's 3"]
+    assert why["kd-more-rows"] == ["labelled rows 960 vs the baseline's 96"]
+    assert why["kd-other-length"] == ["max length 64 vs the baseline's 128"]
+    assert "no distill config.json" in why["folder"][0]
+    assert distillation_gain(models[:-1], boot) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"alpha": 0.7}, "alpha 0.7, not 0"),
+        (
+            {"data": {"source": "data/toy", "train_rows": 96, "unlabeled_rows": 500}},
+            "500 unlabelled rows",
+        ),
+        (None, "no distill config.json"),
+    ],
+)
+def test_a_baseline_that_saw_the_teacher_gives_no_gain(tmp_path, change, problem):
+    """A "baseline" trained with the teacher (alpha > 0, or unlabelled rows given T^2 * KL as
+    alpha 0 did before) measures nothing: every student is listed with the reason, in the JSON,
+    the terminal table and the HTML report."""
+    import torch as t
+
+    from kdistill.compare import add_intervals, distillation_gain, format_summary
+    from kdistill.report import write_html_report
+
+    models, preds, y = gain_models()
+    ce = models[-1]
+    ce["run_config"] = None if change is None else {**ce["run_config"], **change}
+    for m in models:
+        m.update(
+            accuracy=float((preds[m["name"]] == y).mean()),
+            macro_f1=0.5,
+            agreement_with_teacher=0.9,
+            kl_to_teacher=0.1,
+            latency_ms_batch_1=1.0,
+            speedup_vs_teacher=1.0,
+            throughput_per_s=10.0,
+            size_on_disk_bytes=1000,
+        )
+    boot = add_intervals(models, {n: t.tensor(p) for n, p in preds.items()}, t.tensor(y), 4, 200, 0)
+    gain = distillation_gain(models, boot)
+    assert not gain["baseline_valid"] and problem in gain["baseline_problems"][0]
+    assert gain["students"] == []
+    assert len(gain["not_comparable"]) == 7
+    assert all(problem in n["differences"][0] for n in gain["not_comparable"])
+    results = {
+        "models": models,
+        "distillation_gain": gain,
+        "speed_settings": {"throughput_batch_size": 8},
+        "dataset": {"name": "toy", "split": "test", "rows": 200, "label_names": CLASSES},
+    }
+    table = format_summary(results)
+    assert "distillation gain of" not in table
+    assert "no distillation gain for kd: not a fair comparison with the baseline ce" in table
+    assert problem in table
+    write_html_report(results, tmp_path / "report.html", {})
+    page = (tmp_path / "report.html").read_text()
+    assert "no gain reported" in page and problem in page

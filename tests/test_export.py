@@ -13,6 +13,7 @@ from conftest import make_texts
 from fake_hub import fake_hub
 
 from kdistill.cli import main
+from kdistill.export import format_report
 
 pytest.importorskip("onnxruntime", reason="the [onnx] extra is part of the dev install")
 
@@ -54,8 +55,14 @@ def test_onnx_export_matches_torch_and_reports_int8(exported):
         s = report["speed"][variant]
         assert s["latency_ms_batch_1"] > 0 and s["throughput_per_s"] > 0
         assert s["latency_ms_batch_8"] == pytest.approx(8000 / s["throughput_per_s"])
+        # How sure each timing is: the interquartile range over the interleaved repeats.
+        assert s["latency_ms_batch_1_iqr"][0] <= s["latency_ms_batch_1"]
+        assert s["latency_ms_batch_1"] <= s["latency_ms_batch_1_iqr"][1]
+        assert s["throughput_per_s_iqr"][0] <= s["throughput_per_s"] <= s["throughput_per_s_iqr"][1]
+    assert report["timing"].startswith("interleaved")
     assert report["speed"]["torch"]["speedup_vs_torch"] == 1.0
     assert report["threads"] == 1
+    assert "IQR ms@1" in format_report(report)
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "onnx" and "onnx" in card.data.tags
     assert card.data.labels == ["Animal", "Building", "Company", "Film"]

@@ -141,13 +141,13 @@ def test_an_unlabelled_rows_label_value_changes_nothing(batch, marker):
 
 
 def test_no_cross_entropy_gradient_reaches_unlabelled_rows(batch):
-    """The gradient at an unlabelled row is exactly that of its kl_i / batch, whatever alpha:
+    """The gradient at an unlabelled row is exactly that of its kl_i / batch, whatever alpha > 0:
     no CE part; a labelled row's gradient does carry CE (it changes with alpha)."""
     s0, t, y = batch
     y = y.clone()
     y[5:] = -100
     grads = {}
-    for alpha in (0.0, 0.5, 1.0):
+    for alpha in (0.3, 0.5, 1.0):
         s = s0.detach().clone().requires_grad_(True)
         kd_loss(s, t, y, 2.0, alpha).loss.backward()
         grads[alpha] = s.grad
@@ -155,7 +155,22 @@ def test_no_cross_entropy_gradient_reaches_unlabelled_rows(batch):
     (per_row_kl(s, t, 2.0)[5:].sum() / 8).backward()
     for g in grads.values():
         torch.testing.assert_close(g[5:], s.grad[5:], atol=1e-6, rtol=1e-5)
-    assert not torch.allclose(grads[0.0][:5], grads[1.0][:5])
+    assert not torch.allclose(grads[0.3][:5], grads[1.0][:5])
+
+
+def test_alpha_zero_is_cross_entropy_only_with_unlabelled_rows_too(batch):
+    """alpha 0 is the cross-entropy-only baseline: unlabelled rows contribute nothing (no KD on
+    any row), so the loss is the labelled rows' CE and their gradient is zero."""
+    s, t, y = batch
+    y = y.clone()
+    y[5:] = -100
+    out = kd_loss(s, t, y, 3.0, 0.0)
+    assert torch.equal(out.loss, F.cross_entropy(s[:5], y[:5]))
+    out.loss.backward()
+    assert torch.count_nonzero(s.grad[5:]) == 0 and torch.count_nonzero(s.grad[:5]) > 0
+    # A batch of unlabelled rows alone teaches nothing, and still backpropagates.
+    alone = kd_loss(s, t, torch.full((8,), -100), 3.0, 0.0)
+    assert alone.loss == 0 and alone.loss.requires_grad
 
 
 def test_a_batch_without_labels_is_pure_kd(batch):

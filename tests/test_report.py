@@ -60,6 +60,7 @@ def model_entry(name: str, role: str, accuracy: float, latency: float, params: f
         "history": None, "mode": "prompt" if role == "teacher" else "classifier",
         "parameters": int(params), "size_on_disk_bytes": int(params * 2),
         "accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1.mean()), "loss": 0.3,
+        "accuracy_ci": [0.88, 0.95], "macro_f1_ci": [0.87, 0.94],
         "ece": 0.04, "per_class": {
             label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for label, p, r, f, s in zip(DBPEDIA, precision, recall, f1, support, strict=True)},
@@ -88,10 +89,14 @@ def make_results(n_students: int = 2, baseline: bool = True) -> dict[str, Any]:
     gain = None
     if baseline:
         ce = models[-1]
-        gain = {"baseline": base, "students": [
+        gain = {"baseline": base, "baseline_valid": True, "baseline_problems": [], "students": [
             {"student": m["name"], "accuracy_points": 100 * (m["accuracy"] - ce["accuracy"]),
-             "macro_f1_points": 100 * (m["macro_f1"] - ce["macro_f1"])}
-            for m in models[1:-1]], "not_comparable": ["a <b>cut</b> student"]}  # fmt: skip
+             "macro_f1_points": 100 * (m["macro_f1"] - ce["macro_f1"]),
+             "accuracy_points_ci": [0.4, 4.1], "macro_f1_points_ci": [-0.3, 3.8],
+             "accuracy_within_noise": False, "macro_f1_within_noise": True}
+            for m in models[1:-1]], "not_comparable": [
+                {"student": "a <b>cut</b> student", "differences": ["student_layers 0,5 vs <None>"]}
+            ]}  # fmt: skip
     return {
         "schema_version": 1, "created": "2026-11-28T12:00:00",
         "dataset": {"name": "dbpedia", "source": "data/dbpedia", "split": "test",
@@ -214,7 +219,11 @@ def test_html_report_is_self_contained(tmp_path: Path) -> None:
         assert m["name"] in text
     gain = results["distillation_gain"]["students"][0]
     assert f"{gain['accuracy_points']:+.1f} accuracy points" in text
-    assert "a &lt;b&gt;cut&lt;/b&gt; student</b>: not compared" in text
+    assert "a &lt;b&gt;cut&lt;/b&gt; student</b>: no gain reported" in text
+    assert "student_layers 0,5 vs &lt;None&gt;" in text  # what differs, escaped
+    assert "(95% interval +0.4 – +4.1)" in text  # the gain's paired interval
+    assert "(95% interval -0.3 – +3.8, <b>within noise</b>)" in text  # spans 0
+    assert "88.0 – 95.0" in text  # a model's accuracy interval, in percent
     assert "cross-entropy-only baseline" in text
     assert text.count('src="data:image/png;base64,') == len(figures)  # the missing one left out
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text)

@@ -213,6 +213,65 @@ def test_distill_refuses_a_teacher_below_chance(capsys, tmp_path, monkeypatch, w
     assert history["teacher"]["val_accuracy"] <= history["chance_accuracy"]
 
 
+def test_alpha_zero_never_loads_or_runs_the_teacher(
+    capsys, tmp_path, monkeypatch, caplog, wrong_teacher, trained_teacher, tiny_models
+):
+    """--alpha 0 is cross-entropy only: the teacher is not loaded (a teacher below chance does
+    not stop it), --unlabeled-data rows are not used, and the run's files say so in the layout
+    `kdistill runs`, model cards and compare read."""
+    import kdistill.teachers
+    from kdistill.model_card import run_card
+    from kdistill.runs import read_run
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded for an --alpha 0 run")
+
+    monkeypatch.setattr(kdistill.teachers, "load_teacher", no_teacher)
+    dataset = json.loads((trained_teacher / "teacher_eval.json").read_text())["config"]["dataset"]
+    monkeypatch.chdir(tmp_path)
+    Path("unlabeled.csv").write_text("text\n" + "".join(f"some text {i}\n" for i in range(20)))
+    caplog.set_level("INFO", logger="kdistill")
+    argv = [
+        "distill",
+        "--dataset",
+        dataset,
+        "--teacher-model",
+        str(wrong_teacher),
+        "--student-model",
+        str(tiny_models["bert_student"]),
+        "--epochs",
+        "1",
+        "--mixed-precision",
+        "no",
+        "--alpha",
+        "0",
+        "--unlabeled-data",
+        "unlabeled.csv",
+    ]
+    assert main(argv) == 0
+    assert any("--unlabeled-data rows" in r.getMessage() for r in caplog.records)
+    (run,) = Path("outputs/student_soft_distill").iterdir()
+    config = json.loads((run / "config.json").read_text())
+    history = json.loads((run / "history.json").read_text())
+    assert config["teacher"]["used"] is False and config["teacher"]["parameters"] is None
+    assert config["teacher"]["model"] == str(wrong_teacher)
+    assert config["data"]["unlabeled_rows"] == 0 and config["alpha"] == 0.0
+    assert history["teacher"] == {
+        "used": False,
+        "val_accuracy": None,
+        "val_macro_f1": None,
+        "val_loss": None,
+        "val_rows": None,
+    }
+    assert history["teacher_cache"]["mode"] == "none"
+    assert history["epochs"][0]["train_kl"] == 0.0 and history["epochs"][0]["train_ce"] > 0
+    assert read_run(run)["status"] == "completed"
+    assert "validation accuracy -" in run_card(run).text  # no teacher number on the card
+    from kdistill.compare import baseline_problems
+
+    assert baseline_problems({"run_config": config}) == []  # a valid compare --baseline
+
+
 def test_chance_is_the_better_of_uniform_and_majority():
     from kdistill.distill import chance_accuracy, check_teacher_strength
 
@@ -222,6 +281,32 @@ def test_chance_is_the_better_of_uniform_and_majority():
         check_teacher_strength(0.25, 0.25, allow_weak=False)
     check_teacher_strength(0.25, 0.25, allow_weak=True)
     check_teacher_strength(0.26, 0.25, allow_weak=False)
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "chance", "near"),
+    [
+        (0.93, 0.5, False),  # a good binary teacher: 2x chance is 100%, and it is far from chance
+        (0.99, 0.5, False),
+        (0.60, 0.5, True),  # 20% of the way from chance to 1
+        (0.20, 1 / 14, True),  # 14 classes: well above 2x chance and still near it
+        (0.50, 1 / 14, False),
+    ],
+)
+def test_near_chance_is_measured_between_chance_and_a_perfect_score(caplog, accuracy, chance, near):
+    from kdistill.distill import check_teacher_strength
+
+    caplog.set_level("INFO", logger="kdistill")
+    check_teacher_strength(accuracy, chance, allow_weak=False)  # above chance: never refused
+    warned = any("near chance" in r.getMessage() for r in caplog.records)
+    assert warned == near
+    from kdistill.distill import NEAR_CHANCE_SKILL, skill_over_chance
+
+    assert (skill_over_chance(accuracy, chance) < NEAR_CHANCE_SKILL) == near
+    # The refusal sits at skill 0, the same scale: at chance, refused; a hair above, not.
+    assert skill_over_chance(chance, chance) == 0.0
+    with pytest.raises(KdistillError, match="at or below chance"):
+        check_teacher_strength(chance, chance, allow_weak=False)
 
 
 # --------------------------------------------------------------------------- modes and GGUF

@@ -3,7 +3,8 @@ every epoch, so compute them once, in one length-sorted inference pass, and reus
 
 Class logits are tiny (N x C floats: 560k DBpedia rows x 14 classes = 31 MB), so memory is the
 default. On disk they live in a safetensors file named after a key made of everything the logits
-depend on: the teacher's weights, how it is used, its tokenizer and max_length, its precision,
+depend on: the teacher's weights, how it is used, its tokenizer and max_length, its precision
+(weights dtype and autocast mode: bf16 autocast over fp32 weights gives other logits than fp32),
 and the exact training texts in order. The key is stored inside the file as well and compared in
 full on load, so a stale or mismatched cache is never used.
 """
@@ -107,7 +108,11 @@ class CacheKey:
         return json.dumps(self.parts, sort_keys=True)
 
 
-def make_key(teacher: Teacher, texts: list[str], max_length: int, precision: str) -> CacheKey:
+def make_key(
+    teacher: Teacher, texts: list[str], max_length: int, precision: str, autocast: str = "no"
+) -> CacheKey:
+    """Everything the logits depend on. `precision` is the teacher's weights dtype, `autocast`
+    the mixed-precision mode the pass runs under (Accelerate's: no, bf16, fp16)."""
     return CacheKey(
         {
             "format": CACHE_FORMAT,
@@ -117,6 +122,7 @@ def make_key(teacher: Teacher, texts: list[str], max_length: int, precision: str
             "tokenizer": tokenizer_identity(teacher.tokenizer),
             "max_length": max_length,
             "precision": precision,
+            "autocast": autocast,
             "rows": len(texts),
             "texts": texts_digest(texts),
         }
@@ -223,7 +229,7 @@ def teacher_logits_for(
 
     auto: a matching disk entry is reused when there is one, else the logits stay in memory.
     """
-    key = make_key(teacher, texts, config.max_length, precision)
+    key = make_key(teacher, texts, config.max_length, precision, accelerator.mixed_precision)
     cache_dir = Path(config.teacher_cache_dir) if config.teacher_cache_dir else default_cache_dir()
     path = cache_dir / f"{key.digest}.safetensors"
     record: dict[str, Any] = {"mode": mode, "key": key.digest, "hit": False}

@@ -5,7 +5,10 @@ each, as the logit cache does), measures how faithfully each student imitates th
 (agreement of predictions, KL between distributions) and what it saves (size, latency at
 batch 1, throughput), and writes comparison_results.json, teacher_student_comparison.png and
 report.html into a new folder. A cross-entropy-only student (--baseline) turns the numbers into
-the gain distillation itself brings.
+the gain distillation itself brings, when it is a fair one: cross-entropy only, the same student
+on the same data for as long. Every accuracy and macro-F1 comes with a 95% bootstrap interval over
+the rows, and each gain with a paired one, so a difference the split's size cannot tell from noise
+is reported as such.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import gc
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: 95% intervals, the baseline's checks, latency IQRs
 FILES = {"json": "comparison_results.json", "figure": "teacher_student_comparison.png",
          "html": "report.html"}  # fmt: skip
 # Weight formats in the order transformers prefers them: a folder holding both safetensors and a
@@ -193,16 +197,27 @@ def pad_rows(rows: list[list[int]], pad_id: int, left: bool, device: torch.devic
     return {"teacher_input_ids": ids.to(device), "teacher_attention_mask": mask.to(device)}
 
 
+# (forward, one-row batches, one throughput batch): what measure_speeds times a model on.
+Timing = tuple[
+    Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    list[dict[str, torch.Tensor]],
+    dict[str, torch.Tensor],
+]
+
+
 def score_model(
-    wrapper: Teacher, rows: Dataset, config: CompareConfig, accelerator: Accelerator,
+    wrapper: Teacher,
+    rows: Dataset,
+    config: CompareConfig,
+    accelerator: Accelerator,
     num_labels: int,
-) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
-    """(len(rows), num_labels) logits over the split and the speed of the model on this device:
-    the split's first rows one at a time, and its first throughput-batch-size rows as one batch,
-    each model reading its own tokenisation of the same texts."""
+) -> tuple[torch.Tensor, Timing]:
+    """(len(rows), num_labels) logits over the split, and what measure_speeds times the model on
+    (it times every model together, interleaved): the split's first rows one at a time, and its
+    first throughput-batch-size rows as one batch, each model reading its own tokenisation of
+    the same texts."""
     from kdistill.cache import compute_teacher_logits
     from kdistill.data import tokenize
-    from kdistill.evaluate import measure_speed
 
     wrapper.to(accelerator.device)
     encoded = tokenize(rows, {"teacher": wrapper}, config.max_length)
@@ -216,7 +231,7 @@ def score_model(
         with accelerator.autocast():
             return wrapper.logits(b)
 
-    return logits, measure_speed(forward, singles, batch, config.repeats, accelerator.device)
+    return logits, (forward, singles, batch)
 
 
 def model_record(
@@ -276,32 +291,130 @@ def add_ratios(models: list[dict[str, Any]]) -> None:
 
 
 ARCHITECTURE_KEYS = ("student_model", "student_layers", "student_num_layers")
+# What the baseline must share with a student for the gain to measure distillation alone:
+# (key in config.json's "data" or None for its top level, key, what to call it).
+TRAINING_KEYS = (
+    ("data", "source", "data set"),
+    ("data", "train_rows", "labelled rows"),
+    (None, "epochs", "epochs"),
+    (None, "max_length", "max length"),
+)
 
 
-def same_architecture(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two models are the same student trained two ways: by their runs' student flags
-    when both have a run config, else by class and parameter count."""
-    ra, rb = a.get("run_config"), b.get("run_config")
-    if ra and rb:
-        return all(ra.get(k) == rb.get(k) for k in ARCHITECTURE_KEYS)
-    return a["parameters"] == b["parameters"] and a["model_class"] == b["model_class"]
+def baseline_problems(baseline: dict[str, Any]) -> list[str]:
+    """Why the baseline is not a cross-entropy-only run (none when it is): alpha 0 and no
+    teacher on any row. Runs written before alpha 0 meant that gave unlabelled rows T^2 * KL."""
+    run_config = baseline.get("run_config")
+    if not run_config:
+        return [
+            "the baseline has no distill config.json, so nothing shows it was trained on "
+            "labels alone; pass the run directory of a distill --alpha 0 run"
+        ]
+    problems = []
+    if run_config.get("alpha") != 0:
+        problems.append(
+            f"the baseline was trained with alpha {run_config.get('alpha')}, not 0: "
+            "it learned from the teacher"
+        )
+    unlabeled = (run_config.get("data") or {}).get("unlabeled_rows")
+    if unlabeled:
+        problems.append(
+            f"the baseline had {unlabeled} unlabelled rows, which learned from the teacher"
+        )
+    return problems
 
 
-def distillation_gain(models: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Each student's accuracy and macro-F1 minus the baseline's, in percentage points, for the
-    students of the baseline's architecture; a gain over a different student would measure the
-    architecture, not distillation, so those are listed as not comparable."""
+def baseline_differences(student: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """How a student's run differs from the baseline's in what the gain must hold fixed: the
+    student architecture, the data set, its labelled rows, epochs and max length."""
+    rs, rb = student.get("run_config"), baseline.get("run_config")
+    if not rs:
+        return [
+            "the student has no distill config.json, so its student and data cannot be "
+            "matched to the baseline's"
+        ]
+    if not rb:
+        return []  # said once, in baseline_problems
+    out = []
+    for key in ARCHITECTURE_KEYS:
+        if rs.get(key) != rb.get(key):
+            out.append(f"{key} {rs.get(key)} vs the baseline's {rb.get(key)}")
+    for section, key, what in TRAINING_KEYS:
+        a = (rs.get(section) or {}) if section else rs
+        b = (rb.get(section) or {}) if section else rb
+        if a.get(key) != b.get(key):
+            out.append(f"{what} {a.get(key)} vs the baseline's {b.get(key)}")
+    return out
+
+
+def add_intervals(
+    models: list[dict[str, Any]],
+    preds: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    num_labels: int,
+    resamples: int,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """Each model's 95% bootstrap intervals (accuracy_ci, macro_f1_ci), every model scored on
+    the same resamples of the rows; returns the resampled scores, for the paired gains."""
+    from kdistill.evaluate import bootstrap_scores, interval
+
+    y = labels.cpu().numpy()
+    boot = bootstrap_scores(
+        y, {n: p.cpu().numpy() for n, p in preds.items()}, num_labels, resamples, seed
+    )
+    for m in models:
+        m["accuracy_ci"] = interval(boot[m["name"]]["accuracy"])
+        m["macro_f1_ci"] = interval(boot[m["name"]]["macro_f1"])
+    return boot
+
+
+def _gain(
+    student: dict[str, Any], baseline: dict[str, Any], boot: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """student - baseline in percentage points, with a paired 95% bootstrap interval: the
+    difference on each resample of the same rows."""
+    from kdistill.evaluate import interval
+
+    out: dict[str, Any] = {"student": student["name"]}
+    for metric in ("accuracy", "macro_f1"):
+        diff = (boot[student["name"]][metric] - boot[baseline["name"]][metric]) * 100
+        low, high = interval(diff)
+        out[f"{metric}_points"] = (student[metric] - baseline[metric]) * 100
+        out[f"{metric}_points_ci"] = [low, high]
+        out[f"{metric}_within_noise"] = low <= 0.0 <= high
+    return out
+
+
+def distillation_gain(
+    models: list[dict[str, Any]], boot: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Each student's accuracy and macro-F1 minus the baseline's, in percentage points, with a
+    paired bootstrap interval (`boot`: add_intervals' resampled scores).
+
+    Only a fair baseline counts: cross-entropy only (alpha 0, no teacher on any row) and the
+    same student architecture, data set, labelled rows, epochs and max length as the student.
+    Anything else would fold that difference into the "gain" (more epochs, another student, a
+    baseline that saw the teacher), so such a student gets no gain, and the differences are
+    listed instead."""
     baseline = next((m for m in models if m["role"] == "baseline"), None)
     if baseline is None:
         return None
-    students = [m for m in models if m["role"] == "student"]
-    return {"baseline": baseline["name"], "students": [
-        {"student": m["name"],
-         "accuracy_points": (m["accuracy"] - baseline["accuracy"]) * 100,
-         "macro_f1_points": (m["macro_f1"] - baseline["macro_f1"]) * 100}
-        for m in students if same_architecture(m, baseline)],
-        "not_comparable": [m["name"] for m in students if not same_architecture(m, baseline)],
-    }  # fmt: skip
+    problems = baseline_problems(baseline)
+    gains, not_comparable = [], []
+    for m in (m for m in models if m["role"] == "student"):
+        differences = [*problems, *baseline_differences(m, baseline)]
+        if differences:
+            not_comparable.append({"student": m["name"], "differences": differences})
+        else:
+            gains.append(_gain(m, baseline, boot))
+    return {
+        "baseline": baseline["name"],
+        "baseline_valid": not problems,
+        "baseline_problems": problems,
+        "students": gains,
+        "not_comparable": not_comparable,
+    }
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -325,6 +438,7 @@ def compare(config: CompareConfig) -> Path:
     """The compare command. Returns the new comparison folder."""
     from kdistill.data import subsample
     from kdistill.distill import library_versions, pick_teacher_dtype, start_command
+    from kdistill.evaluate import measure_speeds
     from kdistill.from_run import (
         Run,
         check_same_split,
@@ -381,19 +495,35 @@ def compare(config: CompareConfig) -> Path:
         config.seed,
         chosen.shots,
     )
-    teacher_logits, speed = score_model(teacher, rows, config, accelerator, data.num_labels)
-    models = [model_record("teacher", "teacher", teacher, teacher_logits, labels, teacher_logits,
-                           speed, data.label_names)]  # fmt: skip
-    _release(teacher)
+    teacher_logits, timing = score_model(teacher, rows, config, accelerator, data.num_labels)
+    # Every model stays on the device until all are timed together, interleaved: timed one
+    # after another, the same student measured 2.4 and 3.2 ms. Students are small beside the
+    # teacher, so keeping them beside it costs little memory.
+    scored: list[tuple[str, str, Teacher, torch.Tensor, Candidate | None]] = [
+        ("teacher", "teacher", teacher, teacher_logits, None)
+    ]
+    timings = {"teacher": timing}
     taken = {"teacher"}
     for i, c in enumerate(candidates, start=2):
         logger.info("[%d/%d] %s %s", i, total, c.role, c.model_dir)
         student = load_student_model(c, data.label_names, dtype)
-        logits, speed = score_model(student, rows, config, accelerator, data.num_labels)
-        models.append(model_record(_unique(c.name, taken), c.role, student, logits, labels,
-                                   teacher_logits, speed, data.label_names, c))  # fmt: skip
-        _release(student)
+        name = _unique(c.name, taken)
+        logits, timings[name] = score_model(student, rows, config, accelerator, data.num_labels)
+        scored.append((name, c.role, student, logits, c))
+    logger.info("timing %d models interleaved, %d repeats", len(timings), config.repeats)
+    speeds = measure_speeds(timings, config.repeats, accelerator.device)
+    models, preds = [], {}  # preds: (rows,) each, for the bootstrap
+    for name, role, wrapper, logits, c in scored:
+        record = model_record(
+            name, role, wrapper, logits, labels, teacher_logits, speeds[name], data.label_names, c
+        )
+        models.append(record)
+        preds[name] = logits.argmax(-1)
+        _release(wrapper)
     add_ratios(models)
+    boot = add_intervals(
+        models, preds, labels, data.num_labels, config.bootstrap_resamples, config.seed
+    )
 
     counts = torch.bincount(labels, minlength=data.num_labels).tolist()
     results: dict[str, Any] = {
@@ -408,9 +538,19 @@ def compare(config: CompareConfig) -> Path:
         "config": config.to_dict(),
         "speed_settings": {"latency_rows": min(config.latency_rows, len(rows)),
                            "throughput_batch_size": min(config.throughput_batch_size, len(rows)),
-                           "repeats": config.repeats, "max_length": config.max_length},
+                           "repeats": config.repeats, "max_length": config.max_length,
+                           "threads": torch.get_num_threads(),
+                           "timing": "interleaved: each repeat times every model in turn "
+                           "(ABBA order); medians with their interquartile range"},
+        "intervals": {
+            "confidence": 0.95, "resamples": config.bootstrap_resamples, "seed": config.seed,
+            "method": "percentile bootstrap over the split's rows; every model is scored on the "
+            "same resamples, so each distillation gain's interval is paired",
+        },
+        # macro-F1 averages F1 over these: the classes with rows in the split.
+        "macro_f1_classes": [data.label_names[c] for c in sorted(set(labels.tolist()))],
         "models": models,
-        "distillation_gain": distillation_gain(models),
+        "distillation_gain": distillation_gain(models, boot),
         "files": FILES,
     }  # fmt: skip
 
@@ -438,18 +578,33 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
+def _ci(values: list[float]) -> str:
+    return f"[{values[0]:.3f},{values[1]:.3f}]"
+
+
+def _points_ci(g: dict[str, Any], metric: str, what: str) -> str:
+    """'+3.1 accuracy points (95% CI +0.4 to +5.9)', ', within noise' when it spans 0."""
+    low, high = g[f"{metric}_points_ci"]
+    noise = ", within noise" if g[f"{metric}_within_noise"] else ""
+    return f"{g[f'{metric}_points']:+.1f} {what} points (95% CI {low:+.1f} to {high:+.1f}{noise})"
+
+
 def format_summary(results: dict[str, Any]) -> str:
-    """The table a user reads in the terminal: quality, faithfulness, speed and size per model."""
+    """The table a user reads in the terminal: quality with its 95% interval, faithfulness,
+    speed and size per model; then each student's gain over the baseline, or why there is none."""
     models = results["models"]
     width = max(12, *(len(m["name"]) for m in models)) + 2
     bs = results["speed_settings"]["throughput_batch_size"]
-    header = (f"{'model':<{width}}{'role':<10}{'accuracy':>9}{'macro-F1':>9}{'agree':>7}"
-              f"{'KL':>7}{'ms/ex@1':>9}{'speed-up':>9}{f'ex/s@{bs}':>10}{'params':>9}"
-              f"{'MB':>8}")  # fmt: skip
+    header = (
+        f"{'model':<{width}}{'role':<10}{'accuracy':>9}{'95% CI':>15}{'macro-F1':>9}"
+        f"{'95% CI':>15}{'agree':>7}{'KL':>7}{'ms/ex@1':>9}{'speed-up':>9}"
+        f"{f'ex/s@{bs}':>10}{'params':>9}{'MB':>8}"
+    )
     lines = [header]
     for m in models:
         lines.append(
-            f"{m['name']:<{width}}{m['role']:<10}{m['accuracy']:>9.4f}{m['macro_f1']:>9.4f}"
+            f"{m['name']:<{width}}{m['role']:<10}{m['accuracy']:>9.4f}{_ci(m['accuracy_ci']):>15}"
+            f"{m['macro_f1']:>9.4f}{_ci(m['macro_f1_ci']):>15}"
             f"{m['agreement_with_teacher']:>7.3f}{m['kl_to_teacher']:>7.3f}"
             f"{m['latency_ms_batch_1']:>9.2f}{m['speedup_vs_teacher']:>8.1f}x"
             f"{m['throughput_per_s']:>10.1f}{_count(m['parameters']):>9}"
@@ -457,9 +612,14 @@ def format_summary(results: dict[str, Any]) -> str:
         )
     gain = results["distillation_gain"]
     for g in gain["students"] if gain else []:
-        lines.append(f"distillation gain of {g['student']} over {gain['baseline']}: "
-                     f"{g['accuracy_points']:+.1f} accuracy points, "
-                     f"{g['macro_f1_points']:+.1f} macro-F1 points")  # fmt: skip
-    for name in gain["not_comparable"] if gain else []:
-        lines.append(f"no distillation gain for {name}: a different student from the baseline")
+        lines.append(
+            f"distillation gain of {g['student']} over {gain['baseline']}: "
+            f"{_points_ci(g, 'accuracy', 'accuracy')}, "
+            f"{_points_ci(g, 'macro_f1', 'macro-F1')}"
+        )
+    for n in gain["not_comparable"] if gain else []:
+        lines.append(
+            f"no distillation gain for {n['student']}: not a fair comparison with the "
+            f"baseline {gain['baseline']} ({'; '.join(n['differences'])})"
+        )
     return "\n".join(lines)

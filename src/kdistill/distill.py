@@ -8,6 +8,7 @@
             loss.backward(); optimizer.step()                    # only the student learns
 
 With --unlabeled-data the batches also hold rows without labels, which get T^2 * KL alone.
+--alpha 0 is the cross-entropy-only baseline: no teacher is loaded, and no unlabelled row used.
 
 Accelerate supplies the device, mixed precision, gradient accumulation and `accelerate launch`;
 the run directory, history and checkpoints are ours.
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 
     from kdistill.config import EvalTeacherConfig, FinetuneConfig
     from kdistill.data import LabelledData
+    from kdistill.teachers import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -618,10 +620,24 @@ def chance_accuracy(labels: list[int], num_labels: int) -> float:
     return max(1.0 / num_labels, float(counts.max()) / max(len(labels), 1))
 
 
+# A teacher that closes less than this share of the gap between chance and a perfect score is
+# "near chance". A ratio of accuracy to chance cannot say it: 2x chance is 100% on a binary task.
+NEAR_CHANCE_SKILL = 0.25
+
+
+def skill_over_chance(accuracy: float, chance: float) -> float:
+    """Where accuracy sits between chance (0) and a perfect score (1): (acc - chance) /
+    (1 - chance), the same scale for 2 classes and 200. 0 when chance is already perfect (every
+    validation row one class), since no teacher can show anything there."""
+    return 0.0 if chance >= 1.0 else (accuracy - chance) / (1.0 - chance)
+
+
 def check_teacher_strength(accuracy: float, chance: float, allow_weak: bool) -> None:
-    """Refuse a teacher at or below chance: its soft targets carry no knowledge of the task, and
-    distilling from them teaches the student noise (a raw zero-shot LLM can land below chance)."""
-    if accuracy <= chance:
+    """Refuse a teacher at or below chance (skill 0): its soft targets carry no knowledge of the
+    task, and distilling from them teaches the student noise (a raw zero-shot LLM can land below
+    chance). Warn below NEAR_CHANCE_SKILL of the way from chance to a perfect score."""
+    skill = skill_over_chance(accuracy, chance)
+    if skill <= 0.0:
         message = (
             f"the teacher's validation accuracy {accuracy:.3f} is at or below chance "
             f"({chance:.3f}), so distilling from it would teach noise; check it with kdistill "
@@ -631,9 +647,17 @@ def check_teacher_strength(accuracy: float, chance: float, allow_weak: bool) -> 
         if not allow_weak:
             raise KdistillError(message)
         logger.warning("%s (allowed by --allow-weak-teacher)", message.split(", so")[0])
-    elif accuracy <= 2 * chance:
-        logger.warning("the teacher's validation accuracy %.3f is near chance (%.3f): distilling "
-                       "from it will help the student little", accuracy, chance)  # fmt: skip
+    elif skill < NEAR_CHANCE_SKILL:
+        share, limit = 100 * skill, 100 * NEAR_CHANCE_SKILL
+        logger.warning(
+            "the teacher's validation accuracy %.3f is near chance (%.3f): it closes only %.0f%% "
+            "of the gap from chance to 100%% (below %.0f%%), so distilling from it will help the "
+            "student little",
+            accuracy,
+            chance,
+            share,
+            limit,
+        )
     else:
         logger.info("teacher validation accuracy %.4f (chance %.4f)", accuracy, chance)
 
@@ -774,6 +798,45 @@ def weights_finite(model: torch.nn.Module, accelerator: Accelerator) -> bool:
     return bad.item() == 0
 
 
+KD_LOSS = (
+    "mean over rows of: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * "
+    "CE(s, label) for a labelled row, T^2 * KL for an unlabelled row"
+)
+CE_LOSS = "CE(s, label), mean over the labelled rows (alpha 0: no teacher on any row)"
+
+
+def teacher_record(config: DistillConfig, teacher: Teacher | None, dtype: str) -> dict[str, Any]:
+    """config.json's teacher block; with no teacher (alpha 0) the same keys, None, and used
+    false, so everything that parses a run's config reads it the same way."""
+    from kdistill.models import count_parameters
+    from kdistill.prompt_teacher import few_shot_record
+
+    if teacher is None:
+        return {
+            "model": config.teacher_model,
+            "used": False,
+            "class": None,
+            "parameters": None,
+            "mode": None,
+            "settings": None,
+            "few_shot": None,
+            "dtype": None,
+            "attn_implementation": None,
+        }
+    model = teacher.model
+    return {
+        "model": config.teacher_model,
+        "used": True,
+        "class": type(model).__name__,
+        "parameters": count_parameters(model),
+        "mode": teacher.mode,
+        "settings": teacher.settings(),
+        "few_shot": few_shot_record(teacher, config.seed),
+        "dtype": dtype,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    }
+
+
 def run_name(dataset: str, temperature: float, alpha: float) -> str:
     return f"{dataset}_T{format_float(temperature)}_A{format_float(alpha)}"
 
@@ -851,16 +914,23 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     from kdistill.data import load_unlabeled, split_record, with_unlabeled
     from kdistill.evaluate import evaluate
     from kdistill.models import count_parameters, load_student
-    from kdistill.prompt_teacher import few_shot_record
     from kdistill.teachers import load_teacher
 
     run = setup_run(config)
     device, precision, accelerator = run.device, run.precision, run.accelerator
     data, train, val = run.data, run.train, run.val
 
+    # alpha 0 is pure supervised training (the cross-entropy-only baseline): no row learns from
+    # the teacher, so it is neither loaded nor run, and a weak one cannot stop the run.
+    uses_teacher = config.alpha > 0
     # ---- unlabelled text (a transfer set): after the labelled rows, with label UNLABELED
     unlabeled = None
-    if config.unlabeled_data:
+    if config.unlabeled_data and not uses_teacher:
+        logger.warning(
+            "--alpha 0 trains on the labels alone: the --unlabeled-data rows have no "
+            "labels and nothing to learn from, so they are not used"
+        )
+    elif config.unlabeled_data:
         unlabeled = load_unlabeled(config.unlabeled_data, config.unlabeled_text_column,
                                    config.max_unlabeled_samples, config.seed)  # fmt: skip
         warn_unlabeled_overlap(unlabeled, data)
@@ -870,9 +940,21 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
     # ---- models: teacher frozen in eval mode, student with a fresh head for these classes
     t_dtype, t_dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
-    teacher = load_teacher(config, config.teacher_model, data.label_names, t_dtype, train,
-                           config.max_length, config.seed)  # fmt: skip
-    t_model, t_tok = teacher.model, teacher.tokenizer
+    teacher = None
+    if uses_teacher:
+        teacher = load_teacher(
+            config,
+            config.teacher_model,
+            data.label_names,
+            t_dtype,
+            train,
+            config.max_length,
+            config.seed,
+        )
+    else:
+        logger.info(
+            "--alpha 0: cross-entropy only; the teacher %s is not loaded", config.teacher_model
+        )
     student, s_tok = load_student(
         config.student_model, data.label_names, config.seed, config.student_tokenizer,
         config.student_layers, config.student_num_layers,
@@ -882,13 +964,15 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
     if config.compile:
         student = torch.compile(student)
-    cached = config.teacher_cache != "off"
+    cached = teacher is not None and config.teacher_cache != "off"
     if cached:
         from kdistill.cache import teacher_logits_for
-    tokenizers = {"student": s_tok, "teacher": t_tok}
+    tokenizers, encoders = {"student": s_tok}, None
+    if teacher is not None:
+        tokenizers["teacher"], encoders = teacher.tokenizer, {"teacher": teacher}
     train_loader, val_loader, train_tok = make_loaders(
         with_unlabeled(train, unlabeled), val, tokenizers, config, accelerator,
-        ("student",) if cached else None, {"teacher": teacher}, n_unlabeled,
+        ("student",) if cached else None, encoders, n_unlabeled,
     )  # fmt: skip
     val_tok, eval_bs = val_loader.dataset, val_loader.batch_size
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
@@ -896,7 +980,8 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     student, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         student, optimizer, train_loader, val_loader, scheduler
     )
-    teacher.to(accelerator.device)
+    if teacher is not None:
+        teacher.to(accelerator.device)
 
     # ---- run directory: `.partial` until complete; config.json first so a crash is explained.
     # A resume continues the unfinished run's directory from its latest checkpoint.
@@ -918,7 +1003,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 * accelerator.num_processes,
                 "total_optimizer_steps": total_steps,
                 "eval_batch_size": eval_bs,
-                "teacher_dtype": t_dtype_name,
+                "teacher_dtype": t_dtype_name if teacher is not None else None,
                 # Share of unlabelled rows per batch: --unlabeled-ratio, else the natural one.
                 "unlabeled_share": (
                     config.unlabeled_ratio
@@ -936,23 +1021,13 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "unlabeled_source": config.unlabeled_data,
                 "split": split_record(data),
             },
-            "teacher": {
-                "model": config.teacher_model,
-                "class": type(t_model).__name__,
-                "parameters": count_parameters(t_model),
-                "mode": teacher.mode,
-                "settings": teacher.settings(),
-                "few_shot": few_shot_record(teacher, config.seed),
-                "dtype": t_dtype_name,
-                "attn_implementation": getattr(t_model.config, "_attn_implementation", None),
-            },
+            "teacher": teacher_record(config, teacher, t_dtype_name),
             "student": {
                 "model": config.student_model,
                 "class": type(accelerator.unwrap_model(student, keep_torch_compile=False)).__name__,
                 "parameters": n_student,
             },
-            "loss": "mean over rows of: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) "
-            "+ (1 - alpha) * CE(s, label) for a labelled row, T^2 * KL for an unlabelled row",
+            "loss": KD_LOSS if teacher is not None else CE_LOSS,
             "command": sys.argv,
             "versions": library_versions(),
             "started": datetime.now().isoformat(timespec="seconds"),
@@ -965,6 +1040,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
     # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
     # With a cache, the validation logits are cached too: a sweep evaluates the teacher once.
+    teacher_metrics: dict[str, Any] | None = None  # None: no teacher (alpha 0)
     if cached:
         from kdistill.evaluate import classification_metrics
 
@@ -975,18 +1051,22 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         teacher_metrics = classification_metrics(
             val_logits, torch.tensor(list(val["label"])), data.num_labels
         )
-    else:
+    elif teacher is not None:
         teacher_metrics = evaluate(teacher.logits, val_loader, accelerator, data.num_labels,
                                    "teacher eval")  # fmt: skip
     chance = chance_accuracy(list(val["label"]), data.num_labels)
-    check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
+    if teacher_metrics is not None:
+        check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
+    metric = (teacher_metrics or {}).get
 
     history: dict[str, Any] = {
+        # Every key present either way (sweeps, runs and cards read them); None without a teacher.
         "teacher": {
-            "val_accuracy": teacher_metrics["accuracy"],
-            "val_macro_f1": teacher_metrics["macro_f1"],
-            "val_loss": teacher_metrics["loss"],
-            "val_rows": teacher_metrics["n"],
+            "used": teacher is not None,
+            "val_accuracy": metric("accuracy"),
+            "val_macro_f1": metric("macro_f1"),
+            "val_loss": metric("loss"),
+            "val_rows": metric("n"),
         },
         "chance_accuracy": chance,
         "epochs": [],
@@ -1009,6 +1089,9 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
         def teacher_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return cache.index_select(0, batch["row"])
+    elif teacher is None:  # alpha 0: train_one_epoch's plain cross-entropy
+        history["teacher_cache"] = {"mode": "none", "reason": "--alpha 0: no teacher"}
+        teacher_targets = None
     else:
         history["teacher_cache"] = {"mode": "off"}
 
@@ -1123,7 +1206,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "train/samples_per_second": stats["samples_per_second"],
                 "val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"],
                 "val/macro_f1": metrics["macro_f1"], "learning_rate": lr,
-                "teacher/val_accuracy": teacher_metrics["accuracy"],
+                "teacher/val_accuracy": metric("accuracy"),
             }  # fmt: skip
             accelerator.log({k: v for k, v in logged.items() if v is not None}, step=epoch)
             if accelerator.is_main_process:
@@ -1153,12 +1236,20 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         # student parameter).
         shutil.rmtree(partial_dir / CHECKPOINTS, ignore_errors=True)
         finish_run_dir(partial_dir, final_dir)
+        teacher_part = (
+            f"teacher {metric('accuracy'):.4f}, {count_parameters(teacher.model) / 1e6:.1f}M "
+            "parameters"
+            if teacher is not None
+            else "no teacher (alpha 0)"
+        )
         logger.info(
-            "done: best validation accuracy %.4f at epoch %d; teacher %.4f; student %.1fM "
-            "parameters, teacher %.1fM; %s",
-            state.best_accuracy, state.best_epoch, teacher_metrics["accuracy"],
-            n_student / 1e6, count_parameters(t_model) / 1e6, final_dir,
-        )  # fmt: skip
+            "done: best validation accuracy %.4f at epoch %d; %s; student %.1fM parameters; %s",
+            state.best_accuracy,
+            state.best_epoch,
+            teacher_part,
+            n_student / 1e6,
+            final_dir,
+        )
         if config.push_to_hub:  # after the rename: a failed upload leaves a complete run
             from kdistill.publish import push_folder
 

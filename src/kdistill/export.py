@@ -294,23 +294,28 @@ def parity(reference: torch.Tensor, logits: torch.Tensor) -> dict[str, float]:
             "agreement": float(same.mean())}  # fmt: skip
 
 
-def speed(predictor: Predictor, texts: list[str], config: ExportConfig) -> dict[str, float]:
+def time_all(
+    predictors: dict[str, Predictor], texts: list[str], config: ExportConfig, threads: int
+) -> dict[str, dict[str, Any]]:
     """Latency at batch 1 (median over the first --latency-rows rows, one at a time) and at
-    --batch-size (one padded batch of the first rows), and throughput at that batch size."""
-    from kdistill.evaluate import measure_speed
+    --batch-size (one padded batch of the first rows), throughput at that batch size, and the
+    IQR of each, for every predictor: timed interleaved (evaluate.measure_speeds), on `threads`
+    threads, so the torch/bf16/ONNX/int8 ratios are measured under the same conditions."""
+    from kdistill.evaluate import measure_speeds
 
-    tok = predictor.tokenizer
-
-    def enc(rows: list[str]) -> dict[str, torch.Tensor]:
+    def enc(tok: Any, rows: list[str]) -> dict[str, torch.Tensor]:
         b = tok(rows, truncation=True, max_length=config.max_length, padding=True,
                 return_tensors="pt")  # fmt: skip
         return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
 
-    singles = [enc([t]) for t in texts[: config.latency_rows]]
     batch_rows = texts[: config.batch_size]
-    out = measure_speed(predictor.forward, singles, enc(batch_rows), config.repeats,
-                        torch.device("cpu"))  # fmt: skip
-    out[f"latency_ms_batch_{config.batch_size}"] = 1000 * len(batch_rows) / out["throughput_per_s"]
+    models = {}
+    for variant, p in predictors.items():
+        singles = [enc(p.tokenizer, [t]) for t in texts[: config.latency_rows]]
+        models[variant] = (p.forward, singles, enc(p.tokenizer, batch_rows))
+    out = measure_speeds(models, config.repeats, torch.device("cpu"), threads)
+    for s in out.values():
+        s[f"latency_ms_batch_{config.batch_size}"] = 1000 * len(batch_rows) / s["throughput_per_s"]
     return out
 
 
@@ -372,15 +377,12 @@ def export(config: ExportConfig) -> Path:
                                       **parity(ref_logits, logits),
                                       "accuracy": accuracy(logits, labels, columns)}  # fmt: skip
         logger.info("timing %s at batch 1 and %d", ", ".join(predictors), config.batch_size)
-        threads = torch.get_num_threads()
-        if config.threads:  # the same thread count for every model
-            torch.set_num_threads(config.threads)
-            for variant, f in files.items():
-                predictors[variant] = load_onnx_predictor(f, threads=config.threads)
-        try:
-            speeds = {variant: speed(p, texts, config) for variant, p in predictors.items()}
-        finally:
-            torch.set_num_threads(threads)
+        # One fixed thread count for every model (torch and each onnxruntime session alike):
+        # --threads, else what torch runs on here.
+        threads = config.threads or torch.get_num_threads()
+        for variant, f in files.items():
+            predictors[variant] = load_onnx_predictor(f, threads=threads)
+        speeds = time_all(predictors, texts, config, threads)
         for s in speeds.values():
             s["speedup_vs_torch"] = speeds["torch"]["latency_ms_batch_1"] / s["latency_ms_batch_1"]
             s["throughput_ratio_vs_torch"] = s["throughput_per_s"] / speeds["torch"][
@@ -412,8 +414,10 @@ def export(config: ExportConfig) -> Path:
             "passed": not failed,
             "failed": failed,
             "device_description": f"CPU ({platform.processor() or platform.machine()}, "
-            f"{config.threads or threads} threads per model)",
-            "threads": config.threads or threads,
+            f"{threads} threads per model)",
+            "threads": threads,
+            "timing": f"interleaved: {config.repeats} rounds, each timing every model in turn "
+            "(ABBA order); medians with their interquartile range",
             "versions": {**library_versions(), **_onnx_versions()},
             "created": datetime.now().isoformat(timespec="seconds"),
         }
@@ -447,11 +451,29 @@ def _onnx_versions() -> dict[str, str]:
     return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
+def _iqr_text(s: dict[str, Any], key: str, digits: int) -> str:
+    """'2.31-2.52': the interquartile range of a timing, '-' for a report written before it."""
+    iqr = s.get(f"{key}_iqr")
+    return "-" if not iqr else f"{iqr[0]:.{digits}f}-{iqr[1]:.{digits}f}"
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """The table printed after an export: parity and speed per model."""
+    """The table printed after an export: parity and speed per model, each timing's median with
+    its interquartile range over the interleaved repeats."""
     bs = report["batch_size"]
-    lines = [f"{'model':<12}{'max|dlogit|':>12}{'agree':>9}{'accuracy':>10}{'ms@1':>9}"
-             f"{f'ms@{bs}':>9}{'rows/s':>9}{'speed-up':>10}{'MB':>8}"]  # fmt: skip
+    widths = {
+        "max|dlogit|": 12,
+        "agree": 9,
+        "accuracy": 10,
+        "ms@1": 9,
+        "IQR ms@1": 14,
+        f"ms@{bs}": 9,
+        "rows/s": 9,
+        "IQR rows/s": 14,
+        "speed-up": 10,
+        "MB": 8,
+    }
+    lines = [f"{'model':<12}" + "".join(f"{name:>{w}}" for name, w in widths.items())]
     torch_row = {"max_abs_logit_diff": 0.0, "agreement": 1.0, **report["torch"]}
     for variant, s in report["speed"].items():
         p = {"torch": torch_row, "torch-bf16": report["torch_bf16"]}.get(variant) or report[
@@ -460,7 +482,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{variant:<12}{p['max_abs_logit_diff']:>12.2e}{100 * p['agreement']:>8.2f}%"
             f"{'-' if acc is None else f'{100 * acc:.2f}%':>10}{s['latency_ms_batch_1']:>9.2f}"
+            f"{_iqr_text(s, 'latency_ms_batch_1', 2):>14}"
             f"{s[f'latency_ms_batch_{bs}']:>9.1f}{s['throughput_per_s']:>9.1f}"
+            f"{_iqr_text(s, 'throughput_per_s', 0):>14}"
             f"{s['speedup_vs_torch']:>9.2f}x{(p.get('size_bytes') or 0) / 1e6:>8.1f}"
         )
     return "\n".join(lines)

@@ -323,7 +323,8 @@ def stacked_kd_loss(
     """losses.kd_loss for K points at once, each with its own T and alpha:
 
         loss_k = mean over rows of: alpha_k * T_k^2 * KL(p_t || p_s) + (1 - alpha_k) * CE
-                 (a labelled row), T_k^2 * KL (an unlabelled row, label < 0)
+                 (a labelled row), T_k^2 * KL (an unlabelled row, label < 0);
+        alpha_k = 0: the mean CE over the labelled rows only (unlabelled rows give nothing)
 
     with p = softmax(logits / T_k). alpha 0 and 1 select one term exactly, as kd_loss does.
     tests/test_lockstep.py holds it equal to kd_loss point by point.
@@ -354,6 +355,9 @@ def stacked_kd_loss(
         loss = labeled_loss
     elif n_l == 0:
         loss = kl_unl
+    # alpha 0 is cross-entropy only, as in kd_loss: unlabelled rows have nothing to give.
+    ce_only = ce if n_l else s.sum((1, 2)) * 0.0
+    loss = torch.where(alpha == 0.0, ce_only, loss)
     return StackedLoss(
         loss, kl.detach(), ce.detach(), labeled_loss.detach(), kl_unl.detach(), n_l, n_u
     )

@@ -28,6 +28,7 @@ import torch
 from kdistill.config import DistillConfig, SweepConfig
 from kdistill.data import split_record
 from kdistill.distill import (
+    CE_LOSS,
     MAX_GRAD_NORM,
     TrainState,
     failure_recorded,
@@ -37,6 +38,7 @@ from kdistill.distill import (
     run_name,
     save_model,
     save_training_curves,
+    teacher_record,
 )
 from kdistill.errors import KdistillError
 from kdistill.lockstep import (
@@ -50,7 +52,6 @@ from kdistill.lockstep import (
     stacked_kd_loss,
     stacked_optimizer,
 )
-from kdistill.prompt_teacher import few_shot_record
 from kdistill.runs import atomic_write_json, finish_run_dir, new_run_dir
 
 if TYPE_CHECKING:
@@ -251,6 +252,7 @@ def open_cohort(
     )
     history = {
         "teacher": {
+            "used": True,
             "val_accuracy": metrics["accuracy"],
             "val_macro_f1": metrics["macro_f1"],
             "val_loss": metrics["loss"],
@@ -344,7 +346,6 @@ def shared_config(
     """The parts of distill's config.json that every point of a cohort shares."""
     from kdistill.models import count_parameters
 
-    t_model = teacher.model
     n_train, n_val, n_unlabeled = rows
     share = (
         config.unlabeled_ratio
@@ -372,16 +373,7 @@ def shared_config(
             "unlabeled_source": config.unlabeled_data,
             "split": split_record(data),
         },
-        "teacher": {
-            "model": config.teacher_model,
-            "class": type(t_model).__name__,
-            "parameters": count_parameters(t_model),
-            "mode": teacher.mode,
-            "settings": teacher.settings(),
-            "few_shot": few_shot_record(teacher, config.seed),
-            "dtype": t_dtype_name,
-            "attn_implementation": getattr(t_model.config, "_attn_implementation", None),
-        },
+        "teacher": teacher_record(config, teacher, t_dtype_name),
         "student": {
             "model": config.student_model,
             "class": type(student).__name__,
@@ -399,6 +391,10 @@ def start_run(point: Point, cohort: Cohort, total_steps: int, students: int) -> 
     shared["resolved"]["lockstep"] = {"students": students, "seeds": None}
     name = run_name(shared["data"]["name"], point.temperature, point.alpha)
     point.final_dir, point.partial_dir = new_run_dir(Path(point.config.output_dir), name)
+    if point.alpha == 0.0:
+        shared["teacher"] = teacher_record(point.config, None, "")
+        shared["loss"] = CE_LOSS
+        shared["resolved"]["teacher_dtype"] = None
     resolved = {
         "kind": "distill",
         **point.config.to_dict(),
@@ -410,6 +406,10 @@ def start_run(point: Point, cohort: Cohort, total_steps: int, students: int) -> 
     }
     atomic_write_json(point.partial_dir / "config.json", resolved)
     point.history = copy.deepcopy(cohort.history)
+    if point.alpha == 0.0:  # as distill: cross-entropy only, no teacher
+        keys = ("val_accuracy", "val_macro_f1", "val_loss", "val_rows")
+        point.history["teacher"] = {"used": False, **dict.fromkeys(keys)}
+        point.history["teacher_cache"] = {"mode": "none", "reason": "--alpha 0: no teacher"}
     atomic_write_json(point.partial_dir / "history.json", point.history)
 
 
@@ -517,11 +517,14 @@ def train_one_epoch(
         k = 0
         for c, q in zip(cohorts, parts, strict=True):
             n_l, n_u = q.num_labeled, q.num_unlabeled
-            for _ in c.points:
+            for point in c.points:
                 counts[k][0] += n_l
                 counts[k][1] += n_u
                 rows = (n_l + n_u, n_l + n_u, n_l, n_l, n_u)
                 for i, key in enumerate(LOSS_KEYS):
+                    # alpha 0 trains without a teacher, as distill does: no KL is measured.
+                    if point.alpha == 0.0 and key in ("kl", "unlabeled_loss"):
+                        continue
                     sums[k][key] += table[i][k] * rows[i]
                 k += 1
     elapsed = time.perf_counter() - start

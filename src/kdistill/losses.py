@@ -43,14 +43,19 @@ def kd_loss(
         p_t = softmax(teacher_logits / T)      p_s = softmax(student_logits / T)
         kl_i = T^2 * KL(p_t,i || p_s,i)        ce_i = CrossEntropy(student_logits_i, label_i)
         loss_i = alpha * kl_i + (1 - alpha) * ce_i      a labelled row
-        loss_i = kl_i                                    an unlabelled row (label < 0)
+        loss_i = kl_i                                    an unlabelled row (label < 0), alpha > 0
         loss = mean over the batch's rows of loss_i
+
+        alpha = 0: loss = mean over the labelled rows of ce_i; unlabelled rows contribute nothing
 
     With every row labelled this is alpha * T^2 * KL [batchmean] + (1 - alpha) * CE [mean]. An
     unlabelled row (a transfer-set row, Tang et al. 2019) has no label to learn from, so it
     gets the teacher's soft targets at full weight; alpha only trades the two sources of
-    supervision where both exist. Any negative label marks an unlabelled row (kdistill.data
-    gives them -100, the ignore index; -1 works too).
+    supervision where both exist. alpha = 0 is pure supervised training, the cross-entropy-only
+    baseline distillation is measured against: no row learns from the teacher, so unlabelled
+    rows (which have nothing else) drop out, and a batch of them alone gives a loss of 0. Any
+    negative label marks an unlabelled row (kdistill.data gives them -100, the ignore index;
+    -1 works too).
 
     The T^2 factor keeps the soft term's gradients the same size as T changes (they scale as
     1/T^2 otherwise), so alpha means the same at every temperature. `kl` is returned with the
@@ -89,7 +94,9 @@ def kd_loss(
     else:
         labeled_loss = alpha * kl_lab + (1.0 - alpha) * ce
     # The mean over rows of loss_i, as a weighted mean of the two kinds' means.
-    if n_unlabeled == 0:
+    if alpha == 0.0:  # cross-entropy only: the unlabelled rows have nothing to give
+        loss = ce if n_labeled else s.sum() * 0.0  # still part of the graph, for backward()
+    elif n_unlabeled == 0:
         loss = labeled_loss
     elif n_labeled == 0:
         loss = kl_unl

@@ -462,7 +462,8 @@ def _summary_rows(models: list[dict[str, Any]]) -> list[list[str]]:
             html.escape(m["name"]), dot + html.escape(m["role"]),
             _num(m.get("parameters"), "{:,.1f}M", 1e-6),
             _num(m.get("size_on_disk_bytes"), "{:.1f}", 1e-6),
-            _num(m.get("accuracy"), "{:.2f}", 100), _num(m.get("macro_f1"), "{:.2f}", 100),
+            _num(m.get("accuracy"), "{:.2f}", 100), _interval(m.get("accuracy_ci")),
+            _num(m.get("macro_f1"), "{:.2f}", 100), _interval(m.get("macro_f1_ci")),
             _num(m.get("ece"), "{:.3f}"),
             _num(m.get("agreement_with_teacher"), "{:.2f}", 100),
             _num(m.get("kl_to_teacher"), "{:.3f}"),
@@ -474,29 +475,52 @@ def _summary_rows(models: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-SUMMARY_HEADER = ["model", "role", "parameters", "size (MB)", "accuracy (%)", "macro-F1 (%)",
-                  "ECE", "agreement with teacher (%)", "KL to teacher (nats)",
-                  "latency, batch 1 (ms)", "throughput (/s)", "speed-up", "compression",
-                  "labelled train rows", "unlabelled train rows"]  # fmt: skip
+SUMMARY_HEADER = ["model", "role", "parameters", "size (MB)", "accuracy (%)", "95% interval",
+                  "macro-F1 (%)", "95% interval", "ECE", "agreement with teacher (%)",
+                  "KL to teacher (nats)", "latency, batch 1 (ms)", "throughput (/s)", "speed-up",
+                  "compression", "labelled train rows", "unlabelled train rows"]  # fmt: skip
+
+
+def _interval(ci: list[float] | None, scale: float = 100, signed: bool = False) -> str:
+    """'88.1–94.0' (a 95% interval in percent), '—' for results written before intervals."""
+    if not ci:
+        return "—"
+    sign = "+" if signed else ""
+    return f"{ci[0] * scale:{sign}.1f} – {ci[1] * scale:{sign}.1f}"
+
+
+def _points(g: dict[str, Any], metric: str, what: str) -> str:
+    """'+3.1 accuracy points (95% interval +0.4 – +5.9)', and 'within noise' when it spans 0."""
+    text = f"{g[f'{metric}_points']:+.1f} {what} points"
+    ci = g.get(f"{metric}_points_ci")
+    if ci:
+        text += f" (95% interval {_interval(ci, 1, signed=True)}"
+        text += ", <b>within noise</b>)" if g.get(f"{metric}_within_noise") else ")"
+    return text
 
 
 def _gain_html(gain: dict[str, Any] | None) -> str:
     if not gain:
         return ""
+    base = html.escape(gain["baseline"])
     items = "".join(
-        f"<li>student <b>{html.escape(g['student'])}</b>: {g['accuracy_points']:+.1f} accuracy "
-        f"points ({g['macro_f1_points']:+.1f} macro-F1 points) over the cross-entropy-only "
-        f"baseline <b>{html.escape(gain['baseline'])}</b></li>"
+        f"<li>student <b>{html.escape(g['student'])}</b>: {_points(g, 'accuracy', 'accuracy')}, "
+        f"{_points(g, 'macro_f1', 'macro-F1')} over the cross-entropy-only baseline "
+        f"<b>{base}</b></li>"
         for g in gain["students"]
     )
-    items += "".join(
-        f"<li>student <b>{html.escape(name)}</b>: not compared, a different student from the "
-        "baseline (its gain would measure the architecture, not distillation)</li>"
-        for name in gain.get("not_comparable", [])
-    )
+    for n in gain.get("not_comparable", []):
+        reasons = "".join(f"<li>{html.escape(d)}</li>" for d in n["differences"])
+        items += (
+            f"<li>student <b>{html.escape(n['student'])}</b>: no gain reported, it is not a fair "
+            f"comparison with the baseline <b>{base}</b>:<ul>{reasons}</ul></li>"
+        )
     return (
         "<h2>Distillation gain</h2><p>What the teacher adds: each student against the same "
-        f"student architecture trained on labels alone (alpha = 0).</p><ul>{items}</ul>"
+        "student architecture trained on labels alone (alpha = 0, no teacher on any row), on "
+        "the same data set and labelled rows, for as many epochs, at the same max length. "
+        "Intervals are paired bootstraps over the same rows; a gain whose interval spans 0 is "
+        f"within noise.</p><ul>{items}</ul>"
     )
 
 
@@ -553,7 +577,8 @@ def write_html_report(results: dict[str, Any], path: Path, figures: dict[str, Pa
         f"{ds['rows']:,} rows, {len(ds['label_names'])} classes · device "
         f"{results.get('device', '?')}, mixed precision {results.get('mixed_precision', '?')} · "
         f"created {results.get('created', '?')}",
-        f"latency: median over {speed.get('latency_rows', '?')} rows one at a time; throughput "
+        f"latency: median (and IQR) over {speed.get('latency_rows', '?')} rows one at a time, "
+        f"the models timed interleaved; throughput "
         f"at batch {speed.get('throughput_batch_size', '?')}; {speed.get('repeats', '?')} "
         f"repeats; max length {speed.get('max_length', '?')}",
         versions,
@@ -570,8 +595,9 @@ def write_html_report(results: dict[str, Any], path: Path, figures: dict[str, Pa
 <h1>{html.escape(title)}</h1>
 <p class="meta">{meta}</p>
 <h2>Summary</h2>
-<p>Accuracy, macro-F1 and agreement in percent; ECE = expected calibration error (15 bins);
-KL to teacher at T = 1; speed-up and compression relative to the teacher.</p>
+<p>Accuracy, macro-F1 and agreement in percent, each score with its 95% bootstrap interval over
+the rows; macro-F1 averages the classes present in the split; ECE = expected calibration error
+(15 bins); KL to teacher at T = 1; speed-up and compression relative to the teacher.</p>
 {_table(SUMMARY_HEADER, _summary_rows(models), text_cols=2)}
 {_gain_html(results.get("distillation_gain"))}
 {_figures_html(figures)}
