@@ -182,3 +182,15 @@ def test_finetune_teacher_card_and_push(tmp_path, tiny_models, monkeypatch):
 def test_sweep_refuses_push_to_hub(capsys):
     err = one_line_error(capsys, ["sweep", "--push-to-hub", "me/x"])
     assert "a sweep trains one student per grid point" in err
+
+
+def test_an_alpha_zero_run_is_carded_as_the_baseline_not_as_distilled(tmp_path, data, tiny_models):
+    """An --alpha 0 run never loads a teacher, so its card must not claim one taught it."""
+    from huggingface_hub import ModelCard
+
+    assert main(distill_argv(data, tiny_models, tmp_path, "--alpha", "0")) == 0
+    text = ModelCard.load(only_run(tmp_path) / "best_model" / "README.md").text
+    assert "labels alone (`--alpha 0`)" in text
+    assert "distilled by kdistill from a larger teacher" not in text
+    assert "| loss | CE(student, label) |" in text
+    assert str(tiny_models["bert_teacher"]) not in text

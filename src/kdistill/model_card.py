@@ -198,13 +198,32 @@ def run_card(run_dir: Path, which: str = "best_model", comparison: dict[str, Any
         else None)  # fmt: skip
     student_base = f"`{config.get('student_model')}`" + (f", layers {layers} kept" if layers
                                                          else "")  # fmt: skip
+    # An --alpha 0 run is the cross-entropy-only baseline: it never loaded a teacher.
+    no_teacher = config.get("alpha") == 0 or teacher.get("used") is False
+    teacher_cell = (
+        "none: `--alpha 0` trains on the labels alone (the cross-entropy-only baseline)"
+        if no_teacher
+        else f"`{config.get('teacher_model')}` ({teacher.get('class', '?')}, "
+        f"{_count(teacher.get('parameters'))} parameters, {teacher.get('mode', '?')} "
+        f"teacher), validation accuracy {_pct(t_hist.get('val_accuracy'))}"
+    )
+    loss_cell = (
+        "CE(student, label)"
+        if no_teacher
+        else "alpha * T^2 * KL(teacher_T \\|\\| student_T) + (1 - alpha) * CE(student, label)"
+    )
+    summary = (
+        "trained by kdistill on the labels alone (`--alpha 0`): the cross-entropy-only baseline "
+        "that distilled students are measured against."
+        if no_teacher
+        else "distilled by kdistill from a larger teacher: it learned from the teacher's "
+        "softened predictions as well as from the labels."
+    )
     rows = [
         ["student base", student_base],
         ["student", f"{student.get('class', '?')}, {_count(student.get('parameters'))} parameters"],
-        ["teacher", f"`{config.get('teacher_model')}` ({teacher.get('class', '?')}, "
-                    f"{_count(teacher.get('parameters'))} parameters, {teacher.get('mode', '?')} "
-                    f"teacher), validation accuracy {_pct(t_hist.get('val_accuracy'))}"],
-        ["loss", "alpha * T^2 * KL(teacher_T \\|\\| student_T) + (1 - alpha) * CE(student, label)"],
+        ["teacher", teacher_cell],
+        ["loss", loss_cell],
         ["temperature T", str(config.get("temperature"))],
         ["alpha", str(config.get("alpha"))],
         ["data", f"{data_name}: {data.get('train_rows')} labelled training rows, "
@@ -220,9 +239,7 @@ def run_card(run_dir: Path, which: str = "best_model", comparison: dict[str, Any
     ]  # fmt: skip
     body = [
         f"# {name}",
-        f"A {len(labels)}-class text classifier for {data_name}, distilled by "
-        "kdistill from a larger teacher: it learned from the teacher's "
-        "softened predictions as well as from the labels.",
+        f"A {len(labels)}-class text classifier for {data_name}, {summary}",
         "## Training",
         _table(["", ""], rows),
         f"## Validation results (epoch {epoch_no}, {data.get('validation_rows')} rows)",
