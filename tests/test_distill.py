@@ -310,3 +310,48 @@ def test_nan_loss_stops_with_one_line_and_the_run_shows_as_crashed(workdir, tiny
     # this process is alive, yet the run is over: listed as crashed, not running
     (row,) = list_runs(Path("outputs"))
     assert row["status"] == "crashed"
+
+
+def test_lr_scheduler_picks_transformers_schedule_after_the_warm_up():
+    """--lr-scheduler takes Trainer's names; each schedule warms up over --warmup-ratio of the
+    optimiser steps, then follows its own shape."""
+    from kdistill.config import DistillConfig
+
+    distill = importlib.import_module("kdistill.distill")
+
+    def lrs(name: str) -> list[float]:
+        param = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([param], lr=1.0)
+        config = DistillConfig(lr_scheduler=name, epochs=2, warmup_ratio=0.1)
+        scheduler, total = distill.make_scheduler(optimizer, 10, config)  # 10 batches an epoch
+        assert total == 20
+        out = []
+        for _ in range(total):
+            out.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    linear, constant = lrs("linear"), lrs("constant")
+    warm, cosine = lrs("constant_with_warmup"), lrs("cosine")
+    assert linear[:3] == pytest.approx([0.0, 0.5, 1.0]) and linear[-1] == pytest.approx(1 / 18)
+    assert constant == [1.0] * 20  # no warm-up either
+    assert warm[:2] == pytest.approx([0.0, 0.5]) and warm[2:] == [1.0] * 18
+    assert cosine[2] == pytest.approx(1.0) and cosine[11] == pytest.approx(0.5)  # half-way
+    assert 0.0 < cosine[-1] < 0.01
+
+
+def test_a_constant_schedule_keeps_the_peak_learning_rate_in_history(workdir, tiny_models):
+    run = run_distill(
+        seed_quick_test(
+            tiny_models["bert_teacher"],
+            tiny_models["bert_student"],
+            "--lr-scheduler",
+            "constant",
+            "--learning-rate",
+            "2e-4",
+        )
+    )
+    history = json.loads((run / "history.json").read_text())
+    assert [e["learning_rate"] for e in history["epochs"]] == [2e-4, 2e-4]
+    assert json.loads((run / "config.json").read_text())["lr_scheduler"] == "constant"

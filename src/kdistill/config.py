@@ -12,6 +12,18 @@ from kdistill.errors import KdistillError
 DEFAULT_TEACHER_REPO = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 
 
+# transformers.get_scheduler's names that need no arguments beyond the step counts.
+LR_SCHEDULERS = [
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+]
+
+
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -311,9 +323,16 @@ class DistillConfig(TeacherOptions):
         "each batch. Default: the natural proportion, every labelled and unlabelled row once "
         "per epoch, spread evenly over the batches.",
     )
-    learning_rate: float = _opt(5e-5, "Peak learning rate of AdamW (linear warm-up and decay).")
+    learning_rate: float = _opt(5e-5, "Peak learning rate of AdamW (warm-up, then --lr-scheduler).")
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
+    lr_scheduler: str = _opt(
+        "linear",
+        "Learning-rate schedule after the --warmup-ratio warm-up, by transformers' names: linear "
+        "(decay to 0), cosine, cosine_with_restarts, polynomial, constant_with_warmup, "
+        "inverse_sqrt, or constant (no warm-up either).",
+        choices=LR_SCHEDULERS,
+    )
     seed: int = _opt(42, "Seed for sampling, shuffling and the student's new head.")
     output_dir: str = _opt(
         "outputs/student_soft_distill",
@@ -484,10 +503,18 @@ class FinetuneConfig(LoadOptions):
     max_train_samples: int | None = _opt(None, "Stratified subsample of train.")
     max_val_samples: int | None = _opt(None, "Stratified subsample of validation.")
     learning_rate: float | None = _opt(
-        None, "Peak AdamW learning rate, linear warm-up and decay (default: 5e-5 full, 5e-4 LoRA)."
+        None,
+        "Peak AdamW learning rate, warm-up then --lr-scheduler (default: 5e-5 full, 5e-4 LoRA).",
     )
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
+    lr_scheduler: str = _opt(
+        "linear",
+        "Learning-rate schedule after the --warmup-ratio warm-up, by transformers' names: linear "
+        "(decay to 0), cosine, cosine_with_restarts, polynomial, constant_with_warmup, "
+        "inverse_sqrt, or constant (no warm-up either).",
+        choices=LR_SCHEDULERS,
+    )
     seed: int = _opt(42, "Seed for sampling, shuffling and the new head.")
     method: str = _opt(
         "full",

@@ -364,16 +364,20 @@ def make_loaders(
 def make_scheduler(
     optimizer: torch.optim.Optimizer, batches_per_epoch: int, config: DistillConfig | FinetuneConfig
 ) -> tuple[Any, int]:
-    """Linear warm-up then linear decay to zero, counted in optimiser steps.
+    """Warm-up then `--lr-scheduler` (default linear decay to zero), in optimiser steps.
 
     Counted on the unsharded loader: Accelerate steps a prepared scheduler once per process.
+    transformers' own schedules, so the names mean what they mean in a Trainer script.
     """
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import get_scheduler
 
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total = steps_per_epoch * config.epochs
     warmup = math.ceil(config.warmup_ratio * total)
-    return get_linear_schedule_with_warmup(optimizer, warmup, total), total
+    schedule = get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total
+    )
+    return schedule, total
 
 
 def near_memory_limit(model: torch.nn.Module, device: str) -> bool:
