@@ -355,3 +355,28 @@ def test_a_constant_schedule_keeps_the_peak_learning_rate_in_history(workdir, ti
     history = json.loads((run / "history.json").read_text())
     assert [e["learning_rate"] for e in history["epochs"]] == [2e-4, 2e-4]
     assert json.loads((run / "config.json").read_text())["lr_scheduler"] == "constant"
+
+
+def test_fit_temperature_recovers_the_scale_an_overconfident_model_added():
+    """Labels drawn from softmax(z): a model that outputs 4 * z is overconfident by exactly
+    T = 4, and temperature scaling finds it; a rescale changes no prediction."""
+    from kdistill.evaluate import calibration_report, fit_temperature
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 5, generator=gen) * 2
+    labels = torch.multinomial(torch.softmax(z, -1), 1, generator=gen).squeeze(1)
+    assert fit_temperature(4 * z, labels) == pytest.approx(4.0, rel=0.05)
+    assert fit_temperature(z / 3, labels) == pytest.approx(1 / 3, rel=0.05)
+    report = calibration_report(4 * z, labels)
+    assert report["nll_calibrated"] < report["nll"] and report["ece_calibrated"] < report["ece"]
+
+
+def test_finetune_teacher_reports_its_calibration(trained_teacher):
+    """finetune-teacher says how sure its teacher is: ECE and NLL at T=1, the temperature
+    fitted on validation, and the NLL that temperature reaches (never worse than T=1's)."""
+    calibration = json.loads((trained_teacher / "teacher_eval.json").read_text())["calibration"]
+    keys = {"ece", "nll", "fitted_temperature", "ece_calibrated", "nll_calibrated"}
+    assert set(calibration) == keys
+    assert calibration["fitted_temperature"] > 0
+    assert 0.0 <= calibration["ece"] <= 1.0 and 0.0 <= calibration["ece_calibrated"] <= 1.0
+    assert calibration["nll_calibrated"] <= calibration["nll"] + 1e-6

@@ -96,7 +96,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
         student_inputs,
         train_one_epoch,
     )
-    from kdistill.evaluate import evaluate
+    from kdistill.evaluate import calibration_report, classification_metrics, collect_logits
     from kdistill.model_card import write_teacher_card
     from kdistill.models import load_student
 
@@ -126,8 +126,10 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
         stats = train_one_epoch(model, None, train_loader, optimizer, scheduler, accelerator,
                                 1.0, 0.0, f"fine-tune {epoch}/{config.epochs}")  # fmt: skip
         model.eval()
-        metrics = evaluate(lambda b: model(**student_inputs(b)).logits, val_loader, accelerator,
-                           data.num_labels, "validation")  # fmt: skip
+        logits, labels = collect_logits(
+            lambda b: model(**student_inputs(b)).logits, val_loader, accelerator, "validation"
+        )
+        metrics = classification_metrics(logits, labels, data.num_labels)
         epochs.append(
             {"epoch": epoch, **stats, "val_accuracy": metrics["accuracy"],
              "val_macro_f1": metrics["macro_f1"], "val_loss": metrics["loss"]}
@@ -135,6 +137,18 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
         logger.info("epoch %d: loss %.4f, val acc %.4f, macro-F1 %.4f", epoch,
                     stats["train_loss"], metrics["accuracy"], metrics["macro_f1"])  # fmt: skip
 
+    # How sure the teacher is when right decides what its soft targets teach: a flat softmax
+    # at T=1 carries little beyond the argmax.
+    calibration = calibration_report(logits, labels)
+    logger.info(
+        "teacher calibration on validation: ECE %.3f, NLL %.3f at T=1; fitted temperature %.3f "
+        "gives ECE %.3f, NLL %.3f",
+        calibration["ece"],
+        calibration["nll"],
+        calibration["fitted_temperature"],
+        calibration["ece_calibrated"],
+        calibration["nll_calibrated"],
+    )
     name = config.name or f"{dataset_name(config.model)}-{data.name}"
     target = Path(config.output_dir) / name
     if accelerator.is_main_process:
@@ -148,6 +162,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
                 "train_rows": len(train),
                 "label_names": data.label_names,
                 "epochs": epochs,
+                "calibration": calibration,
                 "config": config.to_dict(),
                 "resolved": {"mixed_precision": precision, "device": str(accelerator.device),
                              "gradient_checkpointing": checkpointing,
