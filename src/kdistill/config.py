@@ -28,6 +28,18 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+def _lr_scheduler_opt() -> Any:
+    """--lr-scheduler, the same flag for distill and finetune-teacher (each dataclass needs a
+    field of its own)."""
+    return _opt(
+        "linear",
+        "Learning-rate schedule after the --warmup-ratio warm-up, by transformers' names: linear "
+        "(decay to 0), cosine, cosine_with_restarts, polynomial, constant_with_warmup, "
+        "inverse_sqrt, or constant (no warm-up either).",
+        choices=LR_SCHEDULERS,
+    )
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise KdistillError(message)
@@ -326,13 +338,7 @@ class DistillConfig(TeacherOptions):
     learning_rate: float = _opt(5e-5, "Peak learning rate of AdamW (warm-up, then --lr-scheduler).")
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
-    lr_scheduler: str = _opt(
-        "linear",
-        "Learning-rate schedule after the --warmup-ratio warm-up, by transformers' names: linear "
-        "(decay to 0), cosine, cosine_with_restarts, polynomial, constant_with_warmup, "
-        "inverse_sqrt, or constant (no warm-up either).",
-        choices=LR_SCHEDULERS,
-    )
+    lr_scheduler: str = _lr_scheduler_opt()
     seed: int = _opt(42, "Seed for sampling, shuffling and the student's new head.")
     output_dir: str = _opt(
         "outputs/student_soft_distill",
@@ -508,13 +514,7 @@ class FinetuneConfig(LoadOptions):
     )
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
-    lr_scheduler: str = _opt(
-        "linear",
-        "Learning-rate schedule after the --warmup-ratio warm-up, by transformers' names: linear "
-        "(decay to 0), cosine, cosine_with_restarts, polynomial, constant_with_warmup, "
-        "inverse_sqrt, or constant (no warm-up either).",
-        choices=LR_SCHEDULERS,
-    )
+    lr_scheduler: str = _lr_scheduler_opt()
     seed: int = _opt(42, "Seed for sampling, shuffling and the new head.")
     method: str = _opt(
         "full",
