@@ -42,7 +42,7 @@ browser:
 		echo "warning: could not install chromium; the report rendering test will fail"
 
 demo: setup
-	@$(BIN)/python -m kdistill.hub "$(DATASET)"
+	@$(BIN)/python -m kdistill.data.hub "$(DATASET)"
 	@mkdir -p $(DEMO_OUT)
 	@echo "== 1/8 prepare-data: $(DATASET) -> data/$(DEMO_NAME)/ (train, validation, test)"
 	$(KD) prepare-data --dataset "$(DATASET)" --name $(DEMO_NAME) --validation-split 0.2 \

@@ -33,8 +33,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def completed_run(folder: Path) -> Path | None:
-    runs = [p for p in folder.glob("*") if p.is_dir() and not p.name.endswith(".partial")
-            and (p / "best_model").is_dir()] if folder.is_dir() else []  # fmt: skip
+    runs = (
+        [
+            p
+            for p in folder.glob("*")
+            if p.is_dir() and not p.name.endswith(".partial") and (p / "best_model").is_dir()
+        ]
+        if folder.is_dir()
+        else []
+    )
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
@@ -68,23 +75,51 @@ def main() -> None:
     if run is None:
         data = prepare(work)
         print(f"student: layers 0,5 of MiniLM, {args.student_epochs} epochs ...", flush=True)
-        distill_student(work, data, "cut-minilm", args, "--student-model", minilm_path(),
-                        "--student-layers", "0,5", "--learning-rate", "1e-4")  # fmt: skip
+        distill_student(
+            work,
+            data,
+            "cut-minilm",
+            args,
+            "--student-model",
+            minilm_path(),
+            "--student-layers",
+            "0,5",
+            "--learning-rate",
+            "1e-4",
+        )
         run = completed_run(work / "runs" / "cut-minilm")
     assert run is not None
     threads = ["--threads", str(args.threads)] if args.threads else []
     print(f"export: {run.name} ...", flush=True)
     out = work / "onnx"
     # --min-agreement 0: the bench reports every figure; the 0.99 verdict is printed below.
-    seconds = kd("export", "--format", "onnx", "--model", str(run), "--quantize", "dynamic-int8",
-                 "--output-dir", str(out), "--max-samples", str(args.rows), "--repeats",
-                 str(args.repeats), "--min-agreement", "0", *data_flags, *threads,
-                 work=work)  # fmt: skip
+    seconds = kd(
+        "export",
+        "--format",
+        "onnx",
+        "--model",
+        str(run),
+        "--quantize",
+        "dynamic-int8",
+        "--output-dir",
+        str(out),
+        "--max-samples",
+        str(args.rows),
+        "--repeats",
+        str(args.repeats),
+        "--min-agreement",
+        "0",
+        *data_flags,
+        *threads,
+        work=work,
+    )
     report = json.loads((out / "export_report.json").read_text())
     bs = report["batch_size"]
 
-    print(f"\n2 of MiniLM's layers ({run.name}), {report['rows']} DBpedia validation rows, "
-          f"{report['device_description']}; export + checks {seconds:.0f} s\n")  # fmt: skip
+    print(
+        f"\n2 of MiniLM's layers ({run.name}), {report['rows']} DBpedia validation rows, "
+        f"{report['device_description']}; export + checks {seconds:.0f} s\n"
+    )
     print(
         f"{'model':<11}{'accuracy':>9}{'agree':>9}{'max|dlogit|':>12}{'ms @1':>8}"
         f"{f'ms @{bs}':>9}{f'rows/s @{bs}':>12}{'x @1':>7}{f'x @{bs}':>7}{'MB':>7}"
@@ -93,20 +128,24 @@ def main() -> None:
     for variant, s in report["speed"].items():
         bf16 = {**(report["torch_bf16"] or {}), "size_bytes": torch_row["size_bytes"]}
         p = {"torch": torch_row, "torch-bf16": bf16}.get(variant) or report["parity"][variant]
-        print(f"{variant:<11}{100 * p['accuracy']:>8.2f}%{100 * p['agreement']:>8.2f}%"
-              f"{p['max_abs_logit_diff']:>12.2e}{s['latency_ms_batch_1']:>8.2f}"
-              f"{s[f'latency_ms_batch_{bs}']:>9.1f}{s['throughput_per_s']:>12.1f}"
-              f"{s['speedup_vs_torch']:>6.2f}x{s['throughput_ratio_vs_torch']:>6.2f}x"
-              f"{p['size_bytes'] / 1e6:>7.1f}")  # fmt: skip
+        print(
+            f"{variant:<11}{100 * p['accuracy']:>8.2f}%{100 * p['agreement']:>8.2f}%"
+            f"{p['max_abs_logit_diff']:>12.2e}{s['latency_ms_batch_1']:>8.2f}"
+            f"{s[f'latency_ms_batch_{bs}']:>9.1f}{s['throughput_per_s']:>12.1f}"
+            f"{s['speedup_vs_torch']:>6.2f}x{s['throughput_ratio_vs_torch']:>6.2f}x"
+            f"{p['size_bytes'] / 1e6:>7.1f}"
+        )
     print()
     for variant in report["parity"]:
         p, s = report["parity"][variant], report["speed"][variant]
         verdict = "passes" if p["agreement"] >= 0.99 else "FAILS"
-        print(f"{variant}: {s['speedup_vs_torch']:.2f}x torch's speed at batch 1, "
-              f"{s['throughput_ratio_vs_torch']:.2f}x its throughput at batch {bs}, "
-              f"{report['torch']['size_bytes'] / p['size_bytes']:.2f}x smaller; accuracy "
-              f"{100 * (p['accuracy'] - torch_row['accuracy']):+.2f} points; agreement "
-              f"{100 * p['agreement']:.2f}% ({verdict} --min-agreement 0.99)")  # fmt: skip
+        print(
+            f"{variant}: {s['speedup_vs_torch']:.2f}x torch's speed at batch 1, "
+            f"{s['throughput_ratio_vs_torch']:.2f}x its throughput at batch {bs}, "
+            f"{report['torch']['size_bytes'] / p['size_bytes']:.2f}x smaller; accuracy "
+            f"{100 * (p['accuracy'] - torch_row['accuracy']):+.2f} points; agreement "
+            f"{100 * p['agreement']:.2f}% ({verdict} --min-agreement 0.99)"
+        )
     (work / "results.json").write_text(json.dumps(report, indent=2) + "\n")
 
 

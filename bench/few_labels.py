@@ -41,16 +41,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=str(REPO / "bench" / ".work" / "few_labels"))
     parser.add_argument("--labeled-fraction", type=float, default=0.1)
-    parser.add_argument("--smol-rows", type=int, default=1000,
-                        help="Unlabelled rows the SmolLM2 teacher labels for (c).")  # fmt: skip
+    parser.add_argument(
+        "--smol-rows",
+        type=int,
+        default=1000,
+        help="Unlabelled rows the SmolLM2 teacher labels for (c).",
+    )
     args = parser.parse_args()
     work = Path(args.work)
     data_dir = str(work / "data")
     splits = ["--test-split", "0.2", "--validation-split", "0.05", "--data-dir", data_dir]
     for name, fraction in (("few", args.labeled_fraction), ("nolabels", 0.0)):
         if not (work / "data" / name / "dataset_info.json").is_file():
-            kd("prepare-data", "--dataset", str(DATA_CSV), "--name", name, *splits,
-               "--labeled-fraction", str(fraction), work=work)  # fmt: skip
+            kd(
+                "prepare-data",
+                "--dataset",
+                str(DATA_CSV),
+                "--name",
+                name,
+                *splits,
+                "--labeled-fraction",
+                str(fraction),
+                work=work,
+            )
     info = json.loads((work / "data" / "few" / "dataset_info.json").read_text())
     rows = {s: info["splits"][s]["rows"] for s in info["splits"]}
     print(f"data: {rows}", flush=True)
@@ -61,57 +74,133 @@ def main() -> None:
     teacher = work / "models" / "minilm-few"
     if not (teacher / "config.json").is_file():
         print("teacher: MiniLM on the labelled rows ...", flush=True)
-        times["teacher"], _ = kd("finetune-teacher", "--model", minilm_path(), *data,
-                                 "--output-dir", str(work / "models"), "--name", "minilm-few",
-                                 "--epochs", "5", "--batch-size", "16", "--learning-rate", "1e-4",
-                                 work=work)  # fmt: skip
+        times["teacher"], _ = kd(
+            "finetune-teacher",
+            "--model",
+            minilm_path(),
+            *data,
+            "--output-dir",
+            str(work / "models"),
+            "--name",
+            "minilm-few",
+            "--epochs",
+            "5",
+            "--batch-size",
+            "16",
+            "--learning-rate",
+            "1e-4",
+            work=work,
+        )
 
     students = {
-        "cut": ["--student-model", minilm_path(), "--student-layers", "0,5",
-                "--learning-rate", "1e-4"],
-        "tiny": ["--student-model", str(BERT_TINY), "--student-tokenizer", minilm_path(),
-                 "--learning-rate", "1e-3"],
-    }  # fmt: skip
+        "cut": [
+            "--student-model",
+            minilm_path(),
+            "--student-layers",
+            "0,5",
+            "--learning-rate",
+            "1e-4",
+        ],
+        "tiny": [
+            "--student-model",
+            str(BERT_TINY),
+            "--student-tokenizer",
+            minilm_path(),
+            "--learning-rate",
+            "1e-3",
+        ],
+    }
     runs: dict[str, str] = {}
     for student, flags in students.items():
         # (a) sees a tenth of the rows per epoch, so it gets more epochs; the best epoch on
         # validation is kept for both.
-        for variant, extra in (("a", ["--alpha", "0", "--epochs", "10"]),
-                               ("b", ["--alpha", "0.7", "--epochs", "3",
-                                      "--unlabeled-data", unlabeled])):  # fmt: skip
+        for variant, extra in (
+            ("a", ["--alpha", "0", "--epochs", "10"]),
+            ("b", ["--alpha", "0.7", "--epochs", "3", "--unlabeled-data", unlabeled]),
+        ):
             key = f"{variant}-{student}"
             print(f"({variant}) {student} ...", flush=True)
             out = str(work / "runs" / key)
-            times[key], runs[key] = kd("distill", *data, "--teacher-model", str(teacher),
-                                       *flags, *COMMON, *extra, "--output-dir", out,
-                                       work=work)  # fmt: skip
+            times[key], runs[key] = kd(
+                "distill",
+                *data,
+                "--teacher-model",
+                str(teacher),
+                *flags,
+                *COMMON,
+                *extra,
+                "--output-dir",
+                out,
+                work=work,
+            )
 
     print("(c) SmolLM2, no labels -> cut ...", flush=True)
     smol = smollm2_gguf()
     times["c-cut"], runs["c-cut"] = kd(
-        "distill", "--dataset", "nolabels", "--data-dir", data_dir, "--teacher-model", smol,
-        *students["cut"], *COMMON, "--alpha", "1", "--epochs", "3", "--unlabeled-data",
-        str(work / "data" / "nolabels" / "unlabeled.parquet"), "--max-unlabeled-samples",
-        str(args.smol_rows), "--output-dir", str(work / "runs" / "c-cut"), work=work,
-    )  # fmt: skip
+        "distill",
+        "--dataset",
+        "nolabels",
+        "--data-dir",
+        data_dir,
+        "--teacher-model",
+        smol,
+        *students["cut"],
+        *COMMON,
+        "--alpha",
+        "1",
+        "--epochs",
+        "3",
+        "--unlabeled-data",
+        str(work / "data" / "nolabels" / "unlabeled.parquet"),
+        "--max-unlabeled-samples",
+        str(args.smol_rows),
+        "--output-dir",
+        str(work / "runs" / "c-cut"),
+        work=work,
+    )
 
     print("compare on the test split ...", flush=True)
-    _, folder = kd("compare", *data, "--teacher-model", str(teacher), "--split", "test",
-                   "--students", ",".join(runs.values()), "--output-dir",
-                   str(work / "comparisons"), work=work)  # fmt: skip
+    _, folder = kd(
+        "compare",
+        *data,
+        "--teacher-model",
+        str(teacher),
+        "--split",
+        "test",
+        "--students",
+        ",".join(runs.values()),
+        "--output-dir",
+        str(work / "comparisons"),
+        work=work,
+    )
     results = json.loads((Path(folder) / "comparison_results.json").read_text())
     by_run = {m["run_dir"]: m for m in results["models"] if m["run_dir"]}
     acc = {key: by_run[run]["accuracy"] for key, run in runs.items()}
     acc["teacher"] = results["models"][0]["accuracy"]
-    _, smol_report = kd("eval-teacher", "--teacher-model", smol, "--dataset", "nolabels",
-                        "--data-dir", data_dir, "--split", "test", "--max-samples", "280",
-                        "--output", str(work / "smol_test.json"), work=work)  # fmt: skip
+    _, smol_report = kd(
+        "eval-teacher",
+        "--teacher-model",
+        smol,
+        "--dataset",
+        "nolabels",
+        "--data-dir",
+        data_dir,
+        "--split",
+        "test",
+        "--max-samples",
+        "280",
+        "--output",
+        str(work / "smol_test.json"),
+        work=work,
+    )
     acc["smol"] = json.loads((work / "smol_test.json").read_text())["accuracy"]
 
     n_test = results["dataset"]["rows"]
-    print(f"\nDBpedia sample: {rows.get('train', 0)} labelled train rows, "
-          f"{rows.get('unlabeled', 0)} unlabelled, {rows.get('validation', 0)} validation, "
-          f"{n_test} test; accuracy on the test rows\n")  # fmt: skip
+    print(
+        f"\nDBpedia sample: {rows.get('train', 0)} labelled train rows, "
+        f"{rows.get('unlabeled', 0)} unlabelled, {rows.get('validation', 0)} validation, "
+        f"{n_test} test; accuracy on the test rows\n"
+    )
     print(f"  teacher MiniLM fine-tuned on the labelled rows   {100 * acc['teacher']:6.2f}%")
     print(f"  SmolLM2-135M zero-shot, calibrated (280 rows)    {100 * acc['smol']:6.2f}%")
     print(f"\n  {'student':<34}{'(a) CE':>9}{'(b) KD':>9}{'gain':>8}{'target':>8}")

@@ -53,7 +53,7 @@ def load_rows(path: Path, n: int, seed: int) -> tuple[list[dict], list[dict], li
 
 
 def batches_of(ids: list[list[int]], size: int) -> list[list[int]]:
-    """Row indices, longest first, in batches: as `kdistill.cache.compute_teacher_logits`."""
+    """Row indices, longest first, in batches: as `teachers.cache.compute_teacher_logits`."""
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
     return [order[i : i + size] for i in range(0, len(order), size)]
 
@@ -70,7 +70,7 @@ def padded(ids: list[list[int]], rows: list[int], pad: int, left: bool) -> dict[
 
 def run_setting(model, tokenizer, names, texts, labels, shots, args) -> list[dict]:
     """The three ways on one prompt setting; one result dict per way."""
-    import kdistill.prompt_teacher as pt
+    import kdistill.teachers.prompt as pt
 
     settings = pt.PromptSettings(few_shot=shots, chat=args.chat_template, max_text_tokens=128)
     teachers = {
@@ -124,8 +124,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from kdistill.models import check_model_path
-    from kdistill.prompt_teacher import PromptSettings, load_prompt_teacher, pick_few_shot
+    from kdistill.students.load import check_model_path
+    from kdistill.teachers.prompt import PromptSettings, load_prompt_teacher, pick_few_shot
 
     rows, rest, names = load_rows(DATA_CSV, args.rows, args.seed)
     path = check_model_path(smollm2_gguf(), "--teacher-model")  # dequantised once, then cached

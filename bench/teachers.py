@@ -55,8 +55,9 @@ def kd_run(*argv: str, work: Path) -> tuple[float, str]:
     output folder where the command prints one). Failures stop the bench loudly."""
     env = {**os.environ, "TQDM_DISABLE": "1", "KDISTILL_CACHE": str(work / "cache")}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "kdistill", *argv], env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdistill", *argv], env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SystemExit(f"kdistill {argv[0]} failed:\n{proc.stderr[-3000:]}")
     lines = proc.stdout.strip().splitlines()
@@ -71,60 +72,146 @@ def kd(*argv: str, work: Path) -> float:
 def prepare(work: Path) -> list[str]:
     data = ["--dataset", "dbpedia", "--data-dir", str(work / "data")]
     if not (work / "data" / "dbpedia" / "dataset_info.json").is_file():
-        kd("prepare-data", "--dataset", str(DATA_CSV), "--name", "dbpedia", "--data-dir",
-           str(work / "data"), "--validation-split", "0.2", work=work)  # fmt: skip
+        kd(
+            "prepare-data",
+            "--dataset",
+            str(DATA_CSV),
+            "--name",
+            "dbpedia",
+            "--data-dir",
+            str(work / "data"),
+            "--validation-split",
+            "0.2",
+            work=work,
+        )
     return data
 
 
 def finetune_minilm(work: Path, data: list[str]) -> dict:
-    seconds = kd("finetune-teacher", "--model", minilm_path(), *data, "--output-dir",
-                 str(work / "models"), "--name", "minilm-dbpedia", "--epochs", "1",
-                 "--batch-size", "32", "--learning-rate", "1e-4", work=work)  # fmt: skip
+    seconds = kd(
+        "finetune-teacher",
+        "--model",
+        minilm_path(),
+        *data,
+        "--output-dir",
+        str(work / "models"),
+        "--name",
+        "minilm-dbpedia",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--learning-rate",
+        "1e-4",
+        work=work,
+    )
     ev = json.loads((work / "models" / "minilm-dbpedia" / "teacher_eval.json").read_text())
-    return {"accuracy": ev["val_accuracy"], "macro_f1": ev["val_macro_f1"], "time_s": seconds,
-            "rows": ev["val_rows"], "what": "MiniLM fine-tuned 1 epoch (4,000 rows)"}  # fmt: skip
+    return {
+        "accuracy": ev["val_accuracy"],
+        "macro_f1": ev["val_macro_f1"],
+        "time_s": seconds,
+        "rows": ev["val_rows"],
+        "what": "MiniLM fine-tuned 1 epoch (4,000 rows)",
+    }
 
 
-def eval_prompt(work: Path, data: list[str], name: str, args: argparse.Namespace,
-                *flags: str) -> dict:  # fmt: skip
+def eval_prompt(
+    work: Path, data: list[str], name: str, args: argparse.Namespace, *flags: str
+) -> dict:
     out = work / f"{name}.json"
-    seconds = kd("eval-teacher", "--teacher-model", smollm2_gguf(), *data, "--output", str(out),
-                 "--max-samples", str(args.eval_rows), *flags, work=work)  # fmt: skip
+    seconds = kd(
+        "eval-teacher",
+        "--teacher-model",
+        smollm2_gguf(),
+        *data,
+        "--output",
+        str(out),
+        "--max-samples",
+        str(args.eval_rows),
+        *flags,
+        work=work,
+    )
     report = json.loads(out.read_text())
-    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "time_s": seconds,
-            "rows": report["rows"], "rows_per_second": report["rows_per_second"],
-            "what": f"SmolLM2-135M prompt teacher {' '.join(flags) or '(calibrated)'}"}  # fmt: skip
+    return {
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "time_s": seconds,
+        "rows": report["rows"],
+        "rows_per_second": report["rows_per_second"],
+        "what": f"SmolLM2-135M prompt teacher {' '.join(flags) or '(calibrated)'}",
+    }
 
 
 def lora_smol(work: Path, data: list[str], args: argparse.Namespace) -> dict:
-    seconds = kd("finetune-teacher", "--model", smollm2_gguf(), *data, "--output-dir",
-                 str(work / "models"), "--name", "smol-lora", "--method", "lora",
-                 "--max-train-samples", "1000", "--max-val-samples", str(args.eval_rows),
-                 "--epochs", str(args.lora_epochs), "--batch-size", "16", work=work)  # fmt: skip
+    seconds = kd(
+        "finetune-teacher",
+        "--model",
+        smollm2_gguf(),
+        *data,
+        "--output-dir",
+        str(work / "models"),
+        "--name",
+        "smol-lora",
+        "--method",
+        "lora",
+        "--max-train-samples",
+        "1000",
+        "--max-val-samples",
+        str(args.eval_rows),
+        "--epochs",
+        str(args.lora_epochs),
+        "--batch-size",
+        "16",
+        work=work,
+    )
     ev = json.loads((work / "models" / "smol-lora" / "teacher_eval.json").read_text())
-    return {"accuracy": ev["val_accuracy"], "macro_f1": ev["val_macro_f1"], "time_s": seconds,
-            "rows": ev["val_rows"],
-            "what": f"SmolLM2-135M LoRA r=8, {args.lora_epochs} epochs on 1,000 rows"}  # fmt: skip
+    return {
+        "accuracy": ev["val_accuracy"],
+        "macro_f1": ev["val_macro_f1"],
+        "time_s": seconds,
+        "rows": ev["val_rows"],
+        "what": f"SmolLM2-135M LoRA r=8, {args.lora_epochs} epochs on 1,000 rows",
+    }
 
 
-def distill_student(work: Path, data: list[str], name: str, args: argparse.Namespace,
-                    *flags: str) -> dict:  # fmt: skip
+def distill_student(
+    work: Path, data: list[str], name: str, args: argparse.Namespace, *flags: str
+) -> dict:
     teacher = work / "models" / "minilm-dbpedia"
     if not (teacher / "teacher_eval.json").is_file():
         raise SystemExit("the student steps need the minilm step first")
     out = work / "runs" / name
-    seconds = kd("distill", *data, "--teacher-model", str(teacher), *flags, "--epochs",
-                 str(args.student_epochs), "--batch-size", "32", "--temperature", "3",
-                 "--alpha", "0.7", "--output-dir", str(out), work=work)  # fmt: skip
+    seconds = kd(
+        "distill",
+        *data,
+        "--teacher-model",
+        str(teacher),
+        *flags,
+        "--epochs",
+        str(args.student_epochs),
+        "--batch-size",
+        "32",
+        "--temperature",
+        "3",
+        "--alpha",
+        "0.7",
+        "--output-dir",
+        str(out),
+        work=work,
+    )
     run = sorted(out.iterdir(), key=lambda p: p.stat().st_mtime)[-1]
     history = json.loads((run / "history.json").read_text())
     config = json.loads((run / "config.json").read_text())
     best = max(history["epochs"], key=lambda e: e["val_accuracy"])
-    return {"accuracy": best["val_accuracy"], "macro_f1": best["val_macro_f1"], "time_s": seconds,
-            "rows": config["data"]["validation_rows"],
-            "parameters": config["student"]["parameters"],
-            "teacher_accuracy": history["teacher"]["val_accuracy"],
-            "what": f"student {' '.join(flags)}"}  # fmt: skip
+    return {
+        "accuracy": best["val_accuracy"],
+        "macro_f1": best["val_macro_f1"],
+        "time_s": seconds,
+        "rows": config["data"]["validation_rows"],
+        "parameters": config["student"]["parameters"],
+        "teacher_accuracy": history["teacher"]["val_accuracy"],
+        "what": f"student {' '.join(flags)}",
+    }
 
 
 def main() -> None:
@@ -144,10 +231,22 @@ def main() -> None:
     data = prepare(work)
     saved = work / "results.json"
     results: dict[str, dict] = json.loads(saved.read_text()) if saved.is_file() else {}
-    minilm = ["--student-model", minilm_path(), "--student-layers", "0,5",
-              "--learning-rate", "1e-4"]  # fmt: skip
-    tiny = ["--student-model", str(BERT_TINY), "--student-tokenizer", minilm_path(),
-            "--learning-rate", "1e-3"]  # fmt: skip
+    minilm = [
+        "--student-model",
+        minilm_path(),
+        "--student-layers",
+        "0,5",
+        "--learning-rate",
+        "1e-4",
+    ]
+    tiny = [
+        "--student-model",
+        str(BERT_TINY),
+        "--student-tokenizer",
+        minilm_path(),
+        "--learning-rate",
+        "1e-3",
+    ]
     runners = {
         "minilm": lambda: finetune_minilm(work, data),
         "smol-raw": lambda: eval_prompt(work, data, "smol-raw", args, "--no-calibrate"),
@@ -163,15 +262,20 @@ def main() -> None:
         results[step]["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
         saved.write_text(json.dumps(results, indent=2) + "\n")
         r = results[step]
-        print(f"   accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  "
-              f"{r['time_s']:.0f} s  ({r['what']})", flush=True)  # fmt: skip
+        print(
+            f"   accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  "
+            f"{r['time_s']:.0f} s  ({r['what']})",
+            flush=True,
+        )
 
     print(f"\n{'step':<12}{'accuracy':>10}{'macro-F1':>10}{'time s':>9}  what")
     for step in STEPS:
         if step in results:
             r = results[step]
-            print(f"{step:<12}{r['accuracy']:>10.4f}{r['macro_f1']:>10.4f}"
-                  f"{r['time_s']:>9.0f}  {r['what']}")  # fmt: skip
+            print(
+                f"{step:<12}{r['accuracy']:>10.4f}{r['macro_f1']:>10.4f}"
+                f"{r['time_s']:>9.0f}  {r['what']}"
+            )
     if "cut-minilm" in results and "bert-tiny" in results:
         gap = results["cut-minilm"]["accuracy"] - results["bert-tiny"]["accuracy"]
         print(f"\nlayer-cut student minus random-init student: {100 * gap:+.1f} points")

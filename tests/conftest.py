@@ -67,11 +67,18 @@ def build_wordpiece_tokenizer(path: Path):
     tok.train_from_iterator(_corpus(), trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-    )  # fmt: skip
-    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")  # fmt: skip
+    )
+    fast = BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     fast.save_pretrained(path)
     return fast
 
@@ -84,8 +91,11 @@ def build_bpe_tokenizer(path: Path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_corpus(), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
     fast.save_pretrained(path)
@@ -101,12 +111,22 @@ def build_tiny_bert(path: Path, labels: list[str] | None, seed: int = 0) -> Path
     torch.manual_seed(seed)
     kwargs = {}
     if labels:
-        kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                  "label2id": {n: i for i, n in enumerate(labels)}}  # fmt: skip
+        kwargs = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {n: i for i, n in enumerate(labels)},
+        }
     # hidden 64: at 32 a random BERT often stalls on a plateau that merges two toy classes.
-    config = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=128, max_position_embeddings=256,
-                        pad_token_id=tok.pad_token_id, **kwargs)  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        **kwargs,
+    )
     model = BertForSequenceClassification(config)
     if not labels:  # a bare encoder checkpoint: no head at all
         model.bert.save_pretrained(path)
@@ -121,12 +141,24 @@ def build_tiny_qwen2(path: Path, labels: list[str] | None, seed: int = 0) -> Pat
 
     tok = build_bpe_tokenizer(path)
     torch.manual_seed(seed)
-    common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)  # fmt: skip
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
     if labels:
-        config = Qwen2Config(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                             label2id={n: i for i, n in enumerate(labels)}, **common)  # fmt: skip
+        config = Qwen2Config(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+            **common,
+        )
         Qwen2ForSequenceClassification(config).save_pretrained(path)
     else:  # a causal LM, like the seed's DeepSeek download: no classification head
         Qwen2ForCausalLM(Qwen2Config(**common)).save_pretrained(path)
@@ -194,7 +226,14 @@ def trained_teacher(tmp_path_factory, tiny_models) -> Path:
 
     root = tmp_path_factory.mktemp("trained")
     data = write_toy_csv(root / "toy.csv", 100, seed=5)
-    config = FinetuneConfig(model=str(tiny_models["bert_student"]), dataset=str(data),
-                            output_dir=str(root / "models"), epochs=6, batch_size=8,
-                            learning_rate=3e-3, mixed_precision="no", seed=0)  # fmt: skip
+    config = FinetuneConfig(
+        model=str(tiny_models["bert_student"]),
+        dataset=str(data),
+        output_dir=str(root / "models"),
+        epochs=6,
+        batch_size=8,
+        learning_rate=3e-3,
+        mixed_precision="no",
+        seed=0,
+    )
     return finetune_teacher(config)

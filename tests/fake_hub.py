@@ -24,8 +24,15 @@ def fake_hub(monkeypatch: Any, fail: BaseException | None = None) -> list[dict[s
         def upload_folder(self, *, repo_id: str, folder_path: str, **kwargs: Any) -> str:
             folder = Path(folder_path)
             files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-            calls.append({"call": "upload_folder", "repo_id": repo_id, "folder_path": folder,
-                          "files": files, **kwargs})  # fmt: skip
+            calls.append(
+                {
+                    "call": "upload_folder",
+                    "repo_id": repo_id,
+                    "folder_path": folder,
+                    "files": files,
+                    **kwargs,
+                }
+            )
             return f"https://huggingface.co/{repo_id}/commit/0"
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeHfApi)

@@ -103,9 +103,9 @@ def test_teacher_logits_reuse_the_cli_cache_and_equal_the_teacher(
     same way, finds them without running the teacher, and they are the teacher's logits."""
     from datasets import load_dataset
 
-    from kdistill import cache as kcache
     from kdistill import load_teacher, teacher_logits
     from kdistill.cli import main
+    from kdistill.teachers import cache as kcache
 
     argv = [
         "distill",

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import CLASSES
 
-from kdistill import cache as kcache
 from kdistill.cli import main
 from kdistill.distill import (
     make_accelerator,
@@ -17,14 +16,30 @@ from kdistill.distill import (
     pick_mixed_precision,
     pick_teacher_dtype,
 )
-from kdistill.models import load_teacher_classifier, load_tokenizer
-from kdistill.teachers import ClassifierTeacher
+from kdistill.students.load import load_teacher_classifier, load_tokenizer
+from kdistill.teachers import cache as kcache
+from kdistill.teachers.classifier import ClassifierTeacher
 
 
 def quick(teacher, student, *extra):
-    return ["--dataset", "toy", "--teacher-model", str(teacher), "--student-model", str(student),
-            "--batch-size", "4", "--epochs", "2", "--mixed-precision", "no", "--learning-rate",
-            "1e-3", "--allow-weak-teacher", *extra]  # fmt: skip
+    return [
+        "--dataset",
+        "toy",
+        "--teacher-model",
+        str(teacher),
+        "--student-model",
+        str(student),
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--mixed-precision",
+        "no",
+        "--learning-rate",
+        "1e-3",
+        "--allow-weak-teacher",
+        *extra,
+    ]
 
 
 def run(argv) -> Path:
@@ -44,7 +59,7 @@ def toy_texts(n=40):
 def teacher_and_data(tiny_models, key="qwen_teacher"):
     from datasets import Dataset
 
-    from kdistill.data import tokenize
+    from kdistill.data.prepare import tokenize
 
     model, tok, columns = load_teacher_classifier(str(tiny_models[key]), CLASSES, False)
     teacher = ClassifierTeacher(model, tok, columns, str(tiny_models[key]))
@@ -63,8 +78,9 @@ def test_cached_logits_equal_online_logits(tiny_models, key):
     for i in range(0, len(ds), 5):  # online: batches in data order, padded to their own longest
         rows = ds[i : i + 5]
         enc = tok.pad({"input_ids": rows["teacher_input_ids"]}, return_tensors="pt")
-        online = teacher.logits({"teacher_input_ids": enc["input_ids"],
-                                 "teacher_attention_mask": enc["attention_mask"]})  # fmt: skip
+        online = teacher.logits(
+            {"teacher_input_ids": enc["input_ids"], "teacher_attention_mask": enc["attention_mask"]}
+        )
         torch.testing.assert_close(cached[i : i + 5], online, atol=1e-5, rtol=1e-4)
 
 
@@ -80,12 +96,23 @@ def test_cache_key_changes_with_every_part(tiny_models, tmp_path):
     }
     other_tok = load_tokenizer(str(tiny_models["bert_teacher"]), "--teacher-model")
     variants["tokenizer"] = kcache.make_key(
-        SimpleNamespace(**{**vars(teacher), "tokenizer": other_tok}, mode=teacher.mode,
-                        settings=teacher.settings), texts, 64, "fp32")  # fmt: skip
+        SimpleNamespace(
+            **{**vars(teacher), "tokenizer": other_tok},
+            mode=teacher.mode,
+            settings=teacher.settings,
+        ),
+        texts,
+        64,
+        "fp32",
+    )
     variants["labels"] = kcache.make_key(
-        SimpleNamespace(**vars(teacher), mode=teacher.mode,
-                        settings=lambda: {"label_columns": [3, 2, 1, 0]}), texts, 64, "fp32",
-    )  # fmt: skip
+        SimpleNamespace(
+            **vars(teacher), mode=teacher.mode, settings=lambda: {"label_columns": [3, 2, 1, 0]}
+        ),
+        texts,
+        64,
+        "fp32",
+    )
     # New weights in the same folder (a re-fine-tuned teacher): a new key.
     import shutil
 
@@ -159,8 +186,9 @@ def test_a_mismatched_or_broken_cache_file_is_never_used(tiny_models, tmp_path):
 def test_cache_off_and_memory_train_the_same_student(workdir, tiny_models):
     runs = {}
     for mode in ("off", "memory"):
-        run_dir = run(quick(tiny_models["bert_teacher"], tiny_models["bert_student"],
-                            "--teacher-cache", mode))  # fmt: skip
+        run_dir = run(
+            quick(tiny_models["bert_teacher"], tiny_models["bert_student"], "--teacher-cache", mode)
+        )
         runs[mode] = json.loads((run_dir / "history.json").read_text())
     off, mem = runs["off"], runs["memory"]
     assert mem["teacher_cache"]["mode"] == "memory" and off["teacher_cache"]["mode"] == "off"
@@ -172,8 +200,14 @@ def test_cache_off_and_memory_train_the_same_student(workdir, tiny_models):
 
 
 def test_disk_cache_is_reused_across_runs_without_the_teacher(workdir, tiny_models, monkeypatch):
-    args = quick(tiny_models["bert_teacher"], tiny_models["bert_student"], "--teacher-cache",
-                 "disk", "--epochs", "1")  # fmt: skip
+    args = quick(
+        tiny_models["bert_teacher"],
+        tiny_models["bert_student"],
+        "--teacher-cache",
+        "disk",
+        "--epochs",
+        "1",
+    )
     first = json.loads((run(args) / "history.json").read_text())["teacher_cache"]
     assert first["hit"] is False and Path(first["path"]).is_file()
     assert Path(first["path"]).parent == workdir / "cache" / "teacher_logits"
@@ -197,10 +231,12 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch(tiny_models):
     texts = toy_texts(40)
     ds = Dataset.from_dict({"text": texts, "label": [i % 4 for i in range(len(texts))]})
     tok = load_tokenizer(str(tiny_models["bert_student"]), "--student-model")
-    config = SimpleNamespace(max_length=64, batch_size=4, seed=0, eval_batch_size=None,
-                             group_by_length=True)  # fmt: skip
-    loader, _, train_tok = make_loaders(ds, ds, {"student": tok}, config,
-                                        make_accelerator("cpu", "no", 1))  # fmt: skip
+    config = SimpleNamespace(
+        max_length=64, batch_size=4, seed=0, eval_batch_size=None, group_by_length=True
+    )
+    loader, _, train_tok = make_loaders(
+        ds, ds, {"student": tok}, config, make_accelerator("cpu", "no", 1)
+    )
     lengths = [len(x) for x in train_tok["student_input_ids"]]
     orders, padded = [], 0
     for _epoch in range(2):
@@ -239,8 +275,11 @@ def test_mixed_precision_auto_on_cpu(monkeypatch):
 def test_compiled_student_trains_and_saves_a_plain_classifier(workdir, tiny_models):
     from transformers import AutoModelForSequenceClassification
 
-    run_dir = run(quick(tiny_models["bert_teacher"], tiny_models["bert_student"], "--compile",
-                        "--epochs", "1"))  # fmt: skip
+    run_dir = run(
+        quick(
+            tiny_models["bert_teacher"], tiny_models["bert_student"], "--compile", "--epochs", "1"
+        )
+    )
     model, info = AutoModelForSequenceClassification.from_pretrained(
         run_dir / "best_model", output_loading_info=True
     )

@@ -127,8 +127,9 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def test_wrong_text_column_names_the_flag(capsys, in_tmp, labelled_csv):
-    err = one_line_error(capsys, ["prepare-data", "--dataset", str(labelled_csv),
-                                  "--text-column", "body"])  # fmt: skip
+    err = one_line_error(
+        capsys, ["prepare-data", "--dataset", str(labelled_csv), "--text-column", "body"]
+    )
     assert "--text-column" in err and "body" in err and "text" in err  # lists what exists
 
 
@@ -148,11 +149,20 @@ def test_unknown_label_in_a_split_is_one_line(capsys, in_tmp, labelled_csv):
 
 
 def test_too_few_samples_for_the_classes(capsys, in_tmp, labelled_csv, tiny_models):
-    err = one_line_error(capsys, [
-        "distill", "--dataset", str(labelled_csv), "--teacher-model",
-        str(tiny_models["bert_teacher"]), "--student-model", str(tiny_models["bert_student"]),
-        "--max-train-samples", "3",
-    ])  # fmt: skip
+    err = one_line_error(
+        capsys,
+        [
+            "distill",
+            "--dataset",
+            str(labelled_csv),
+            "--teacher-model",
+            str(tiny_models["bert_teacher"]),
+            "--student-model",
+            str(tiny_models["bert_student"]),
+            "--max-train-samples",
+            "3",
+        ],
+    )
     assert "--max-train-samples 3 is smaller than the 4 classes" in err
 
 
@@ -164,20 +174,39 @@ def test_missing_teacher_folder_says_to_download(capsys, in_tmp, labelled_csv):
 
 
 def test_teacher_with_an_untrained_head_is_refused(capsys, in_tmp, labelled_csv, tiny_models):
-    err = one_line_error(capsys, [
-        "distill", "--dataset", str(labelled_csv), "--teacher-model", str(tiny_models["qwen_lm"]),
-        "--student-model", str(tiny_models["bert_student"]), "--teacher-mode", "classifier",
-    ])  # fmt: skip
+    err = one_line_error(
+        capsys,
+        [
+            "distill",
+            "--dataset",
+            str(labelled_csv),
+            "--teacher-model",
+            str(tiny_models["qwen_lm"]),
+            "--student-model",
+            str(tiny_models["bert_student"]),
+            "--teacher-mode",
+            "classifier",
+        ],
+    )
     assert "no trained classification head" in err and "--allow-untrained-teacher" in err
 
 
 def test_teacher_with_other_labels_is_refused(capsys, in_tmp, labelled_csv, tmp_path_factory):
-    other = build_tiny_bert(tmp_path_factory.mktemp("other") / "t", ["Animal", "Sport", "Film",
-                                                                      "Company"])  # fmt: skip
-    err = one_line_error(capsys, [
-        "distill", "--dataset", str(labelled_csv), "--teacher-model", str(other),
-        "--student-model", str(other),
-    ])  # fmt: skip
+    other = build_tiny_bert(
+        tmp_path_factory.mktemp("other") / "t", ["Animal", "Sport", "Film", "Company"]
+    )
+    err = one_line_error(
+        capsys,
+        [
+            "distill",
+            "--dataset",
+            str(labelled_csv),
+            "--teacher-model",
+            str(other),
+            "--student-model",
+            str(other),
+        ],
+    )
     assert "missing from the teacher: Building" in err and "teacher-only: Sport" in err
 
 
@@ -186,16 +215,22 @@ def test_scripts_run_as_files(in_tmp, labelled_csv):
     script = REPO / "scripts" / "explore_datasets.py"
     done = subprocess.run(
         [sys.executable, str(script), "--dataset", str(labelled_csv), "--validation-split", "0.2"],
-        capture_output=True, text=True, cwd=in_tmp, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=in_tmp,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert (in_tmp / "data" / "toy" / "train.parquet").is_file()
     assert "validation" in done.stdout and "saved to data/toy" in done.stdout
 
     bad = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "train_soft_distillation.py"), "--alpha", "2"],
-        capture_output=True, text=True, cwd=in_tmp, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=in_tmp,
+        timeout=300,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
         "train_soft_distillation.py: error: --alpha must be in [0, 1] (got 2.0)"

@@ -14,7 +14,7 @@ import torch
 from conftest import CLASSES, REPO, build_tiny_bert, write_toy_csv
 
 from kdistill.cli import main
-from kdistill.evaluate import (
+from kdistill.evaluation.metrics import (
     agreement,
     classification_metrics,
     confusion,
@@ -35,10 +35,12 @@ def test_per_class_scores_and_confusion_on_a_hand_computed_case():
     labels, preds = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 1, 1, 0])
     scores = per_class_scores(labels, preds, CLASSES)
     assert list(scores) == CLASSES
-    assert scores["Animal"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5,
-                                              "support": 2})  # fmt: skip
-    assert scores["Building"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8,
-                                                "support": 2})  # fmt: skip
+    assert scores["Animal"] == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    )
+    assert scores["Building"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2}
+    )
     # Never predicted: precision 0, not NaN; absent altogether: zeros and support 0.
     assert scores["Company"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert scores["Film"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
@@ -70,7 +72,7 @@ def test_bootstrap_scores_are_paired_seeded_and_match_the_point_metrics():
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from kdistill.evaluate import BOOTSTRAP_CELLS, bootstrap_scores, interval
+    from kdistill.evaluation.metrics import BOOTSTRAP_CELLS, bootstrap_scores, interval
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 400)
@@ -150,7 +152,7 @@ def test_measure_speeds_interleaves_so_drift_hits_every_model_alike():
     ABBA, both see the same slowdown and their ratio stays near 1. The spread is reported."""
     import numpy as np
 
-    from kdistill.evaluate import measure_speeds
+    from kdistill.evaluation.metrics import measure_speeds
 
     calls: list[str] = []
 
@@ -202,23 +204,58 @@ def project(tmp_path_factory, tiny_models, trained_teacher) -> dict[str, Path]:
     raw.mkdir()
     write_toy_csv(raw / "train.csv", 30, seed=0)
     write_toy_csv(raw / "test.csv", 10, seed=7)
-    data = new_child(root / "data", ["prepare-data", "--dataset", str(raw), "--name", "toy",
-                                     "--data-dir", str(root / "data")])  # fmt: skip
-    common = ["distill", "--dataset", str(data), "--teacher-model", str(trained_teacher),
-              "--student-model", str(tiny_models["bert_student"]), "--student-layers", "1",
-              "--epochs", "1", "--batch-size", "8", "--learning-rate", "3e-3",
-              "--mixed-precision", "no"]  # fmt: skip
+    data = new_child(
+        root / "data",
+        ["prepare-data", "--dataset", str(raw), "--name", "toy", "--data-dir", str(root / "data")],
+    )
+    common = [
+        "distill",
+        "--dataset",
+        str(data),
+        "--teacher-model",
+        str(trained_teacher),
+        "--student-model",
+        str(tiny_models["bert_student"]),
+        "--student-layers",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--learning-rate",
+        "3e-3",
+        "--mixed-precision",
+        "no",
+    ]
     runs = root / "runs"
     student = new_child(runs, [*common, "--output-dir", str(runs)])
     baseline = new_child(runs, [*common, "--output-dir", str(runs), "--alpha", "0"])
-    return {"root": root, "data": data, "teacher": trained_teacher, "student": student,
-            "baseline": baseline}  # fmt: skip
+    return {
+        "root": root,
+        "data": data,
+        "teacher": trained_teacher,
+        "student": student,
+        "baseline": baseline,
+    }
 
 
 def compare_argv(project: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["compare", "--dataset", str(project["data"]), "--teacher-model",
-            str(project["teacher"]), "--output-dir", str(out), "--mixed-precision", "no",
-            "--latency-rows", "6", "--repeats", "2", *extra]  # fmt: skip
+    return [
+        "compare",
+        "--dataset",
+        str(project["data"]),
+        "--teacher-model",
+        str(project["teacher"]),
+        "--output-dir",
+        str(out),
+        "--mixed-precision",
+        "no",
+        "--latency-rows",
+        "6",
+        "--repeats",
+        "2",
+        *extra,
+    ]
 
 
 def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_path, caplog):
@@ -229,8 +266,17 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
 
     caplog.set_level("INFO", logger="kdistill")
     out = tmp_path / "comparisons"
-    folder = new_child(out, compare_argv(project, out, "--student-model", str(project["student"]),
-                                         "--baseline", str(project["baseline"])))  # fmt: skip
+    folder = new_child(
+        out,
+        compare_argv(
+            project,
+            out,
+            "--student-model",
+            str(project["student"]),
+            "--baseline",
+            str(project["baseline"]),
+        ),
+    )
     assert OUT_DIR.match(folder.name), folder.name
     results = json.loads((folder / "comparison_results.json").read_text())
     schema = json.loads(SCHEMA.read_text())
@@ -246,8 +292,10 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
     assert ds["label_names"] == CLASSES and ds["class_counts"] == [10, 10, 10, 10]
     teacher, student, baseline = results["models"]
     assert [m["role"] for m in results["models"]] == ["teacher", "student", "baseline"]
-    assert (student["name"], baseline["name"]) == (project["student"].name,
-                                                   project["baseline"].name)  # fmt: skip
+    assert (student["name"], baseline["name"]) == (
+        project["student"].name,
+        project["baseline"].name,
+    )
     assert teacher["agreement_with_teacher"] == 1.0 and teacher["kl_to_teacher"] == 0.0
     assert teacher["accuracy"] >= 0.9  # it knows the task: chance is 0.25
 
@@ -258,8 +306,7 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
         assert len(y) == 40
         assert m["accuracy"] == pytest.approx(sum(cm[i][i] for i in range(4)) / 40)
         assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
-        prec, rec, f1, sup = precision_recall_fscore_support(y, p, labels=range(4),
-                                                             zero_division=0)  # fmt: skip
+        prec, rec, f1, sup = precision_recall_fscore_support(y, p, labels=range(4), zero_division=0)
         for i, name in enumerate(CLASSES):
             assert m["per_class"][name] == pytest.approx(
                 {"precision": prec[i], "recall": rec[i], "f1": f1[i], "support": sup[i]}
@@ -283,8 +330,9 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
     tok = AutoTokenizer.from_pretrained(student["path"])
     test = load_dataset("parquet", data_files=str(project["data"] / "test.parquet"))["train"]
     with torch.no_grad():
-        enc = tok(list(test["text"]), padding=True, truncation=True, max_length=128,
-                  return_tensors="pt")  # fmt: skip
+        enc = tok(
+            list(test["text"]), padding=True, truncation=True, max_length=128, return_tensors="pt"
+        )
         preds = model(**enc).logits.argmax(-1)
     truth = torch.tensor([CLASSES.index(n) for n in test["label"]])
     assert student["confusion_matrix"] == confusion(truth, preds, 4)
@@ -326,9 +374,11 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
     # the comparison figure and both runs' training curves, inline
     assert "Training curves" in page and page.count("data:image/png;base64,") == 3
     assert gain["not_comparable"] == []
-    assert results["files"] == {"json": "comparison_results.json",
-                                "figure": "teacher_student_comparison.png",
-                                "html": "report.html"}  # fmt: skip
+    assert results["files"] == {
+        "json": "comparison_results.json",
+        "figure": "teacher_student_comparison.png",
+        "html": "report.html",
+    }
     # The terminal shows the results without opening a file.
     table = next(r.getMessage() for r in caplog.records if "speed-up" in r.getMessage())
     assert student["name"] in table and "distillation gain" in table and "95% CI" in table
@@ -339,10 +389,21 @@ def test_the_seed_script_runs_with_the_seed_flags(project, tmp_path, monkeypatch
     --dataset ...`, the seed's Step 4, run as the file itself."""
     monkeypatch.chdir(tmp_path)
     best = project["student"] / "best_model"
-    monkeypatch.setattr(sys, "argv", [
-        "compare_models.py", "--teacher-model", str(project["teacher"]), "--student-model",
-        str(best), "--dataset", str(project["data"]), "--repeats", "1",
-    ])  # fmt: skip
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "compare_models.py",
+            "--teacher-model",
+            str(project["teacher"]),
+            "--student-model",
+            str(best),
+            "--dataset",
+            str(project["data"]),
+            "--repeats",
+            "1",
+        ],
+    )
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(REPO / "scripts" / "compare_models.py"), run_name="__main__")
     assert done.value.code == 0
@@ -369,16 +430,19 @@ def one_line_error(capsys, argv: list[str]) -> str:
 def test_a_student_trained_on_other_labels_is_refused(project, tmp_path, capsys, flag):
     other = build_tiny_bert(tmp_path / "other", ["Animal", "Sport", "Film", "Company"])
     students = [] if flag == "--student-model" else ["--student-model", str(project["student"])]
-    err = one_line_error(capsys, compare_argv(project, tmp_path / "out", *students, flag,
-                                              str(other)))  # fmt: skip
+    err = one_line_error(
+        capsys, compare_argv(project, tmp_path / "out", *students, flag, str(other))
+    )
     assert err.startswith(f"{flag} {other}: its labels differ"), err
     assert "missing: Building" in err and "extra: Sport" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_a_split_the_data_set_lacks_is_refused(project, tmp_path, capsys, labelled_csv):
-    assert main(["prepare-data", "--dataset", str(labelled_csv), "--data-dir",
-                 str(tmp_path / "data")]) == 0  # fmt: skip
+    assert (
+        main(["prepare-data", "--dataset", str(labelled_csv), "--data-dir", str(tmp_path / "data")])
+        == 0
+    )
     argv = compare_argv(project, tmp_path / "out", "--student-model", str(project["student"]))
     argv[argv.index("--dataset") + 1] = str(tmp_path / "data" / "toy")
     assert one_line_error(capsys, argv) == (
@@ -388,23 +452,34 @@ def test_a_split_the_data_set_lacks_is_refused(project, tmp_path, capsys, labell
 
 def test_an_output_dir_that_is_a_file_is_refused(project, tmp_path, capsys):
     (tmp_path / "taken").write_text("not a folder")
-    err = one_line_error(capsys, compare_argv(project, tmp_path / "taken", "--student-model",
-                                              str(project["student"])))  # fmt: skip
+    err = one_line_error(
+        capsys,
+        compare_argv(project, tmp_path / "taken", "--student-model", str(project["student"])),
+    )
     assert err.startswith(f"--output-dir {tmp_path / 'taken'}: ") and "is a file" in err
 
 
 def test_a_missing_student_path_is_refused(project, tmp_path, capsys):
     missing = tmp_path / "outputs" / "no_such_run"
-    err = one_line_error(capsys, compare_argv(project, tmp_path / "out", "--student-model",
-                                              str(project["student"]), "--students",
-                                              str(missing)))  # fmt: skip
+    err = one_line_error(
+        capsys,
+        compare_argv(
+            project,
+            tmp_path / "out",
+            "--student-model",
+            str(project["student"]),
+            "--students",
+            str(missing),
+        ),
+    )
     assert err.startswith(f"--students {missing}: no such folder"), err
 
 
 def test_a_model_without_a_trained_head_is_refused(project, tmp_path, capsys, tiny_models):
     bare = tiny_models["bert_student"]  # an encoder checkpoint: no classes at all
-    err = one_line_error(capsys, compare_argv(project, tmp_path / "out", "--student-model",
-                                              str(bare)))  # fmt: skip
+    err = one_line_error(
+        capsys, compare_argv(project, tmp_path / "out", "--student-model", str(bare))
+    )
     assert err.startswith(f"--student-model {bare}: its classes are unnamed"), err
 
 
@@ -518,7 +593,7 @@ def test_a_baseline_that_saw_the_teacher_gives_no_gain(tmp_path, change, problem
     import torch as t
 
     from kdistill.compare import add_intervals, distillation_gain, format_summary
-    from kdistill.report import write_html_report
+    from kdistill.evaluation.report import write_html_report
 
     models, preds, y = gain_models()
     ce = models[-1]

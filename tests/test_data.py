@@ -5,8 +5,8 @@ from collections import Counter
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from kdistill import data as kdata
 from kdistill.config import PrepareDataConfig
+from kdistill.data import prepare as kdata
 from kdistill.errors import KdistillError
 
 
@@ -56,8 +56,10 @@ def test_prepare_data_writes_splits_and_info(labelled_csv, tmp_path):
     path, summary = kdata.prepare(cfg)
     assert path == tmp_path / "data" / "toy"
     assert sorted(p.name for p in path.iterdir()) == [
-        "dataset_info.json", "train.parquet", "validation.parquet"
-    ]  # fmt: skip
+        "dataset_info.json",
+        "train.parquet",
+        "validation.parquet",
+    ]
     info = json.loads((path / "dataset_info.json").read_text())
     assert info["label_names"] == ["Animal", "Building", "Company", "Film"]
     assert info["splits"]["train"]["rows"] == 96 and info["splits"]["validation"]["rows"] == 24
@@ -71,8 +73,12 @@ def test_prepare_data_writes_splits_and_info(labelled_csv, tmp_path):
 
 
 def test_test_split_is_stratified_held_out_and_disjoint(labelled_csv, tmp_path):
-    cfg = PrepareDataConfig(dataset=str(labelled_csv), data_dir=str(tmp_path / "data"),
-                            test_split=0.2, validation_split=0.25)  # fmt: skip
+    cfg = PrepareDataConfig(
+        dataset=str(labelled_csv),
+        data_dir=str(tmp_path / "data"),
+        test_split=0.2,
+        validation_split=0.25,
+    )
     path, _ = kdata.prepare(cfg)
     info = json.loads((path / "dataset_info.json").read_text())
     rows = {s: info["splits"][s]["rows"] for s in ("train", "validation", "test")}
@@ -86,10 +92,12 @@ def test_test_split_is_stratified_held_out_and_disjoint(labelled_csv, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"test_split": 1.0}, "--test-split must be in [0, 1)"),
-     ({"test_split": -0.1}, "--test-split must be in [0, 1)"),
-     ({"test_split": 0.5, "validation_split": 0.5}, "must leave rows to train on")],
-)  # fmt: skip
+    [
+        ({"test_split": 1.0}, "--test-split must be in [0, 1)"),
+        ({"test_split": -0.1}, "--test-split must be in [0, 1)"),
+        ({"test_split": 0.5, "validation_split": 0.5}, "must leave rows to train on"),
+    ],
+)
 def test_test_split_range(kwargs, message):
     with pytest.raises(KdistillError, match=re.escape(message)):
         PrepareDataConfig(dataset="x.csv", **kwargs)
@@ -158,13 +166,23 @@ def test_dbpedia_alias_joins_title_and_content(monkeypatch):
     """The Hub is mocked at datasets' boundary: the alias asks for fancyzhx/dbpedia_14."""
     import datasets
 
-    features = Features({"label": ClassLabel(names=["Company", "EducationalInstitution", "Artist"]),
-                         "title": Value("string"), "content": Value("string")})  # fmt: skip
+    features = Features(
+        {
+            "label": ClassLabel(names=["Company", "EducationalInstitution", "Artist"]),
+            "title": Value("string"),
+            "content": Value("string"),
+        }
+    )
 
     def split(n):
         return Dataset.from_dict(
-            {"label": [i % 3 for i in range(n)], "title": [f"T{i}" for i in range(n)],
-             "content": [f"body {i}" for i in range(n)]}, features=features)  # fmt: skip
+            {
+                "label": [i % 3 for i in range(n)],
+                "title": [f"T{i}" for i in range(n)],
+                "content": [f"body {i}" for i in range(n)],
+            },
+            features=features,
+        )
 
     calls = []
 
@@ -203,13 +221,18 @@ def test_labeled_fraction_is_stratified_disjoint_and_keeps_the_labels_aside(tmp_
 
     rows = [(f"text {i}", ["a", "b", "c", "d"][i % 4]) for i in range(400)]
     csv = write_csv(tmp_path / "d.csv", rows)
-    cfg = PrepareDataConfig(dataset=str(csv), data_dir=str(tmp_path / "data"),
-                            test_split=0.2, labeled_fraction=0.1)  # fmt: skip
+    cfg = PrepareDataConfig(
+        dataset=str(csv), data_dir=str(tmp_path / "data"), test_split=0.2, labeled_fraction=0.1
+    )
     path, summary = kdata.prepare(cfg)
     assert sorted(p.name for p in path.iterdir()) == [
-        "dataset_info.json", "test.parquet", "train.parquet", "unlabeled.parquet",
-        "unlabeled_labels.parquet", "validation.parquet",
-    ]  # fmt: skip
+        "dataset_info.json",
+        "test.parquet",
+        "train.parquet",
+        "unlabeled.parquet",
+        "unlabeled_labels.parquet",
+        "validation.parquet",
+    ]
     info = json.loads((path / "dataset_info.json").read_text())
     # 400 rows: 80 test, then 64 validation of the 320 left, then 10% of 256 keep labels.
     assert info["labeled_fraction"] == 0.1
@@ -243,8 +266,9 @@ def test_labeled_fraction_is_stratified_disjoint_and_keeps_the_labels_aside(tmp_
 
 
 def test_labeled_fraction_zero_leaves_an_empty_train_that_loads(labelled_csv, tmp_path):
-    cfg = PrepareDataConfig(dataset=str(labelled_csv), data_dir=str(tmp_path / "data"),
-                            labeled_fraction=0.0)  # fmt: skip
+    cfg = PrepareDataConfig(
+        dataset=str(labelled_csv), data_dir=str(tmp_path / "data"), labeled_fraction=0.0
+    )
     path, summary = kdata.prepare(cfg)
     info = json.loads((path / "dataset_info.json").read_text())
     assert (info["labeled_rows"], info["unlabeled_rows"]) == (0, 96)
@@ -259,10 +283,14 @@ def test_labeled_fraction_range_and_too_few_rows(labelled_csv, tmp_path):
     for bad in (-0.1, 1.5):
         with pytest.raises(KdistillError, match=re.escape("--labeled-fraction must be in [0, 1]")):
             PrepareDataConfig(dataset="x.csv", labeled_fraction=bad)
-    cfg = PrepareDataConfig(dataset=str(labelled_csv), data_dir=str(tmp_path / "data"),
-                            labeled_fraction=0.02)  # fmt: skip
-    with pytest.raises(KdistillError, match=r"--labeled-fraction 0.02 keeps 2 of 96 training rows, "
-                                            r"fewer than the 4 classes"):  # fmt: skip
+    cfg = PrepareDataConfig(
+        dataset=str(labelled_csv), data_dir=str(tmp_path / "data"), labeled_fraction=0.02
+    )
+    with pytest.raises(
+        KdistillError,
+        match=r"--labeled-fraction 0.02 keeps 2 of 96 training rows, "
+        r"fewer than the 4 classes",
+    ):
         kdata.prepare(cfg)
 
 
@@ -402,7 +430,7 @@ def test_hub_split_without_labels_is_dropped_with_a_warning(monkeypatch, caplog)
         )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    with caplog.at_level("WARNING", logger="kdistill.data"):
+    with caplog.at_level("WARNING", logger="kdistill.data.prepare"):
         data = kdata.build("nyu-mll/glue-sst2", "sentence", None, 0.2, 0)
     assert set(data.splits) == {"train", "validation"}
     assert len(data.splits["train"]) == 40 and len(data.splits["validation"]) == 10

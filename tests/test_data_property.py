@@ -17,20 +17,61 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdistill import data as kdata
+from kdistill.data import prepare as kdata
 from kdistill.errors import KdistillError
 
 # pandas' default missing-value markers: a CSV cell that is exactly one of these is missing.
-CSV_MISSING = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
-               "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan",
-               "null"}  # fmt: skip
+CSV_MISSING = {
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+}
 
 # Text that once broke loaders somewhere: separators, quotes, line breaks, numbers and booleans
 # that a type-guessing reader turns into something else, missing-value markers, padding, and
 # digits int() refuses (a superscript two crashed the class sort).
-TRICKY = ["", " ", "a,b", 'say "hi"', '"', "line\nbreak", "cr\r\nlf", "\t", "01", "007",
-          "1.0", "1e5", "True", "NA", "null", "nan", " padded ", "é", "日本語", "🙂", "#",
-          "=1+1", "²", "x²3"]  # fmt: skip
+TRICKY = [
+    "",
+    " ",
+    "a,b",
+    'say "hi"',
+    '"',
+    "line\nbreak",
+    "cr\r\nlf",
+    "\t",
+    "01",
+    "007",
+    "1.0",
+    "1e5",
+    "True",
+    "NA",
+    "null",
+    "nan",
+    " padded ",
+    "é",
+    "日本語",
+    "🙂",
+    "#",
+    "=1+1",
+    "²",
+    "x²3",
+]
 # Surrogates cannot be written as UTF-8; NUL is not text.
 CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 TEXTS = st.one_of(st.sampled_from(TRICKY), st.text(CHARS, max_size=30))
@@ -53,8 +94,9 @@ def write_rows(folder: Path, fmt: str, rows: list[tuple[str, str]]) -> Path:
             writer.writerows(rows)
     else:
         path = folder / "rows.jsonl"
-        path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows),
-                        encoding="utf-8")  # fmt: skip
+        path.write_text(
+            "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows), encoding="utf-8"
+        )
     return path
 
 
@@ -69,8 +111,11 @@ def expected(rows: list[tuple[str, str]], fmt: str) -> tuple[list[str], list[tup
     """(class names, kept rows as (stripped text, label)) the loader should give."""
     labels = [cell(y, fmt) for _, y in rows]
     names = kdata.sort_class_names({y for y in labels if y is not None})
-    kept = [(cell(t, fmt).strip(), y) for (t, _), y in zip(rows, labels, strict=True)
-            if cell(t, fmt) is not None and y is not None]  # fmt: skip
+    kept = [
+        (cell(t, fmt).strip(), y)
+        for (t, _), y in zip(rows, labels, strict=True)
+        if cell(t, fmt) is not None and y is not None
+    ]
     return names, kept
 
 

@@ -21,10 +21,27 @@ def seed_quick_test(teacher: Path, student: Path, *extra: str) -> list[str]:
     own tests)."""
     weak = [] if "--no-allow-weak-teacher" in extra else ["--allow-weak-teacher"]
     return [
-        "--dataset", "toy", "--teacher-model", str(teacher), "--student-model", str(student),
-        "--max-train-samples", "100", "--max-val-samples", "100", "--batch-size", "2",
-        "--max-length", "128", "--epochs", "2", "--mixed-precision", "no", *weak, *extra,
-    ]  # fmt: skip
+        "--dataset",
+        "toy",
+        "--teacher-model",
+        str(teacher),
+        "--student-model",
+        str(student),
+        "--max-train-samples",
+        "100",
+        "--max-val-samples",
+        "100",
+        "--batch-size",
+        "2",
+        "--max-length",
+        "128",
+        "--epochs",
+        "2",
+        "--mixed-precision",
+        "no",
+        *weak,
+        *extra,
+    ]
 
 
 def run_distill(argv: list[str]) -> Path:
@@ -44,8 +61,16 @@ def test_seed_quick_test_writes_the_seed_layout(workdir, tiny_models):
     history = json.loads((run / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     for record in history["epochs"]:
-        for key in ("train_loss", "train_kl", "train_ce", "val_loss", "val_accuracy",
-                    "val_macro_f1", "learning_rate", "samples_per_second"):  # fmt: skip
+        for key in (
+            "train_loss",
+            "train_kl",
+            "train_ce",
+            "val_loss",
+            "val_accuracy",
+            "val_macro_f1",
+            "learning_rate",
+            "samples_per_second",
+        ):
             assert isinstance(record[key], float), key
         # loss = alpha * KL + (1 - alpha) * CE, averaged over the same rows
         assert record["train_loss"] == pytest.approx(
@@ -67,8 +92,16 @@ def test_saved_student_is_a_plain_classifier_whose_accuracy_matches_history(work
     from datasets import load_dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    run = run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"],
-                                      "--learning-rate", "3e-3", "--epochs", "3"))  # fmt: skip
+    run = run_distill(
+        seed_quick_test(
+            tiny_models["bert_teacher"],
+            tiny_models["bert_student"],
+            "--learning-rate",
+            "3e-3",
+            "--epochs",
+            "3",
+        )
+    )
     history = json.loads((run / "history.json").read_text())
     model = AutoModelForSequenceClassification.from_pretrained(run / "best_model").eval()
     tok = AutoTokenizer.from_pretrained(run / "best_model")
@@ -90,7 +123,7 @@ def test_saved_student_is_a_plain_classifier_whose_accuracy_matches_history(work
 def test_only_the_student_learns(workdir, tiny_models, monkeypatch, cache):
     """The teacher is frozen: its weights end bit-identical, and no grad reaches it."""
     distill_module = importlib.import_module("kdistill.distill")
-    from kdistill import models as models_module
+    from kdistill.students import load as models_module
 
     captured = {}
     load_teacher = models_module.load_teacher_classifier
@@ -113,25 +146,40 @@ def test_only_the_student_learns(workdir, tiny_models, monkeypatch, cache):
 
     monkeypatch.setattr(models_module, "load_teacher_classifier", load_spy)
     monkeypatch.setattr(distill_module, "train_one_epoch", train_spy)
-    run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"],
-                                "--teacher-cache", cache))  # fmt: skip
+    run_distill(
+        seed_quick_test(
+            tiny_models["bert_teacher"], tiny_models["bert_student"], "--teacher-cache", cache
+        )
+    )
     teacher = captured["teacher"]
     assert not teacher.training
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     after = teacher.state_dict()
     assert all(torch.equal(captured["before"][k], after[k]) for k in after)
-    changed = [k for k, v in captured["student_after"].items()
-               if not torch.equal(v, captured["student_before"][k])]  # fmt: skip
+    changed = [
+        k
+        for k, v in captured["student_after"].items()
+        if not torch.equal(v, captured["student_before"][k])
+    ]
     assert len(changed) > len(captured["student_after"]) // 2
 
 
 def test_qwen_teacher_teaches_a_bert_student_and_vice_versa(workdir, tiny_models):
     """Different tokenizers for the same text; a decoder-only model without a pad token."""
-    run = run_distill(seed_quick_test(tiny_models["qwen_teacher"], tiny_models["bert_student"],
-                                      "--epochs", "1"))  # fmt: skip
+    run = run_distill(
+        seed_quick_test(tiny_models["qwen_teacher"], tiny_models["bert_student"], "--epochs", "1")
+    )
     assert (run / "best_model" / "model.safetensors").is_file()
-    run = run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["qwen_lm"],
-                                      "--epochs", "1", "--batch-size", "4"))  # fmt: skip
+    run = run_distill(
+        seed_quick_test(
+            tiny_models["bert_teacher"],
+            tiny_models["qwen_lm"],
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+        )
+    )
     config = json.loads((run / "best_model" / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForSequenceClassification"]
     assert config["pad_token_id"] is not None  # batches > 1 pool the last real token
@@ -147,8 +195,16 @@ def test_two_runs_never_overwrite_each_other(workdir, tiny_models):
 
 
 def test_alpha_zero_is_plain_supervised_training(workdir, tiny_models):
-    run = run_distill(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"],
-                                      "--alpha", "0", "--epochs", "1"))  # fmt: skip
+    run = run_distill(
+        seed_quick_test(
+            tiny_models["bert_teacher"],
+            tiny_models["bert_student"],
+            "--alpha",
+            "0",
+            "--epochs",
+            "1",
+        )
+    )
     history = json.loads((run / "history.json").read_text())
     record = history["epochs"][0]
     assert record["train_loss"] == pytest.approx(record["train_ce"], rel=1e-6)
@@ -159,9 +215,20 @@ def test_alpha_zero_is_plain_supervised_training(workdir, tiny_models):
 def test_alpha_one_learns_the_task_from_the_teacher_alone(workdir, tiny_models, trained_teacher):
     """alpha = 1: the labels carry no weight, so all the student knows comes from the teacher."""
     teacher_eval = json.loads((trained_teacher / "teacher_eval.json").read_text())
-    run = run_distill(seed_quick_test(trained_teacher, tiny_models["bert_student"],
-                                      "--alpha", "1", "--epochs", "15", "--batch-size", "8",
-                                      "--learning-rate", "3e-3"))  # fmt: skip
+    run = run_distill(
+        seed_quick_test(
+            trained_teacher,
+            tiny_models["bert_student"],
+            "--alpha",
+            "1",
+            "--epochs",
+            "15",
+            "--batch-size",
+            "8",
+            "--learning-rate",
+            "3e-3",
+        )
+    )
     history = json.loads((run / "history.json").read_text())
     epochs = history["epochs"]
     assert epochs[-1]["train_loss"] == pytest.approx(epochs[-1]["train_kl"], rel=1e-6)
@@ -172,9 +239,17 @@ def test_alpha_one_learns_the_task_from_the_teacher_alone(workdir, tiny_models, 
 
 
 def test_untrained_teacher_runs_when_allowed_and_the_run_says_so(workdir, tiny_models, caplog):
-    run = run_distill(seed_quick_test(tiny_models["qwen_lm"], tiny_models["bert_student"],
-                                      "--epochs", "1", "--allow-untrained-teacher",
-                                      "--teacher-mode", "classifier"))  # fmt: skip
+    run = run_distill(
+        seed_quick_test(
+            tiny_models["qwen_lm"],
+            tiny_models["bert_student"],
+            "--epochs",
+            "1",
+            "--allow-untrained-teacher",
+            "--teacher-mode",
+            "classifier",
+        )
+    )
     assert "untrained" in caplog.text
     assert json.loads((run / "config.json").read_text())["allow_untrained_teacher"] is True
 
@@ -183,11 +258,19 @@ def test_config_only_student_starts_from_random_weights(workdir, tiny_models, tm
     from transformers import BertConfig
 
     arch = tmp_path / "arch"
-    BertConfig(vocab_size=200, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=32).save_pretrained(arch)  # fmt: skip
+    BertConfig(
+        vocab_size=200,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    ).save_pretrained(arch)
     tokenizer = str(tiny_models["bert_student"])
-    run = run_distill(seed_quick_test(tiny_models["bert_teacher"], arch, "--epochs", "1",
-                                      "--student-tokenizer", tokenizer))  # fmt: skip
+    run = run_distill(
+        seed_quick_test(
+            tiny_models["bert_teacher"], arch, "--epochs", "1", "--student-tokenizer", tokenizer
+        )
+    )
     config = json.loads((run / "final_model" / "config.json").read_text())
     assert config["hidden_size"] == 16 and config["id2label"]["0"] == "Animal"
 
@@ -200,8 +283,10 @@ def test_a_failed_run_leaves_a_partial_folder_with_its_config(workdir, tiny_mode
 
     monkeypatch.setattr(distill_module, "train_one_epoch", boom)
     with pytest.raises(RuntimeError):
-        main(seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"]),
-             command="distill")  # fmt: skip
+        main(
+            seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"]),
+            command="distill",
+        )
     (partial,) = Path("outputs/student_soft_distill").glob("*.partial")
     assert json.loads((partial / "config.json").read_text())["alpha"] == 0.7
     assert not (partial / "best_model").exists()
@@ -218,7 +303,7 @@ def test_runs_with_different_precision_in_one_process(workdir, tiny_models):
 
 def test_gradient_checkpointing_auto_follows_the_student_size(tiny_models, monkeypatch):
     distill_module = importlib.import_module("kdistill.distill")
-    from kdistill.models import load_student
+    from kdistill.students.load import load_student
 
     model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
     assert distill_module.apply_gradient_checkpointing(model, "auto") is False
@@ -234,7 +319,7 @@ def test_gradient_checkpointing_auto_follows_the_student_size(tiny_models, monke
 
 def test_optimizer_is_fused_and_spares_biases_and_norms(tiny_models):
     from kdistill.distill import make_optimizer
-    from kdistill.models import load_student
+    from kdistill.students.load import load_student
 
     model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
     opt = make_optimizer(model, 1e-3, 0.01)
@@ -243,8 +328,9 @@ def test_optimizer_is_fused_and_spares_biases_and_norms(tiny_models):
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decay["params"])
     names = {id(p): n for n, p in model.named_parameters()}
-    assert all("LayerNorm" in names[id(p)] or names[id(p)].endswith("bias")
-               for p in no_decay["params"])  # fmt: skip
+    assert all(
+        "LayerNorm" in names[id(p)] or names[id(p)].endswith("bias") for p in no_decay["params"]
+    )
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
@@ -255,8 +341,11 @@ def test_student_cut_to_fewer_layers_trains_and_saves_the_reduced_config(
     normal checkpoint with the reduced config."""
     from transformers import AutoModelForSequenceClassification
 
-    run = run_distill(seed_quick_test(trained_teacher, tiny_models["bert_teacher"],
-                                      "--epochs", "1", "--student-layers", "1"))  # fmt: skip
+    run = run_distill(
+        seed_quick_test(
+            trained_teacher, tiny_models["bert_teacher"], "--epochs", "1", "--student-layers", "1"
+        )
+    )
     config = json.loads((run / "config.json").read_text())
     assert config["student_layers"] == "1"
     model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -270,21 +359,29 @@ def test_student_cut_to_fewer_layers_trains_and_saves_the_reduced_config(
 
 
 def test_student_layer_flags_are_checked(workdir, tiny_models, capsys):
-    argv = seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"],
-                           "--student-layers", "0,7")  # fmt: skip
+    argv = seed_quick_test(
+        tiny_models["bert_teacher"], tiny_models["bert_student"], "--student-layers", "0,7"
+    )
     assert main(argv, prog="train_soft_distillation.py", command="distill") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--student-layers" in err and "2 layers" in err
-    argv = seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_student"],
-                           "--student-layers", "0", "--student-num-layers", "1")  # fmt: skip
+    argv = seed_quick_test(
+        tiny_models["bert_teacher"],
+        tiny_models["bert_student"],
+        "--student-layers",
+        "0",
+        "--student-num-layers",
+        "1",
+    )
     assert main(argv, prog="train_soft_distillation.py", command="distill") == 2
     assert "not both" in capsys.readouterr().err
 
 
-def test_nan_loss_stops_with_one_line_and_the_run_shows_as_crashed(workdir, tiny_models,
-                                                                  monkeypatch, capsys):  # fmt: skip
+def test_nan_loss_stops_with_one_line_and_the_run_shows_as_crashed(
+    workdir, tiny_models, monkeypatch, capsys
+):
     kd = importlib.import_module("kdistill.distill")
-    from kdistill.runs import list_runs
+    from kdistill.training.runs import list_runs
 
     real = kd.kd_loss
 
@@ -360,7 +457,7 @@ def test_a_constant_schedule_keeps_the_peak_learning_rate_in_history(workdir, ti
 def test_fit_temperature_recovers_the_scale_an_overconfident_model_added():
     """Labels drawn from softmax(z): a model that outputs 4 * z is overconfident by exactly
     T = 4, and temperature scaling finds it; a rescale changes no prediction."""
-    from kdistill.evaluate import calibration_report, fit_temperature
+    from kdistill.evaluation.metrics import calibration_report, fit_temperature
 
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(20000, 5, generator=gen) * 2

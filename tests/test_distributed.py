@@ -33,10 +33,21 @@ def launch(n: int, entry: list[str], argv: list[str], cwd: Path) -> subprocess.C
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
     }
-    command = [sys.executable, "-m", "accelerate.commands.launch",
-               "--config_file", str(EXAMPLES / "ddp.yaml"),
-               "--num_processes", str(n), "--mixed_precision", "no",
-               "--main_process_port", str(free_port()), *entry, *argv]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(EXAMPLES / "ddp.yaml"),
+        "--num_processes",
+        str(n),
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        *entry,
+        *argv,
+    ]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -51,25 +62,42 @@ def test_two_processes_shard_training_and_count_validation_once(
 ):
     csv = write_toy_csv(tmp_path / "toy.csv", 80)
     argv = [
-        "--dataset", str(csv), "--teacher-model", str(trained_teacher),
-        "--student-model", str(trained_teacher), "--student-layers", "1",
-        "--eval-batch-size", "5", "--learning-rate", "1e-3", "--mixed-precision", "no",
-        "--device", "cpu",
-    ]  # fmt: skip
+        "--dataset",
+        str(csv),
+        "--teacher-model",
+        str(trained_teacher),
+        "--student-model",
+        str(trained_teacher),
+        "--student-layers",
+        "1",
+        "--eval-batch-size",
+        "5",
+        "--learning-rate",
+        "1e-3",
+        "--mixed-precision",
+        "no",
+        "--device",
+        "cpu",
+    ]
     # The student: one layer of the trained teacher (DistilBERT-style), which learns the toy
     # task in a few steps, stably, so two runs that differ only in dropout draws agree.
     epochs = ["--epochs", "3"] if entry[0] == "-m" else ["--epochs", "1"]
     # 64 validation rows in batches of 5 over 2 processes: uneven shards, which Accelerate pads
     # with repeated rows that gather_for_metrics must drop.
     two = tmp_path / "two"
-    result = launch(2, entry, [*argv, *epochs, "--batch-size", "4", "--output-dir", str(two)],
-                    tmp_path)  # fmt: skip
+    result = launch(
+        2, entry, [*argv, *epochs, "--batch-size", "4", "--output-dir", str(two)], tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = two.iterdir()  # one run directory, complete, written once
     assert not run.name.endswith(".partial")
     assert sorted(p.name for p in run.iterdir()) == [
-        "best_model", "config.json", "final_model", "history.json", "training_curves.png"
-    ]  # fmt: skip
+        "best_model",
+        "config.json",
+        "final_model",
+        "history.json",
+        "training_curves.png",
+    ]
     config = json.loads((run / "config.json").read_text())
     assert config["resolved"]["num_processes"] == 2
     assert config["resolved"]["effective_batch_size"] == 8
@@ -80,8 +108,7 @@ def test_two_processes_shard_training_and_count_validation_once(
     assert [e["val_rows"] for e in history["epochs"]] == [rows] * len(history["epochs"])
     # Every training row once per epoch, across both processes (256 rows: 32 batches of 4, 16
     # per process, none repeated to even them out).
-    assert all(e["train_samples"] == config["data"]["train_rows"] == 256
-               for e in history["epochs"])  # fmt: skip
+    assert all(e["train_samples"] == config["data"]["train_rows"] == 256 for e in history["epochs"])
     if entry[0] != "-m":
         return  # the seed's script: that it runs sharded and writes once is the point
 
@@ -149,8 +176,10 @@ def test_fsdp_config_names_a_layer_class_of_the_seed_student():
     import transformers
 
     raw = yaml.safe_load((EXAMPLES / "fsdp.yaml").read_text())
-    assert hasattr(transformers.models.qwen2.modeling_qwen2,
-                   raw["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"])  # fmt: skip
+    assert hasattr(
+        transformers.models.qwen2.modeling_qwen2,
+        raw["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"],
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -14,8 +14,11 @@ class FakeHub:
     """Stands in for `huggingface_hub.snapshot_download`: records the call, writes the files a
     repo would have (minus the ignored patterns, as the real one does)."""
 
-    def __init__(self, files=("config.json", "model.safetensors", "pytorch_model.bin"),
-                 error: Exception | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        files=("config.json", "model.safetensors", "pytorch_model.bin"),
+        error: Exception | None = None,
+    ) -> None:
         self.files = files
         self.error = error
         self.calls: list[dict] = []
@@ -60,8 +63,18 @@ def test_seed_step_1_downloads_deepseek_into_models(hub, tmp_path, monkeypatch, 
 
 
 def test_revision_and_allow_pickle_reach_the_hub(hub, tmp_path):
-    code = main(["download-model", "--model", "org/some-model", "--revision", "v1.0",
-                 "--allow-pickle", "--output-dir", "weights"])  # fmt: skip
+    code = main(
+        [
+            "download-model",
+            "--model",
+            "org/some-model",
+            "--revision",
+            "v1.0",
+            "--allow-pickle",
+            "--output-dir",
+            "weights",
+        ]
+    )
     assert code == 0
     (call,) = hub.calls
     assert call["revision"] == "v1.0"
@@ -72,8 +85,9 @@ def test_revision_and_allow_pickle_reach_the_hub(hub, tmp_path):
 
 def test_a_repo_with_pickle_weights_only_needs_the_flag(monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        FakeHub(files=("config.json", "pytorch_model.bin")))  # fmt: skip
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", FakeHub(files=("config.json", "pytorch_model.bin"))
+    )
     assert main(["download-model", "--model", "org/old"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--allow-pickle" in err

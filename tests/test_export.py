@@ -13,15 +13,29 @@ from conftest import make_texts
 from fake_hub import fake_hub
 
 from kdistill.cli import main
-from kdistill.export import format_report
+from kdistill.shipping.export import format_report
 
 pytest.importorskip("onnxruntime", reason="the [onnx] extra is part of the dev install")
 
 
 def export_argv(model: Path, out: Path, *extra: str) -> list[str]:
     # No --dataset: the parity rows come from the data set in the teacher's teacher_eval.json.
-    return ["export", "--model", str(model), "--output-dir", str(out), "--max-samples", "40",
-            "--latency-rows", "4", "--repeats", "1", "--batch-size", "8", *extra]  # fmt: skip
+    return [
+        "export",
+        "--model",
+        str(model),
+        "--output-dir",
+        str(out),
+        "--max-samples",
+        "40",
+        "--latency-rows",
+        "4",
+        "--repeats",
+        "1",
+        "--batch-size",
+        "8",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +46,18 @@ def exported(tmp_path_factory, trained_teacher):
         calls = fake_hub(mp)
         # int8 on a 64-wide random-init BERT may disagree on a row or two: no threshold here,
         # its agreement is reported and checked below.
-        argv = export_argv(trained_teacher, out, "--quantize", "dynamic-int8", "--threads", "1",
-                           "--min-agreement", "0", "--push-to-hub", "me/tiny-onnx")  # fmt: skip
+        argv = export_argv(
+            trained_teacher,
+            out,
+            "--quantize",
+            "dynamic-int8",
+            "--threads",
+            "1",
+            "--min-agreement",
+            "0",
+            "--push-to-hub",
+            "me/tiny-onnx",
+        )
         assert main(argv) == 0
     return out, json.loads((out / "export_report.json").read_text()), calls
 
@@ -42,8 +66,14 @@ def test_onnx_export_matches_torch_and_reports_int8(exported):
     from huggingface_hub import ModelCard
 
     out, report, _ = exported
-    for name in ("model.onnx", "model_quantized.onnx", "config.json", "tokenizer.json",
-                 "export_report.json", "README.md"):  # fmt: skip
+    for name in (
+        "model.onnx",
+        "model_quantized.onnx",
+        "config.json",
+        "tokenizer.json",
+        "export_report.json",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     assert report["rows"] == 40 and report["split"] == "validation" and report["passed"]
     onnx, int8 = report["parity"]["onnx"], report["parity"]["onnx-int8"]
@@ -75,20 +105,31 @@ def test_export_is_pushed_with_its_card(exported):
     assert create["call"] == "create_repo" and create["repo_id"] == "me/tiny-onnx"
     assert create["private"] is True and create["exist_ok"] is True
     assert upload["folder_path"] == out
-    assert {"model.onnx", "model_quantized.onnx", "README.md", "export_report.json",
-            "config.json", "tokenizer.json"} <= set(upload["files"])  # fmt: skip
+    assert {
+        "model.onnx",
+        "model_quantized.onnx",
+        "README.md",
+        "export_report.json",
+        "config.json",
+        "tokenizer.json",
+    } <= set(upload["files"])
 
 
-def test_predict_runs_the_onnx_export_like_the_torch_model(exported, trained_teacher, tmp_path,
-                                                           capsys):  # fmt: skip
+def test_predict_runs_the_onnx_export_like_the_torch_model(
+    exported, trained_teacher, tmp_path, capsys
+):
     out, _, _ = exported
     texts = tmp_path / "in.txt"
     texts.write_text("".join(t + "\n" for t, _ in make_texts(3, seed=4)))
 
     def predict(model: Path) -> list[dict]:
         capsys.readouterr()
-        assert main(["predict", "--model", str(model), "--input", str(texts),
-                     "--mixed-precision", "no"]) == 0  # fmt: skip
+        assert (
+            main(
+                ["predict", "--model", str(model), "--input", str(texts), "--mixed-precision", "no"]
+            )
+            == 0
+        )
         return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
     torch_rows, onnx_rows = predict(trained_teacher), predict(out)
@@ -105,7 +146,7 @@ def test_an_export_that_disagrees_is_refused_and_its_report_kept(
     trained_teacher, tiny_models, tmp_path, capsys, monkeypatch
 ):
     """A quantiser that wrote the wrong model (here: another model's weights) must not pass."""
-    import kdistill.export as export_module
+    import kdistill.shipping.export as export_module
 
     def wrong_model(source: Path, target: Path) -> None:
         from transformers import AutoModelForSequenceClassification
@@ -120,8 +161,11 @@ def test_an_export_that_disagrees_is_refused_and_its_report_kept(
         trained_teacher, out, "--quantize", "dynamic-int8", "--push-to-hub", "me/bad"
     )
     err = one_line_error(capsys, argv, after_work=True)
-    assert re.search(r"export refused: onnx-int8 agrees with the torch model on [\d.]+% of 40 "
-                     r"rows, below --min-agreement 0.99", err), err  # fmt: skip
+    assert re.search(
+        r"export refused: onnx-int8 agrees with the torch model on [\d.]+% of 40 "
+        r"rows, below --min-agreement 0.99",
+        err,
+    ), err
     report = json.loads((out / "export_report.json").read_text())
     assert report["passed"] is False and report["failed"] == ["onnx-int8"]
     assert report["parity"]["onnx"]["agreement"] == 1.0
@@ -129,8 +173,9 @@ def test_an_export_that_disagrees_is_refused_and_its_report_kept(
     assert calls == []  # a refused export is not published
 
 
-def test_a_missing_onnx_extra_names_the_install_command(trained_teacher, tmp_path, capsys,
-                                                        monkeypatch):  # fmt: skip
+def test_a_missing_onnx_extra_names_the_install_command(
+    trained_teacher, tmp_path, capsys, monkeypatch
+):
     import importlib.util
 
     real = importlib.util.find_spec
@@ -166,9 +211,23 @@ def test_a_decoder_only_classifier_exports_with_parity(tiny_models, labelled_csv
     """Qwen2's head pools the last token that is not padding: the ONNX graph must do the same
     on padded batches of rows of different lengths."""
     out = tmp_path / "qwen-onnx"
-    argv = ["export", "--model", str(tiny_models["qwen_teacher"]), "--dataset", str(labelled_csv),
-            "--output-dir", str(out), "--max-samples", "24", "--latency-rows", "2", "--repeats",
-            "1", "--batch-size", "8"]  # fmt: skip
+    argv = [
+        "export",
+        "--model",
+        str(tiny_models["qwen_teacher"]),
+        "--dataset",
+        str(labelled_csv),
+        "--output-dir",
+        str(out),
+        "--max-samples",
+        "24",
+        "--latency-rows",
+        "2",
+        "--repeats",
+        "1",
+        "--batch-size",
+        "8",
+    ]
     assert main(argv) == 0
     report = json.loads((out / "export_report.json").read_text())
     assert report["parity"]["onnx"]["max_abs_logit_diff"] < 1e-4

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import write_toy_csv
 
-from kdistill import cache
 from kdistill import compare as kcompare
-from kdistill import data as kdata
 from kdistill.cli import main
+from kdistill.data import prepare as kdata
+from kdistill.teachers import cache
 
 RUN_SEED = 1  # distill's; the other commands' default --seed is 42
 QUICK = ["--mixed-precision", "no", "--latency-rows", "2", "--repeats", "1"]

@@ -79,70 +79,178 @@ def write(path: Path, content: str | bytes) -> Path:
 
 def toy_rows(n_per_class: int = 6) -> str:
     """The toy classes as CSV body rows (no header)."""
-    return "".join(f"{label.lower()} words number {i},{label}\n"
-                   for label in CLASSES for i in range(n_per_class))  # fmt: skip
+    return "".join(
+        f"{label.lower()} words number {i},{label}\n"
+        for label in CLASSES
+        for i in range(n_per_class)
+    )
 
 
 # --------------------------------------------------------------------------- data files
 
 # (case id, file name, content, extra flags, what the error must say)
 DATA_CASES = [
-    ("malformed-csv-unclosed-quote", "bad.csv",
-     'text,label\n"an unclosed quote,Animal\nsecond row,Film\n', [], r"cannot read .*bad\.csv"),
-    ("malformed-csv-ragged-rows", "bad.csv",
-     "text,label\n" + toy_rows(2) + "one,two,three,four\n", [], r"cannot read .*bad\.csv"),
-    ("wrong-delimiter-semicolons", "semi.csv",
-     "text;label\n" + toy_rows(3).replace(",", ";"), [], r"separated by semicolons"),
-    ("wrong-delimiter-tabs-in-csv", "tabs.csv",
-     "text\tlabel\n" + toy_rows(3).replace(",", "\t"), [], r"separated by tabs.*\.tsv"),
-    ("missing-text-column", "body.csv", "body,label\n" + toy_rows(3), [],
-     r"no column 'text' \(columns: body, label\); choose one with --text-column"),
-    ("missing-label-column", "cat.csv", "text,category\n" + toy_rows(3), [],
-     r"no column 'label' \(columns: text, category\); choose one with --label-column"),
-    ("named-text-column-missing", "toy2.csv", "text,label\n" + toy_rows(3),
-     ["--text-column", "title,body"], r"no column 'title'.*--text-column"),
-    ("empty-text-column", "notext.csv", "text,label\n" + ",Animal\n,Film\n" * 5, [],
-     r"no row with both text and label"),
-    ("empty-label-column", "nolabel.csv", "text,label\n" + "some words,\nmore words,\n" * 5, [],
-     r"label column 'label' is empty"),
-    ("nan-labels", "nan.csv", "text,label\n" + "some words,NaN\nmore words,nan\n" * 5, [],
-     r"label column 'label' is empty"),
+    (
+        "malformed-csv-unclosed-quote",
+        "bad.csv",
+        'text,label\n"an unclosed quote,Animal\nsecond row,Film\n',
+        [],
+        r"cannot read .*bad\.csv",
+    ),
+    (
+        "malformed-csv-ragged-rows",
+        "bad.csv",
+        "text,label\n" + toy_rows(2) + "one,two,three,four\n",
+        [],
+        r"cannot read .*bad\.csv",
+    ),
+    (
+        "wrong-delimiter-semicolons",
+        "semi.csv",
+        "text;label\n" + toy_rows(3).replace(",", ";"),
+        [],
+        r"separated by semicolons",
+    ),
+    (
+        "wrong-delimiter-tabs-in-csv",
+        "tabs.csv",
+        "text\tlabel\n" + toy_rows(3).replace(",", "\t"),
+        [],
+        r"separated by tabs.*\.tsv",
+    ),
+    (
+        "missing-text-column",
+        "body.csv",
+        "body,label\n" + toy_rows(3),
+        [],
+        r"no column 'text' \(columns: body, label\); choose one with --text-column",
+    ),
+    (
+        "missing-label-column",
+        "cat.csv",
+        "text,category\n" + toy_rows(3),
+        [],
+        r"no column 'label' \(columns: text, category\); choose one with --label-column",
+    ),
+    (
+        "named-text-column-missing",
+        "toy2.csv",
+        "text,label\n" + toy_rows(3),
+        ["--text-column", "title,body"],
+        r"no column 'title'.*--text-column",
+    ),
+    (
+        "empty-text-column",
+        "notext.csv",
+        "text,label\n" + ",Animal\n,Film\n" * 5,
+        [],
+        r"no row with both text and label",
+    ),
+    (
+        "empty-label-column",
+        "nolabel.csv",
+        "text,label\n" + "some words,\nmore words,\n" * 5,
+        [],
+        r"label column 'label' is empty",
+    ),
+    (
+        "nan-labels",
+        "nan.csv",
+        "text,label\n" + "some words,NaN\nmore words,nan\n" * 5,
+        [],
+        r"label column 'label' is empty",
+    ),
     ("header-only", "header.csv", "text,label\n", [], r"header\.csv has no rows"),
     ("zero-bytes", "empty.csv", "", [], r"empty\.csv is empty"),
-    ("non-utf8-latin1", "latin1.csv",
-     ("text,label\n" + toy_rows(3) + "caf\xe9 cr\xe8me,Film\n").encode("latin-1"), [],
-     r"latin1\.csv is not UTF-8 text \(line 14\)"),
-    ("binary-garbage-as-csv", "garbage.csv", bytes(range(256)) * 40, [],
-     r"garbage\.csv is not UTF-8 text"),
-    ("single-class", "one.csv", "text,label\n" + "".join(f"text {i},Animal\n" for i in range(20)),
-     [], r"one class \(Animal\); a classifier needs at least 2"),
-    ("class-with-one-example", "rare.csv", "text,label\n" + toy_rows(6) + "lonely row,Ship\n",
-     [], r"--validation-split: class 'Ship' has a single example"),
-    ("class-with-one-example-test-split", "rare2.csv",
-     "text,label\n" + toy_rows(6) + "lonely row,Ship\n", ["--test-split", "0.2"],
-     r"--test-split: class 'Ship' has a single example"),
-    ("empty-strings-jsonl", "blank.jsonl",
-     "".join(json.dumps({"text": t, "label": "Animal" if i % 2 else "Film"}) + "\n"
-             for i, t in enumerate(["", "   ", "\n", ""] * 3)), [],
-     r"no row with both text and label"),
-    ("nan-labels-jsonl", "nan.jsonl",
-     "".join(f'{{"text": "words {i}", "label": NaN}}\n' for i in range(8)), [],
-     r"label column 'label' is empty"),
-    ("jsonl-bad-line", "bad.jsonl",
-     '{"text": "fine", "label": "Animal"}\n{"text": "broken", "label": \n'
-     '{"text": "fine too", "label": "Film"}\n', [], r"bad\.jsonl line 2 is not a JSON object"),
-    ("jsonl-line-not-an-object", "list.jsonl",
-     '{"text": "fine", "label": "Animal"}\n["a", "list"]\n', [],
-     r"list\.jsonl line 2 is not a JSON object: a list"),
-    ("parquet-that-is-not-parquet", "fake.parquet", "text,label\nhello,Animal\n", [],
-     r"cannot read .*fake\.parquet.*is it a Parquet file\?"),
-    ("unsupported-extension", "data.txt", "text,label\nhello,Animal\n", [],
-     r"unsupported file type '\.txt'"),
-]  # fmt: skip
+    (
+        "non-utf8-latin1",
+        "latin1.csv",
+        ("text,label\n" + toy_rows(3) + "caf\xe9 cr\xe8me,Film\n").encode("latin-1"),
+        [],
+        r"latin1\.csv is not UTF-8 text \(line 14\)",
+    ),
+    (
+        "binary-garbage-as-csv",
+        "garbage.csv",
+        bytes(range(256)) * 40,
+        [],
+        r"garbage\.csv is not UTF-8 text",
+    ),
+    (
+        "single-class",
+        "one.csv",
+        "text,label\n" + "".join(f"text {i},Animal\n" for i in range(20)),
+        [],
+        r"one class \(Animal\); a classifier needs at least 2",
+    ),
+    (
+        "class-with-one-example",
+        "rare.csv",
+        "text,label\n" + toy_rows(6) + "lonely row,Ship\n",
+        [],
+        r"--validation-split: class 'Ship' has a single example",
+    ),
+    (
+        "class-with-one-example-test-split",
+        "rare2.csv",
+        "text,label\n" + toy_rows(6) + "lonely row,Ship\n",
+        ["--test-split", "0.2"],
+        r"--test-split: class 'Ship' has a single example",
+    ),
+    (
+        "empty-strings-jsonl",
+        "blank.jsonl",
+        "".join(
+            json.dumps({"text": t, "label": "Animal" if i % 2 else "Film"}) + "\n"
+            for i, t in enumerate(["", "   ", "\n", ""] * 3)
+        ),
+        [],
+        r"no row with both text and label",
+    ),
+    (
+        "nan-labels-jsonl",
+        "nan.jsonl",
+        "".join(f'{{"text": "words {i}", "label": NaN}}\n' for i in range(8)),
+        [],
+        r"label column 'label' is empty",
+    ),
+    (
+        "jsonl-bad-line",
+        "bad.jsonl",
+        '{"text": "fine", "label": "Animal"}\n{"text": "broken", "label": \n'
+        '{"text": "fine too", "label": "Film"}\n',
+        [],
+        r"bad\.jsonl line 2 is not a JSON object",
+    ),
+    (
+        "jsonl-line-not-an-object",
+        "list.jsonl",
+        '{"text": "fine", "label": "Animal"}\n["a", "list"]\n',
+        [],
+        r"list\.jsonl line 2 is not a JSON object: a list",
+    ),
+    (
+        "parquet-that-is-not-parquet",
+        "fake.parquet",
+        "text,label\nhello,Animal\n",
+        [],
+        r"cannot read .*fake\.parquet.*is it a Parquet file\?",
+    ),
+    (
+        "unsupported-extension",
+        "data.txt",
+        "text,label\nhello,Animal\n",
+        [],
+        r"unsupported file type '\.txt'",
+    ),
+]
 
 
-@pytest.mark.parametrize(("name", "content", "flags", "expected"),
-                         [c[1:] for c in DATA_CASES], ids=[c[0] for c in DATA_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "content", "flags", "expected"),
+    [c[1:] for c in DATA_CASES],
+    ids=[c[0] for c in DATA_CASES],
+)
 def test_bad_data_file_is_refused(capsys, project, name, content, flags, expected):
     write(project / name, content)
     refused(capsys, project, ["prepare-data", "--dataset", name, *flags], expected)
@@ -153,8 +261,12 @@ def test_unseen_validation_labels_are_refused(capsys, project):
     src.mkdir()
     write(src / "train.csv", "text,label\n" + toy_rows(4))
     write(src / "validation.csv", "text,label\nsome words,Spaceship\nother words,Animal\n")
-    refused(capsys, project, ["prepare-data", "--dataset", "src"],
-            r"validation has labels that train does not have: Spaceship")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        ["prepare-data", "--dataset", "src"],
+        r"validation has labels that train does not have: Spaceship",
+    )
 
 
 def test_unseen_test_labels_are_refused(capsys, project):
@@ -162,8 +274,12 @@ def test_unseen_test_labels_are_refused(capsys, project):
     src.mkdir()
     write(src / "train.csv", "text,label\n" + toy_rows(4))
     write(src / "test.csv", "text,label\nsome words,Rocket\nother words,Galaxy\n")
-    refused(capsys, project, ["prepare-data", "--dataset", "src"],
-            r"test has labels that train does not have: Galaxy, Rocket")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        ["prepare-data", "--dataset", "src"],
+        r"test has labels that train does not have: Galaxy, Rocket",
+    )
 
 
 def test_folder_without_data_files_is_refused(capsys, project):
@@ -180,9 +296,13 @@ def test_a_pipe_as_dataset_is_refused_not_read(capsys, project):
 
 
 def test_unknown_dataset_alias(capsys, project):
-    refused(capsys, project, ["prepare-data", "--dataset", "dbpedai"],
-            r"--dataset dbpedai: no such file or folder, and not an alias "
-            r"\(dbpedia, ag_news\)")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        ["prepare-data", "--dataset", "dbpedai"],
+        r"--dataset dbpedai: no such file or folder, and not an alias "
+        r"\(dbpedia, ag_news\)",
+    )
 
 
 def test_hub_dataset_offline(capsys, project, monkeypatch):
@@ -192,16 +312,24 @@ def test_hub_dataset_offline(capsys, project, monkeypatch):
         raise ConnectionError("Couldn't reach 'org/name' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    refused(capsys, project, ["prepare-data", "--dataset", "org/name"],
-            r"cannot reach the Hugging Face Hub.*local CSV/JSONL/Parquet")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        ["prepare-data", "--dataset", "org/name"],
+        r"cannot reach the Hugging Face Hub.*local CSV/JSONL/Parquet",
+    )
 
 
 @pytest.mark.parametrize("name", ["../escaped", "<absolute>", "..", "a/b"])
 def test_a_name_cannot_escape_the_data_dir(capsys, project, name):
     outside = project.parent / "escaped"
     name = name.replace("<absolute>", str(outside))
-    refused(capsys, project, ["prepare-data", "--dataset", "toy.csv", "--name", name],
-            r"--name .* must be a plain folder name")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        ["prepare-data", "--dataset", "toy.csv", "--name", name],
+        r"--name .* must be a plain folder name",
+    )
     assert not outside.exists()
 
 
@@ -209,8 +337,12 @@ def test_a_corrupt_prepared_data_set_is_refused(capsys, project):
     assert run_cli(["prepare-data", "--dataset", "toy.csv"]) == 0
     capsys.readouterr()
     write(project / "data" / "toy" / "dataset_info.json", '{"label_names": ["Animal", ')
-    refused(capsys, project, ["eval-teacher", "--dataset", "toy", "--teacher-model", "nowhere"],
-            r"dataset_info\.json: unreadable .*run prepare-data again")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        ["eval-teacher", "--dataset", "toy", "--teacher-model", "nowhere"],
+        r"dataset_info\.json: unreadable .*run prepare-data again",
+    )
 
 
 # --------------------------------------------------------------------------- flags
@@ -230,14 +362,16 @@ FLAG_CASES = [
     (["distill", "--max-length", "1"], r"--max-length must be >= 2"),
     (["distill", "--validation-split", "1"], r"--validation-split must be between 0 and 1"),
     (["prepare-data", "--validation-split", "1.5"], r"--validation-split must be between 0 and 1"),
-    (["prepare-data", "--validation-split", "0.6", "--test-split", "0.5"],
-     r"--validation-split \+ --test-split must leave rows to train on"),
+    (
+        ["prepare-data", "--validation-split", "0.6", "--test-split", "0.5"],
+        r"--validation-split \+ --test-split must leave rows to train on",
+    ),
     (["sweep", "--alpha", "0.5,x"], r"--alpha must be comma-separated numbers"),
     (["sweep", "--temperature", "2,inf"], r"--temperature values must be finite"),
     (["eval-teacher", "--temperatures", "1,-2"], r"--temperatures must be comma-separated"),
     (["distill", "--device", "tpu"], r"argument --device: invalid choice: 'tpu'"),
     (["finetune-teacher", "--name", "../../etc"], r"--name '../../etc' must be a plain folder"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("argv", "expected"), FLAG_CASES, ids=[" ".join(a) for a, _ in FLAG_CASES])
@@ -252,8 +386,12 @@ def test_invalid_repo_id_is_refused_before_the_hub(capsys, project, monkeypatch)
         raise AssertionError("snapshot_download was called")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", must_not_be_called)
-    refused(capsys, project, ["download-model", "--model", "../../etc"],
-            r"--model '../../etc': not a Hub repo id")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        ["download-model", "--model", "../../etc"],
+        r"--model '../../etc': not a Hub repo id",
+    )
 
 
 # --------------------------------------------------------------------------- model folders
@@ -266,9 +404,22 @@ def model_copy(source: Path, project: Path, name: str) -> Path:
 
 
 def distill_argv(teacher: str, student: str, *extra: str) -> list[str]:
-    return ["distill", "--dataset", "toy.csv", "--teacher-model", teacher, "--student-model",
-            student, "--output-dir", "outputs", "--epochs", "1", "--mixed-precision", "no",
-            *extra]  # fmt: skip
+    return [
+        "distill",
+        "--dataset",
+        "toy.csv",
+        "--teacher-model",
+        teacher,
+        "--student-model",
+        student,
+        "--output-dir",
+        "outputs",
+        "--epochs",
+        "1",
+        "--mixed-precision",
+        "no",
+        *extra,
+    ]
 
 
 @pytest.fixture()
@@ -281,26 +432,42 @@ def models(project, tiny_models) -> dict[str, str]:
 
 
 def test_model_path_that_is_a_file(capsys, project, models):
-    refused(capsys, project, distill_argv("toy.csv", models["student"]),
-            r"--teacher-model toy\.csv: a file; pass a model folder")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv("toy.csv", models["student"]),
+        r"--teacher-model toy\.csv: a file; pass a model folder",
+    )
 
 
 def test_missing_model_folder(capsys, project, models):
-    refused(capsys, project, distill_argv(models["teacher"], "models/nope"),
-            r"--student-model models/nope: no such folder")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(models["teacher"], "models/nope"),
+        r"--student-model models/nope: no such folder",
+    )
 
 
 def test_corrupt_safetensors(capsys, project, models):
     weights = Path(models["teacher"]) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
-    refused(capsys, project, distill_argv(models["teacher"], models["student"]),
-            r"--teacher-model .*teacher: cannot load it")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(models["teacher"], models["student"]),
+        r"--teacher-model .*teacher: cannot load it",
+    )
 
 
 def test_corrupt_config_json(capsys, project, models):
     write(Path(models["student"]) / "config.json", "{not json")
-    refused(capsys, project, distill_argv(models["teacher"], models["student"]),
-            r"--student-model .*student: cannot load it")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(models["teacher"], models["student"]),
+        r"--student-model .*student: cannot load it",
+    )
 
 
 def test_tokenizer_missing_its_files(capsys, project, models):
@@ -308,8 +475,12 @@ def test_tokenizer_missing_its_files(capsys, project, models):
     for f in folder.iterdir():
         if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
             f.unlink()
-    refused(capsys, project, distill_argv(models["teacher"], models["student"]),
-            r"teacher: the tokenizer has no vocabulary .* are missing")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(models["teacher"], models["student"]),
+        r"teacher: the tokenizer has no vocabulary .* are missing",
+    )
 
 
 def test_remote_code_model_without_trust_remote_code(capsys, project, models):
@@ -323,8 +494,12 @@ def test_remote_code_model_without_trust_remote_code(capsys, project, models):
     write(folder / "config.json", json.dumps(config))
     marker = project / "code-ran"
     write(folder / "custom.py", f"open({str(marker)!r}, 'w').write('ran')\n")
-    refused(capsys, project, distill_argv(str(folder), models["student"]),
-            r"needs its own Python code .*pass --trust-remote-code")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(str(folder), models["student"]),
+        r"needs its own Python code .*pass --trust-remote-code",
+    )
     assert not marker.exists()
 
 
@@ -335,8 +510,12 @@ def test_pickle_only_model_without_allow_pickle(capsys, project, models):
     folder = Path(models["teacher"])
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
-    refused(capsys, project, distill_argv(str(folder), models["student"]),
-            r"only weights are pickle files \(pytorch_model\.bin\).*--allow-pickle")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(str(folder), models["student"]),
+        r"only weights are pickle files \(pytorch_model\.bin\).*--allow-pickle",
+    )
 
 
 def test_teacher_labels_that_do_not_match(capsys, project, models):
@@ -345,8 +524,12 @@ def test_teacher_labels_that_do_not_match(capsys, project, models):
     config["id2label"] = {"0": "Animal", "1": "Sport", "2": "Film", "3": "Company"}
     config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
     write(folder / "config.json", json.dumps(config))
-    refused(capsys, project, distill_argv(str(folder), models["student"]),
-            r"missing from the teacher: Building; teacher-only: Sport")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(str(folder), models["student"]),
+        r"missing from the teacher: Building; teacher-only: Sport",
+    )
 
 
 def test_teacher_with_unnamed_labels(capsys, project, models):
@@ -355,14 +538,22 @@ def test_teacher_with_unnamed_labels(capsys, project, models):
     config["id2label"] = {str(i): f"LABEL_{i}" for i in range(4)}
     config["label2id"] = {f"LABEL_{i}": i for i in range(4)}
     write(folder / "config.json", json.dumps(config))
-    refused(capsys, project, distill_argv(str(folder), models["student"]),
-            r"the teacher's labels are unnamed")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(str(folder), models["student"]),
+        r"the teacher's labels are unnamed",
+    )
 
 
 def test_untrained_head_teacher(capsys, project, models):
     # The student checkpoint is a bare encoder: as a teacher its head would be random.
-    refused(capsys, project, distill_argv(models["student"], models["student"]),
-            r"no trained classification head .*--allow-untrained-teacher")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(models["student"], models["student"]),
+        r"no trained classification head .*--allow-untrained-teacher",
+    )
 
 
 def test_teacher_at_chance_leaves_no_run_folder(capsys, project, models):
@@ -370,9 +561,12 @@ def test_teacher_at_chance_leaves_no_run_folder(capsys, project, models):
     Every text is the same, so any teacher names one class for all and scores chance."""
     rows = "".join(f"the same words,{c}\n" for c in CLASSES for _ in range(10))
     write(project / "toy.csv", "text,label\n" + rows)
-    refused(capsys, project, distill_argv(models["student"], models["student"],
-                                          "--allow-untrained-teacher"),
-            r"at or below chance.*--allow-weak-teacher")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(models["student"], models["student"], "--allow-untrained-teacher"),
+        r"at or below chance.*--allow-weak-teacher",
+    )
 
 
 # --------------------------------------------------------------------------- the environment
@@ -380,9 +574,12 @@ def test_teacher_at_chance_leaves_no_run_folder(capsys, project, models):
 
 def test_output_dir_under_a_file(capsys, project, models):
     write(project / "outputs" / "taken", "a file\n")
-    refused(capsys, project, distill_argv(models["teacher"], models["student"], "--output-dir",
-                                          "outputs/taken/runs"),
-            r"outputs/taken.*(Not a directory|a file)")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(models["teacher"], models["student"], "--output-dir", "outputs/taken/runs"),
+        r"outputs/taken.*(Not a directory|a file)",
+    )
 
 
 def deny_writes_under(monkeypatch, folder: Path) -> None:
@@ -411,14 +608,22 @@ def deny_writes_under(monkeypatch, folder: Path) -> None:
 
 def test_data_dir_without_write_permission(capsys, project, monkeypatch):
     deny_writes_under(monkeypatch, project / "data")
-    refused(capsys, project, ["prepare-data", "--dataset", "toy.csv"],
-            r"data.*Permission denied \(no permission; choose a folder you can write")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        ["prepare-data", "--dataset", "toy.csv"],
+        r"data.*Permission denied \(no permission; choose a folder you can write",
+    )
 
 
 def test_output_dir_without_write_permission(capsys, project, models, monkeypatch):
     deny_writes_under(monkeypatch, project / "outputs")
-    refused(capsys, project, distill_argv(models["teacher"], models["student"]),
-            r"outputs.*Permission denied")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(models["teacher"], models["student"]),
+        r"outputs.*Permission denied",
+    )
 
 
 def disk_full(*args, **kwargs):
@@ -429,16 +634,23 @@ def test_full_disk_while_preparing_data(capsys, project, monkeypatch):
     from datasets import Dataset
 
     monkeypatch.setattr(Dataset, "to_parquet", disk_full)
-    refused(capsys, project, ["prepare-data", "--dataset", "toy.csv"],
-            r"No space left on device \(the disk is full")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        ["prepare-data", "--dataset", "toy.csv"],
+        r"No space left on device \(the disk is full",
+    )
 
 
 def test_full_disk_when_a_run_starts(capsys, project, models, monkeypatch):
     """The first write into the run folder fails: the empty `.partial` folder is removed."""
     monkeypatch.setattr(os, "fsync", disk_full)
-    refused(capsys, project, distill_argv(models["teacher"], models["student"],
-                                          "--allow-weak-teacher"),
-            r"No space left on device \(the disk is full")  # fmt: skip
+    refused(
+        capsys,
+        project,
+        distill_argv(models["teacher"], models["student"], "--allow-weak-teacher"),
+        r"No space left on device \(the disk is full",
+    )
 
 
 # --------------------------------------------------------------------------- big and strange
@@ -453,8 +665,11 @@ def test_a_5_mb_text_is_truncated_not_fatal(capsys, project, models):
     rows = toy_rows(6) + f"{huge},Animal\n" + "x" * (5 * 2**20) + ",Film\n"
     write(project / "toy.csv", "text,label\n" + rows)
     start = time.perf_counter()
-    code = run_cli(distill_argv(models["teacher"], models["student"], "--allow-weak-teacher",
-                                "--batch-size", "8"))  # fmt: skip
+    code = run_cli(
+        distill_argv(
+            models["teacher"], models["student"], "--allow-weak-teacher", "--batch-size", "8"
+        )
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert time.perf_counter() - start < 120
@@ -468,9 +683,12 @@ def test_a_real_process_prints_one_line_and_no_traceback(project):
     write(project / "semi.csv", "text;label\n" + toy_rows(3).replace(",", ";"))
     done = subprocess.run(
         [sys.executable, "-m", "kdistill", "prepare-data", "--dataset", "semi.csv"],
-        capture_output=True, text=True, cwd=project, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=project,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-    )  # fmt: skip
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr + done.stdout
     errors = [line for line in done.stderr.splitlines() if ": error: " in line]
@@ -480,7 +698,7 @@ def test_a_real_process_prints_one_line_and_no_traceback(project):
 
 
 def test_only_runs_that_never_trained_are_discarded(tmp_path):
-    from kdistill.runs import discard_unstarted
+    from kdistill.training.runs import discard_unstarted
 
     unstarted = tmp_path / "a.partial"
     (unstarted / "logs").mkdir(parents=True)
@@ -511,7 +729,7 @@ def test_cutting_a_long_text_before_tokenising_keeps_its_tokens(tiny_models):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from kdistill.data import MIN_CHARS_KEPT, tokenize
+    from kdistill.data.prepare import MIN_CHARS_KEPT, tokenize
 
     tok = AutoTokenizer.from_pretrained(tiny_models["bert_teacher"])
     text = "species bird of the family, " * (3 * MIN_CHARS_KEPT // 28)

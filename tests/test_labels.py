@@ -1,4 +1,4 @@
-"""Class names match by one rule (kdistill.labels) in every command: exactly, else uniquely by a
+"""Class names match by one rule (data.labels) in every command: exactly, else uniquely by a
 Unicode-aware loose key; an ambiguous loose match is refused, never guessed."""
 
 import json
@@ -7,13 +7,13 @@ import pytest
 
 from kdistill.compare import Candidate, check_labels
 from kdistill.errors import KdistillError
-from kdistill.models import map_labels
+from kdistill.students.load import map_labels
 
 RUSSIAN = {0: "Спорт", 1: "Политика", 2: "Экономика"}
 
 
 def test_loose_key_keeps_letters_of_every_script():
-    from kdistill.labels import loose_key
+    from kdistill.data.labels import loose_key
 
     assert loose_key("Educational Institution") == loose_key("EducationalInstitution")
     assert loose_key("Спорт") == loose_key("спорт") == "спорт"
@@ -58,7 +58,7 @@ def test_two_classes_loosely_matching_one_teacher_label_are_refused():
 
 
 def test_names_without_letters_match_only_exactly():
-    from kdistill.labels import match_names
+    from kdistill.data.labels import match_names
 
     assert match_names(["+", "-"], ["-", "+"], "--x") == [1, 0]
     assert match_names(["+", "-"], ["?"], "--x") == [None]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kdistill.cli import main
-from kdistill.lockstep import clip_per_point, stacked_kd_loss
-from kdistill.losses import kd_loss
+from kdistill.training.lockstep import clip_per_point, stacked_kd_loss
+from kdistill.training.losses import kd_loss
 
 TOL = 1e-5
 
@@ -230,9 +230,9 @@ def test_unsupported_options_fall_back_to_turns_with_one_warning(
 
 
 def test_a_grid_too_big_for_memory_falls_back(workdir, tiny_models, capsys, caplog, monkeypatch):
-    import kdistill.lockstep
+    import kdistill.training.lockstep
 
-    monkeypatch.setattr(kdistill.lockstep, "available_bytes", lambda device: 1000)
+    monkeypatch.setattr(kdistill.training.lockstep, "available_bytes", lambda device: 1000)
     args = common_args(tiny_models["bert_teacher"], tiny_models["bert_student"])
     with caplog.at_level(logging.WARNING, logger="kdistill"):
         _, record = run_sweep(

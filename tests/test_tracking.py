@@ -10,11 +10,26 @@ from kdistill.cli import main
 
 def distill_args(tiny_models, *extra: str) -> list[str]:
     return [
-        "distill", "--dataset", "toy", "--teacher-model", str(tiny_models["bert_teacher"]),
-        "--student-model", str(tiny_models["bert_student"]), "--max-train-samples", "60",
-        "--max-val-samples", "40", "--batch-size", "8", "--epochs", "2",
-        "--mixed-precision", "no", "--allow-weak-teacher", *extra,
-    ]  # fmt: skip
+        "distill",
+        "--dataset",
+        "toy",
+        "--teacher-model",
+        str(tiny_models["bert_teacher"]),
+        "--student-model",
+        str(tiny_models["bert_student"]),
+        "--max-train-samples",
+        "60",
+        "--max-val-samples",
+        "40",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--mixed-precision",
+        "no",
+        "--allow-weak-teacher",
+        *extra,
+    ]
 
 
 def test_tensorboard_events_hold_the_history(workdir, tiny_models, capsys):

@@ -27,7 +27,7 @@ def toy_split(tokenizer, n_per_class: int, seed: int):
 
 
 def student(tiny_models, seed: int = 0):
-    from kdistill.models import load_student
+    from kdistill.students.load import load_student
 
     return load_student(str(tiny_models["bert_student"]), CLASSES, seed=seed)
 

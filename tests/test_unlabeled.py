@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import CLASSES
 
-from kdistill import cache as kcache
 from kdistill.cli import main
-from kdistill.data import UNLABELED, load_unlabeled, with_unlabeled
+from kdistill.data.prepare import UNLABELED, load_unlabeled, with_unlabeled
 from kdistill.distill import MixedBatchSampler
 from kdistill.errors import KdistillError
+from kdistill.teachers import cache as kcache
 
 
 @pytest.fixture()
@@ -24,16 +24,38 @@ def workdir(tmp_path, monkeypatch, labelled_csv):
     data/toy with a quarter of train labelled (24 labelled, 72 unlabelled)."""
     monkeypatch.chdir(tmp_path)
     for name, fraction in (("toy0", "0"), ("toy", "0.25")):
-        argv = ["prepare-data", "--dataset", str(labelled_csv), "--name", name,
-                "--labeled-fraction", fraction]  # fmt: skip
+        argv = [
+            "prepare-data",
+            "--dataset",
+            str(labelled_csv),
+            "--name",
+            name,
+            "--labeled-fraction",
+            fraction,
+        ]
         assert main(argv) == 0
     return tmp_path
 
 
 def distill_args(teacher: Path, student: Path, dataset: str, *extra: str) -> list[str]:
-    return ["--dataset", dataset, "--teacher-model", str(teacher), "--student-model",
-            str(student), "--batch-size", "8", "--epochs", "1", "--mixed-precision", "no",
-            "--learning-rate", "3e-3", "--allow-weak-teacher", *extra]  # fmt: skip
+    return [
+        "--dataset",
+        dataset,
+        "--teacher-model",
+        str(teacher),
+        "--student-model",
+        str(student),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--mixed-precision",
+        "no",
+        "--learning-rate",
+        "3e-3",
+        "--allow-weak-teacher",
+        *extra,
+    ]
 
 
 def run(argv: list[str]) -> Path:
@@ -105,8 +127,9 @@ def test_each_process_gets_whole_batches_under_accelerate():
         return MixedBatchSampler(10, 30, 4, None, torch.Generator().manual_seed(3))
 
     whole = list(sampler())
-    shards = [list(BatchSamplerShard(sampler(), num_processes=2, process_index=i))
-              for i in range(2)]  # fmt: skip
+    shards = [
+        list(BatchSamplerShard(sampler(), num_processes=2, process_index=i)) for i in range(2)
+    ]
     assert shards[0] == whole[0::2] and shards[1] == whole[1::2]
     assert sorted(r for s in shards for b in s for r in b) == list(range(40))
 
@@ -115,7 +138,7 @@ def test_each_process_gets_whole_batches_under_accelerate():
 
 
 def test_unlabelled_rows_follow_the_labelled_ones_without_labels(workdir):
-    from kdistill.data import load_prepared
+    from kdistill.data.prepare import load_prepared
 
     data = load_prepared(workdir / "data" / "toy")
     unlabeled = load_unlabeled("data/toy/unlabeled.parquet", "text", None, 0)
@@ -147,15 +170,20 @@ def test_text_columns_join_and_the_subsample_is_seeded(tmp_path):
 
 @pytest.mark.parametrize(
     "name, content, message",
-    [("nothing_here.csv", None, "--unlabeled-data .*no such file or folder"),
-     ("empty.csv", "", "--unlabeled-data: .*empty.csv is empty"),
-     ("header.csv", "text\n", "--unlabeled-data: .*header.csv has no rows"),
-     ("blank.csv", "text,id\n,1\n  ,2\n", "--unlabeled-data .*no row has text in text"),
-     ("other.csv", "body\nhello\n",
-      r"--unlabeled-data .*no column 'text' \(columns: body\); choose one with "
-      "--unlabeled-text-column"),
-     ("notes.txt", "hi", "--unlabeled-data .*unsupported file type")],
-)  # fmt: skip
+    [
+        ("nothing_here.csv", None, "--unlabeled-data .*no such file or folder"),
+        ("empty.csv", "", "--unlabeled-data: .*empty.csv is empty"),
+        ("header.csv", "text\n", "--unlabeled-data: .*header.csv has no rows"),
+        ("blank.csv", "text,id\n,1\n  ,2\n", "--unlabeled-data .*no row has text in text"),
+        (
+            "other.csv",
+            "body\nhello\n",
+            r"--unlabeled-data .*no column 'text' \(columns: body\); choose one with "
+            "--unlabeled-text-column",
+        ),
+        ("notes.txt", "hi", "--unlabeled-data .*unsupported file type"),
+    ],
+)
 def test_bad_unlabelled_sources_give_one_line(tmp_path, name, content, message):
     path = tmp_path / name
     if content is not None:
@@ -167,14 +195,18 @@ def test_bad_unlabelled_sources_give_one_line(tmp_path, name, content, message):
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--unlabeled-ratio", "0.5"], "--unlabeled-ratio needs --unlabeled-data"),
-     (["--max-unlabeled-samples", "5"], "--max-unlabeled-samples needs --unlabeled-data"),
-     (["--unlabeled-data", "u.csv", "--unlabeled-ratio", "1"], "--unlabeled-ratio must be in"),
-     (["--unlabeled-data", "u.csv", "--unlabeled-ratio", "0.01"], "gives 0 unlabelled rows"),
-     (["--unlabeled-data", "u.csv", "--max-unlabeled-samples", "0"],
-      "--max-unlabeled-samples must be >= 1"),
-     (["--unlabeled-data", "u.csv", "--group-by-length"], "drop --group-by-length")],
-)  # fmt: skip
+    [
+        (["--unlabeled-ratio", "0.5"], "--unlabeled-ratio needs --unlabeled-data"),
+        (["--max-unlabeled-samples", "5"], "--max-unlabeled-samples needs --unlabeled-data"),
+        (["--unlabeled-data", "u.csv", "--unlabeled-ratio", "1"], "--unlabeled-ratio must be in"),
+        (["--unlabeled-data", "u.csv", "--unlabeled-ratio", "0.01"], "gives 0 unlabelled rows"),
+        (
+            ["--unlabeled-data", "u.csv", "--max-unlabeled-samples", "0"],
+            "--max-unlabeled-samples must be >= 1",
+        ),
+        (["--unlabeled-data", "u.csv", "--group-by-length"], "drop --group-by-length"),
+    ],
+)
 def test_flag_combinations_are_checked_before_anything_loads(extra, message, capsys):
     line = error_line(["--dataset", "x", *extra], capsys)
     assert message in line
@@ -184,8 +216,13 @@ def test_flag_combinations_are_checked_before_anything_loads(extra, message, cap
 
 
 def test_no_labels_and_alpha_below_one_is_refused_in_one_line(workdir, tiny_models, capsys):
-    args = distill_args(tiny_models["bert_teacher"], tiny_models["bert_student"], "toy0",
-                        "--unlabeled-data", "data/toy0/unlabeled.parquet")  # fmt: skip
+    args = distill_args(
+        tiny_models["bert_teacher"],
+        tiny_models["bert_student"],
+        "toy0",
+        "--unlabeled-data",
+        "data/toy0/unlabeled.parquet",
+    )
     line = error_line(args, capsys)  # --alpha 0.7 by default
     assert (
         "--dataset toy0 has no labelled training rows, so the cross-entropy term "
@@ -193,8 +230,12 @@ def test_no_labels_and_alpha_below_one_is_refused_in_one_line(workdir, tiny_mode
     ) in line
     line = error_line([*args, "--alpha", "1", "--unlabeled-ratio", "0.5"], capsys)
     assert "--unlabeled-ratio" in line and "no labelled training rows" in line
-    line = error_line(distill_args(tiny_models["bert_teacher"], tiny_models["bert_student"],
-                                   "toy0", "--alpha", "1"), capsys)  # fmt: skip
+    line = error_line(
+        distill_args(
+            tiny_models["bert_teacher"], tiny_models["bert_student"], "toy0", "--alpha", "1"
+        ),
+        capsys,
+    )
     assert "has no training rows" in line and "--unlabeled-data" in line
     assert not Path("outputs").exists()  # refused before any run directory
 
@@ -203,8 +244,9 @@ def test_validation_without_rows_is_refused_clearly(workdir, tiny_models, capsys
     from datasets import Dataset
 
     Dataset.from_dict({"text": [], "label": []}).to_parquet("data/toy/validation.parquet")
-    line = error_line(distill_args(tiny_models["bert_teacher"], tiny_models["bert_student"],
-                                   "toy"), capsys)  # fmt: skip
+    line = error_line(
+        distill_args(tiny_models["bert_teacher"], tiny_models["bert_student"], "toy"), capsys
+    )
     assert "validation.parquet has no rows" in line and "model selection" in line
 
 
@@ -216,9 +258,19 @@ def test_no_labels_at_all_trains_from_the_teacher_on_unlabelled_text(
 ):
     """--labeled-fraction 0 and --alpha 1: everything the student learns comes from the
     teacher's logits on the unlabelled rows, which the disk cache holds, keyed by those rows."""
-    args = distill_args(trained_teacher, tiny_models["bert_student"], "toy0", "--alpha", "1",
-                        "--unlabeled-data", "data/toy0/unlabeled.parquet", "--epochs", "8",
-                        "--teacher-cache", "disk")  # fmt: skip
+    args = distill_args(
+        trained_teacher,
+        tiny_models["bert_student"],
+        "toy0",
+        "--alpha",
+        "1",
+        "--unlabeled-data",
+        "data/toy0/unlabeled.parquet",
+        "--epochs",
+        "8",
+        "--teacher-cache",
+        "disk",
+    )
     run_dir = run(args)
     history = json.loads((run_dir / "history.json").read_text())
     epochs = history["epochs"]
@@ -266,9 +318,9 @@ def test_no_labels_at_all_trains_from_the_teacher_on_unlabelled_text(
 def test_cache_keys_include_the_unlabelled_set(workdir, tiny_models):
     from datasets import Dataset
 
-    from kdistill.data import load_prepared
-    from kdistill.models import load_teacher_classifier
-    from kdistill.teachers import ClassifierTeacher
+    from kdistill.data.prepare import load_prepared
+    from kdistill.students.load import load_teacher_classifier
+    from kdistill.teachers.classifier import ClassifierTeacher
 
     model, tok, columns = load_teacher_classifier(str(tiny_models["bert_teacher"]), CLASSES, False)
     teacher = ClassifierTeacher(model, tok, columns, str(tiny_models["bert_teacher"]))
@@ -294,14 +346,28 @@ def test_mixed_batches_train_the_same_with_the_teacher_online_or_cached(workdir,
     the 24 labelled rows, each batch 4 + 4."""
     runs = {}
     for mode in ("off", "memory"):
-        args = distill_args(tiny_models["bert_teacher"], tiny_models["bert_student"], "toy",
-                            "--unlabeled-data", "data/toy/unlabeled.parquet",
-                            "--unlabeled-ratio", "0.5", "--teacher-cache", mode)  # fmt: skip
+        args = distill_args(
+            tiny_models["bert_teacher"],
+            tiny_models["bert_student"],
+            "toy",
+            "--unlabeled-data",
+            "data/toy/unlabeled.parquet",
+            "--unlabeled-ratio",
+            "0.5",
+            "--teacher-cache",
+            mode,
+        )
         runs[mode] = json.loads((run(args) / "history.json").read_text())["epochs"][0]
     off, mem = runs["off"], runs["memory"]
     assert (off["train_labeled_samples"], off["train_unlabeled_samples"]) == (24, 24)
-    for key in ("train_loss", "train_kl", "train_ce", "train_loss_labeled",
-                "train_loss_unlabeled", "val_loss"):  # fmt: skip
+    for key in (
+        "train_loss",
+        "train_kl",
+        "train_ce",
+        "train_loss_labeled",
+        "train_loss_unlabeled",
+        "val_loss",
+    ):
         assert off[key] == pytest.approx(mem[key], rel=1e-3), key
     # The epoch's loss is the mean per row: each kind's mean, weighted by its rows.
     assert off["train_loss"] == pytest.approx(
@@ -315,9 +381,14 @@ def test_eval_teacher_reports_on_the_rows_whose_labels_were_kept_aside(workdir, 
     from kdistill.config import EvalTeacherConfig
     from kdistill.eval_teacher import eval_teacher
 
-    report = eval_teacher(EvalTeacherConfig(teacher_model=str(tiny_models["bert_teacher"]),
-                                            dataset="toy", split="unlabeled",
-                                            mixed_precision="no"))  # fmt: skip
+    report = eval_teacher(
+        EvalTeacherConfig(
+            teacher_model=str(tiny_models["bert_teacher"]),
+            dataset="toy",
+            split="unlabeled",
+            mixed_precision="no",
+        )
+    )
     assert report["split"] == "unlabeled" and report["rows"] == 72
     assert 0.0 <= report["accuracy"] <= 1.0
 
@@ -327,7 +398,7 @@ def test_a_folder_of_only_unsupervised_text_is_read_as_unlabelled(tmp_path):
     nothing else is what --unlabeled-data reads."""
     import csv
 
-    from kdistill.data import load_unlabeled
+    from kdistill.data.prepare import load_unlabeled
 
     folder = tmp_path / "imdb"
     folder.mkdir()

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.losses import KDLoss, kd_loss
-from kdistill.teachers import Teacher
+from kdistill.teachers.classifier import Teacher
+from kdistill.training.losses import KDLoss, kd_loss
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -71,8 +71,8 @@ def load_teacher(
     `teacher_attention_mask`; `teacher.encode(texts, max_length)` makes those inputs.
     """
     from kdistill.config import TeacherOptions
-    from kdistill.models import quiet_transformers, set_load_policy
-    from kdistill.teachers import load_teacher as load
+    from kdistill.students.load import quiet_transformers, set_load_policy
+    from kdistill.teachers.classifier import load_teacher as load
 
     _one_of(mode, MODES, "mode")
     _one_of(dtype, tuple(DTYPES), "dtype")
@@ -147,8 +147,8 @@ def teacher_logits(
     """
     from datasets import Dataset
 
-    from kdistill.cache import teacher_logits_for
-    from kdistill.data import tokenize
+    from kdistill.data.prepare import tokenize
+    from kdistill.teachers.cache import teacher_logits_for
 
     _one_of(cache, CACHE_MODES, "cache")
     if max_length < 2 or batch_size < 1:

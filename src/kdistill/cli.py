@@ -53,8 +53,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         conv, is_bool = _field_type(hints[f.name])
         help_text = f.metadata.get("help", "")
         if is_bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=help_text)  # fmt: skip
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+            )
             continue
         default = f.default
         shown = "" if default is None else f" (default: {default})"
@@ -76,7 +77,7 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def cmd_download_model(args: argparse.Namespace) -> int:
-    from kdistill.download import download_model
+    from kdistill.data.download import download_model
 
     path = download_model(config_from_args(DownloadConfig, args))
     sys.stdout.write(f"{path}\n")
@@ -84,7 +85,7 @@ def cmd_download_model(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
-    from kdistill.data import prepare
+    from kdistill.data.prepare import prepare
 
     path, summary = prepare(config_from_args(PrepareDataConfig, args))
     sys.stdout.write(f"{summary}\nsaved to {path}\n")
@@ -138,21 +139,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from kdistill.runs import show_runs
+    from kdistill.training.runs import show_runs
 
     sys.stdout.write(show_runs(config_from_args(RunsConfig, args)))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from kdistill.predict import predict
+    from kdistill.shipping.predict import predict
 
     sys.stdout.write(predict(config_from_args(PredictConfig, args)))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from kdistill.export import export
+    from kdistill.shipping.export import export
 
     out_dir = export(config_from_args(ExportConfig, args))
     sys.stdout.write(f"{out_dir}\n")
@@ -203,8 +204,9 @@ def build_parser(prog: str = "kdistill", command: str | None = None) -> argparse
             help=help_text,
             description=(cls.__doc__ or help_text).strip(),
         )
-        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="Debug logging.")  # fmt: skip
+        p.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="Debug logging."
+        )
         add_config_arguments(p, cls)
         p.set_defaults(func=func)
     return parser

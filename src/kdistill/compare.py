@@ -27,19 +27,22 @@ import torch
 
 from kdistill.config import CompareConfig
 from kdistill.errors import KdistillError
-from kdistill.runs import atomic_write_json, finish_run_dir, is_run_config, new_run_dir
+from kdistill.training.runs import atomic_write_json, finish_run_dir, is_run_config, new_run_dir
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from datasets import Dataset
 
-    from kdistill.teachers import Teacher
+    from kdistill.teachers.classifier import Teacher
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: 95% intervals, the baseline's checks, latency IQRs
-FILES = {"json": "comparison_results.json", "figure": "teacher_student_comparison.png",
-         "html": "report.html"}  # fmt: skip
+FILES = {
+    "json": "comparison_results.json",
+    "figure": "teacher_student_comparison.png",
+    "html": "report.html",
+}
 # Weight formats in the order transformers prefers them: a folder holding both safetensors and a
 # pickle copy loads (and so weighs) only the safetensors.
 WEIGHT_FORMATS = (("*.safetensors",), ("*.bin", "*.pt", "*.pth"), ("*.gguf",))
@@ -62,8 +65,9 @@ class Candidate:
         if self.run_dir is None:
             return self.model_dir.name
         # The run directory says what the model is (dataset, T, alpha); best_model is implied.
-        return self.run_dir.name + ("" if self.model_dir.name == "best_model"
-                                    else f"/{self.model_dir.name}")  # fmt: skip
+        return self.run_dir.name + (
+            "" if self.model_dir.name == "best_model" else f"/{self.model_dir.name}"
+        )
 
 
 def _read_json(path: Path) -> Any:
@@ -78,42 +82,55 @@ def resolve_candidate(given: str, role: str, flag: str) -> Candidate:
     inside one (best_model/, final_model/: the run's config and history come along)."""
     path = Path(given).expanduser()
     if not path.exists():
-        raise KdistillError(f"{flag} {given}: no such folder; pass a model folder or a distill "
-                            "run directory")  # fmt: skip
+        raise KdistillError(
+            f"{flag} {given}: no such folder; pass a model folder or a distill run directory"
+        )
     if not path.is_dir():
-        raise KdistillError(f"{flag} {given}: a file; pass a model folder or a distill run "
-                            "directory")  # fmt: skip
+        raise KdistillError(
+            f"{flag} {given}: a file; pass a model folder or a distill run directory"
+        )
     run_dir, model_dir = None, path
     if is_run_config(_read_json(path / "config.json")) or (path / "best_model").is_dir():
         run_dir, model_dir = path, path / "best_model"
         if not model_dir.is_dir():
-            raise KdistillError(f"{flag} {given}: the run has no best_model/ yet (did it stop "
-                                "before its first epoch ended?)")  # fmt: skip
+            raise KdistillError(
+                f"{flag} {given}: the run has no best_model/ yet (did it stop "
+                "before its first epoch ended?)"
+            )
     elif path.name in ("best_model", "final_model") and is_run_config(
         _read_json(path.parent / "config.json")
     ):
         run_dir = path.parent
     if not (model_dir / "config.json").is_file():
-        raise KdistillError(f"{flag} {given}: no config.json in {model_dir}; pass a model folder "
-                            "or a distill run directory")  # fmt: skip
+        raise KdistillError(
+            f"{flag} {given}: no config.json in {model_dir}; pass a model folder "
+            "or a distill run directory"
+        )
     candidate = Candidate(role, flag, given, model_dir, run_dir)
     if run_dir is not None:
         candidate.run_config = _read_json(run_dir / "config.json")
         candidate.history = _read_json(run_dir / "history.json")
         if run_dir.name.endswith(".partial"):
-            logger.warning("%s %s: the run is still going or crashed; comparing its best model "
-                           "so far", flag, given)  # fmt: skip
+            logger.warning(
+                "%s %s: the run is still going or crashed; comparing its best model so far",
+                flag,
+                given,
+            )
     return candidate
 
 
 def resolve_candidates(config: CompareConfig) -> list[Candidate]:
     """Students in the order given, then the baseline."""
     if config.baseline and config.baseline in config.student_paths():
-        raise KdistillError(f"--baseline {config.baseline} is also passed as a student; pass it "
-                            "once, as --baseline")  # fmt: skip
-    out = [resolve_candidate(p, "student",
-                             "--student-model" if p == config.student_model else "--students")
-           for p in config.student_paths()]  # fmt: skip
+        raise KdistillError(
+            f"--baseline {config.baseline} is also passed as a student; pass it once, as --baseline"
+        )
+    out = [
+        resolve_candidate(
+            p, "student", "--student-model" if p == config.student_model else "--students"
+        )
+        for p in config.student_paths()
+    ]
     if config.baseline:
         out.append(resolve_candidate(config.baseline, "baseline", "--baseline"))
     return out
@@ -121,35 +138,41 @@ def resolve_candidates(config: CompareConfig) -> list[Candidate]:
 
 def check_labels(candidate: Candidate, label_names: list[str]) -> None:
     """A student must be a classifier over exactly the data set's classes (by name, in any
-    order, matched by `kdistill.labels.match_names`); one trained on other labels cannot be
+    order, matched by `kdistill.data.labels.match_names`); one trained on other labels cannot be
     scored against these, whatever its accuracy."""
-    from kdistill.labels import match_names
+    from kdistill.data.labels import match_names
 
     cfg = _read_json(candidate.model_dir / "config.json") or {}
     id2label = cfg.get("id2label") or {}
     names = [str(id2label[k]) for k in sorted(id2label, key=int)]
     if not names or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
-        raise KdistillError(f"{candidate.flag} {candidate.given}: its classes are unnamed "
-                            f"({', '.join(names[:3]) or 'none'}), so it is not a classifier "
-                            "trained on this data set; pass a distill run directory or its "
-                            "best_model/")  # fmt: skip
+        raise KdistillError(
+            f"{candidate.flag} {candidate.given}: its classes are unnamed "
+            f"({', '.join(names[:3]) or 'none'}), so it is not a classifier "
+            "trained on this data set; pass a distill run directory or its "
+            "best_model/"
+        )
     found = match_names(names, label_names, f"{candidate.flag} {candidate.given}")
     used = {i for i in found if i is not None}
     if None in found or len(names) != len(label_names):
         missing = [n for n, i in zip(label_names, found, strict=True) if i is None]
         extra = [n for i, n in enumerate(names) if i not in used]
-        raise KdistillError(f"{candidate.flag} {candidate.given}: its labels differ from the data "
-                            f"set's and the teacher's; missing: {', '.join(missing) or 'none'}; "
-                            f"extra: {', '.join(extra) or 'none'}; compare students trained on "
-                            "this data set")  # fmt: skip
+        raise KdistillError(
+            f"{candidate.flag} {candidate.given}: its labels differ from the data "
+            f"set's and the teacher's; missing: {', '.join(missing) or 'none'}; "
+            f"extra: {', '.join(extra) or 'none'}; compare students trained on "
+            "this data set"
+        )
 
 
 def check_output_dir(output_dir: str) -> None:
     path = Path(output_dir)
     for p in (path, *path.parents):
         if p.exists() and not p.is_dir():
-            raise KdistillError(f"--output-dir {output_dir}: {p} is a file; pass a folder (each "
-                                "comparison gets a new folder inside it)")  # fmt: skip
+            raise KdistillError(
+                f"--output-dir {output_dir}: {p} is a file; pass a folder (each "
+                "comparison gets a new folder inside it)"
+            )
 
 
 def weights_size(name: str) -> int:
@@ -174,8 +197,8 @@ def weights_size(name: str) -> int:
 def load_student_model(candidate: Candidate, label_names: list[str], dtype: torch.dtype) -> Teacher:
     """A student loaded as a frozen classifier with its columns in the data set's class order,
     so it runs through exactly the same scoring and timing code as the teacher."""
-    from kdistill.models import load_teacher_classifier
-    from kdistill.teachers import ClassifierTeacher
+    from kdistill.students.load import load_teacher_classifier
+    from kdistill.teachers.classifier import ClassifierTeacher
 
     path = str(candidate.model_dir)
     try:
@@ -185,8 +208,9 @@ def load_student_model(candidate: Candidate, label_names: list[str], dtype: torc
     return ClassifierTeacher(model, tokenizer, columns, path)
 
 
-def pad_rows(rows: list[list[int]], pad_id: int, left: bool, device: torch.device
-             ) -> dict[str, torch.Tensor]:  # fmt: skip
+def pad_rows(
+    rows: list[list[int]], pad_id: int, left: bool, device: torch.device
+) -> dict[str, torch.Tensor]:
     """One batch padded to its longest row, on the side the tokenizer pads."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -216,8 +240,8 @@ def score_model(
     (it times every model together, interleaved): the split's first rows one at a time, and its
     first throughput-batch-size rows as one batch, each model reading its own tokenisation of
     the same texts."""
-    from kdistill.cache import compute_teacher_logits
-    from kdistill.data import tokenize
+    from kdistill.data.prepare import tokenize
+    from kdistill.teachers.cache import compute_teacher_logits
 
     wrapper.to(accelerator.device)
     encoded = tokenize(rows, {"teacher": wrapper}, config.max_length)
@@ -235,12 +259,18 @@ def score_model(
 
 
 def model_record(
-    name: str, role: str, wrapper: Teacher, logits: torch.Tensor, labels: torch.Tensor,
-    teacher_logits: torch.Tensor, speed: dict[str, float], label_names: list[str],
+    name: str,
+    role: str,
+    wrapper: Teacher,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    speed: dict[str, float],
+    label_names: list[str],
     candidate: Candidate | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """One entry of comparison_results.json's `models`, before the ratios to the teacher."""
-    from kdistill.evaluate import (
+    from kdistill.evaluation.metrics import (
         agreement,
         classification_metrics,
         confusion,
@@ -248,7 +278,7 @@ def model_record(
         mean_kl,
         per_class_scores,
     )
-    from kdistill.models import count_parameters
+    from kdistill.students.load import count_parameters
 
     metrics = classification_metrics(logits, labels, len(label_names))
     preds = logits.argmax(-1)
@@ -277,7 +307,7 @@ def model_record(
         "training_data": {
             "labeled_rows": data.get("train_rows"),
             "unlabeled_rows": data.get("unlabeled_rows"),
-        },  # fmt: skip
+        },
     }
 
 
@@ -357,7 +387,7 @@ def add_intervals(
 ) -> dict[str, dict[str, Any]]:
     """Each model's 95% bootstrap intervals (accuracy_ci, macro_f1_ci), every model scored on
     the same resamples of the rows; returns the resampled scores, for the paired gains."""
-    from kdistill.evaluate import bootstrap_scores, interval
+    from kdistill.evaluation.metrics import bootstrap_scores, interval
 
     y = labels.cpu().numpy()
     boot = bootstrap_scores(
@@ -374,7 +404,7 @@ def _gain(
 ) -> dict[str, Any]:
     """student - baseline in percentage points, with a paired 95% bootstrap interval: the
     difference on each resample of the same rows."""
-    from kdistill.evaluate import interval
+    from kdistill.evaluation.metrics import interval
 
     out: dict[str, Any] = {"student": student["name"]}
     for metric in ("accuracy", "macro_f1"):
@@ -436,9 +466,10 @@ def _release(wrapper: Teacher) -> None:
 
 def compare(config: CompareConfig) -> Path:
     """The compare command. Returns the new comparison folder."""
-    from kdistill.data import subsample
+    from kdistill.data.prepare import subsample
     from kdistill.distill import library_versions, pick_teacher_dtype, start_command
-    from kdistill.evaluate import measure_speeds
+    from kdistill.evaluation.metrics import measure_speeds
+    from kdistill.evaluation.report import plot_comparison, write_html_report
     from kdistill.from_run import (
         Run,
         check_same_split,
@@ -447,8 +478,7 @@ def compare(config: CompareConfig) -> Path:
         run_teacher,
         teacher_model_for,
     )
-    from kdistill.report import plot_comparison, write_html_report
-    from kdistill.teachers import load_teacher
+    from kdistill.teachers.classifier import load_teacher
 
     started = datetime.now()
     # Everything that can be checked without loading a model fails first.
@@ -462,25 +492,38 @@ def compare(config: CompareConfig) -> Path:
     _device, precision, accelerator, data = start_command(data_config(config, runs))
     check_same_split(data, runs)
     if accelerator.num_processes > 1:
-        raise KdistillError("compare times each model on one device; run it as a plain command, "
-                            "not under accelerate launch")  # fmt: skip
+        raise KdistillError(
+            "compare times each model on one device; run it as a plain command, "
+            "not under accelerate launch"
+        )
     if config.split not in data.splits:
         other = "validation" if config.split == "test" else "test"
-        raise KdistillError(f"--split {config.split}: {data.name} has no {config.split} split "
-                            f"(it has {', '.join(data.splits)}); pass --split {other}")  # fmt: skip
+        raise KdistillError(
+            f"--split {config.split}: {data.name} has no {config.split} split "
+            f"(it has {', '.join(data.splits)}); pass --split {other}"
+        )
     for c in candidates:
         check_labels(c, data.label_names)
     if config.split == "validation" and any(c.run_dir for c in candidates):
-        logger.warning("--split validation: distill chose each run's best epoch on validation, "
-                       "so the students' scores here are slightly optimistic; prefer a test "
-                       "split")  # fmt: skip
+        logger.warning(
+            "--split validation: distill chose each run's best epoch on validation, "
+            "so the students' scores here are slightly optimistic; prefer a test "
+            "split"
+        )
     rows = subsample(data.splits[config.split], config.max_samples, config.seed, "--max-samples")
     labels = torch.tensor(list(rows["label"]))
     # Every model in the same precision, so speed differences are the models', not the dtype's.
     dtype, dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
-    logger.info("comparing on %s/%s: %d rows, %d classes; %s, weights %s, mixed precision %s",
-                data.name, config.split, len(rows), data.num_labels, accelerator.device,
-                dtype_name, precision)  # fmt: skip
+    logger.info(
+        "comparing on %s/%s: %d rows, %d classes; %s, weights %s, mixed precision %s",
+        data.name,
+        config.split,
+        len(rows),
+        data.num_labels,
+        accelerator.device,
+        dtype_name,
+        precision,
+    )
 
     total = 1 + len(candidates)
     logger.info("[1/%d] teacher %s", total, teacher_model)
@@ -529,21 +572,31 @@ def compare(config: CompareConfig) -> Path:
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now().isoformat(timespec="seconds"),
-        "dataset": {"name": data.name, "source": data.source, "split": config.split,
-                    "rows": len(rows), "label_names": data.label_names,
-                    "class_counts": counts},  # fmt: skip
+        "dataset": {
+            "name": data.name,
+            "source": data.source,
+            "split": config.split,
+            "rows": len(rows),
+            "label_names": data.label_names,
+            "class_counts": counts,
+        },
         "device": str(accelerator.device),
         "mixed_precision": precision,
         "versions": library_versions(),
         "config": config.to_dict(),
-        "speed_settings": {"latency_rows": min(config.latency_rows, len(rows)),
-                           "throughput_batch_size": min(config.throughput_batch_size, len(rows)),
-                           "repeats": config.repeats, "max_length": config.max_length,
-                           "threads": torch.get_num_threads(),
-                           "timing": "interleaved: each repeat times every model in turn "
-                           "(ABBA order); medians with their interquartile range"},
+        "speed_settings": {
+            "latency_rows": min(config.latency_rows, len(rows)),
+            "throughput_batch_size": min(config.throughput_batch_size, len(rows)),
+            "repeats": config.repeats,
+            "max_length": config.max_length,
+            "threads": torch.get_num_threads(),
+            "timing": "interleaved: each repeat times every model in turn "
+            "(ABBA order); medians with their interquartile range",
+        },
         "intervals": {
-            "confidence": 0.95, "resamples": config.bootstrap_resamples, "seed": config.seed,
+            "confidence": 0.95,
+            "resamples": config.bootstrap_resamples,
+            "seed": config.seed,
             "method": "percentile bootstrap over the split's rows; every model is scored on the "
             "same resamples, so each distillation gain's interval is paired",
         },
@@ -552,7 +605,7 @@ def compare(config: CompareConfig) -> Path:
         "models": models,
         "distillation_gain": distillation_gain(models, boot),
         "files": FILES,
-    }  # fmt: skip
+    }
 
     final, partial = new_run_dir(Path(config.output_dir), f"{data.name}_{config.split}", started)
     atomic_write_json(partial / FILES["json"], results)
@@ -564,12 +617,18 @@ def compare(config: CompareConfig) -> Path:
             figures[f"Training curves: {m['name']}"] = curves
     write_html_report(results, partial / FILES["html"], figures)
     finish_run_dir(partial, final)
-    from kdistill.model_card import add_comparison_to_cards
+    from kdistill.shipping.model_card import add_comparison_to_cards
 
     add_comparison_to_cards(results)  # the students' cards gain test metrics, speed and size
-    logger.info("results on %s/%s (%d rows, %s):\n%s\nreport: %s", data.name, config.split,
-                len(rows), accelerator.device, format_summary(results),
-                final / FILES["html"])  # fmt: skip
+    logger.info(
+        "results on %s/%s (%d rows, %s):\n%s\nreport: %s",
+        data.name,
+        config.split,
+        len(rows),
+        accelerator.device,
+        format_summary(results),
+        final / FILES["html"],
+    )
     return final
 
 

@@ -61,11 +61,14 @@ def _check_folder_name(value: str | None, flag: str, parent_flag: str) -> None:
     if value is None:
         return
     _check(
-        bool(value.strip()) and value not in (".", "..") and "/" not in value
-        and "\\" not in value and "\0" not in value,
+        bool(value.strip())
+        and value not in (".", "..")
+        and "/" not in value
+        and "\\" not in value
+        and "\0" not in value,
         f"{flag} {value!r} must be a plain folder name (no '/', not '.' or '..'): it is created "
         f"inside {parent_flag}",
-    )  # fmt: skip
+    )
 
 
 def _check_validation_split(value: float) -> None:
@@ -459,8 +462,10 @@ class DistillConfig(TeacherOptions):
             f"--unlabeled-ratio must be in [0, 1) (got {self.unlabeled_ratio})",
         )
         if self.unlabeled_data is None:
-            for flag, value in (("--max-unlabeled-samples", self.max_unlabeled_samples),
-                                ("--unlabeled-ratio", self.unlabeled_ratio)):  # fmt: skip
+            for flag, value in (
+                ("--max-unlabeled-samples", self.max_unlabeled_samples),
+                ("--unlabeled-ratio", self.unlabeled_ratio),
+            ):
                 _check(value is None, f"{flag} needs --unlabeled-data (the unlabelled text)")
         if self.unlabeled_ratio:
             per_batch = round(self.unlabeled_ratio * self.batch_size)
@@ -535,9 +540,10 @@ class FinetuneConfig(LoadOptions):
         "auto", "auto: on for models over 100M parameters.", choices=["auto", "on", "off"]
     )
     mixed_precision: str = _opt(
-        "auto", "auto: bf16 where supported, fp16 on older GPUs, else no.",
+        "auto",
+        "auto: bf16 where supported, fp16 on older GPUs, else no.",
         choices=["auto", "no", "fp16", "bf16"],
-    )  # fmt: skip
+    )
     device: str = _opt(
         "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
     )
@@ -598,9 +604,10 @@ class EvalTeacherConfig(TeacherOptions):
         "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
     )
     mixed_precision: str = _opt(
-        "auto", "auto: bf16 where supported, fp16 on older GPUs, else no.",
+        "auto",
+        "auto: bf16 where supported, fp16 on older GPUs, else no.",
         choices=["auto", "no", "fp16", "bf16"],
-    )  # fmt: skip
+    )
     data_dir: str = _opt("data", "Where prepared data sets live.")
     text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
     label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
@@ -693,12 +700,18 @@ class SweepConfig(DistillConfig):
     def alpha_list(self) -> list[float]:
         return parse_floats(str(self.alpha), "--alpha")
 
-    def run_config(self, temperature: float, alpha: float, output_dir: str | None = None,
-                   seed: int | None = None) -> DistillConfig:  # fmt: skip
+    def run_config(
+        self,
+        temperature: float,
+        alpha: float,
+        output_dir: str | None = None,
+        seed: int | None = None,
+    ) -> DistillConfig:
         """The distill config of one grid point."""
         values = {f.name: getattr(self, f.name) for f in fields(DistillConfig)}
-        values.update(temperature=temperature, alpha=alpha,
-                      output_dir=output_dir or self.output_dir)  # fmt: skip
+        values.update(
+            temperature=temperature, alpha=alpha, output_dir=output_dir or self.output_dir
+        )
         if seed is not None:  # one run of --seeds: it is the run --seed <seed> makes
             values.update(seed=seed, seeds=None)
         return DistillConfig(**values)
@@ -731,9 +744,10 @@ class CompareConfig(TeacherOptions):
     )
     dataset: str = _opt("dbpedia", "Prepared data, or anything prepare-data accepts.")
     split: str = _opt(
-        "test", "Split to compare on (use validation when the data set has no test split).",
+        "test",
+        "Split to compare on (use validation when the data set has no test split).",
         choices=["test", "validation"],
-    )  # fmt: skip
+    )
     max_samples: int | None = _opt(None, "Stratified subsample of the split (keeps proportions).")
     max_length: int = _opt(128, "Maximum tokens per text.")
     batch_size: int = _opt(64, "Batch size for scoring the split.")
@@ -756,9 +770,10 @@ class CompareConfig(TeacherOptions):
         "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
     )
     mixed_precision: str = _opt(
-        "auto", "auto: bf16 where supported, fp16 on older GPUs, else no.",
+        "auto",
+        "auto: bf16 where supported, fp16 on older GPUs, else no.",
         choices=["auto", "no", "fp16", "bf16"],
-    )  # fmt: skip
+    )
     data_dir: str = _opt("data", "Where prepared data sets live.")
     text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
     label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
@@ -769,10 +784,12 @@ class CompareConfig(TeacherOptions):
         self._check_teacher()
         _check(bool(self.student_paths()), "pass --student-model (or --students): what to compare")
         _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
-        for flag, value in (("--batch-size", self.batch_size),
-                            ("--latency-rows", self.latency_rows),
-                            ("--throughput-batch-size", self.throughput_batch_size),
-                            ("--repeats", self.repeats)):  # fmt: skip
+        for flag, value in (
+            ("--batch-size", self.batch_size),
+            ("--latency-rows", self.latency_rows),
+            ("--throughput-batch-size", self.throughput_batch_size),
+            ("--repeats", self.repeats),
+        ):
             _check(value >= 1, f"{flag} must be >= 1 (got {value})")
         _check(
             self.max_samples is None or self.max_samples >= 1,
@@ -802,9 +819,21 @@ class RunsConfig:
     sort_by: str = _opt(
         "started",
         "Column to sort by.",
-        choices=["started", "name", "status", "dataset", "teacher", "student", "temperature",
-                 "alpha", "best_val_accuracy", "best_epoch", "duration_s", "path"],
-    )  # fmt: skip
+        choices=[
+            "started",
+            "name",
+            "status",
+            "dataset",
+            "teacher",
+            "student",
+            "temperature",
+            "alpha",
+            "best_val_accuracy",
+            "best_epoch",
+            "duration_s",
+            "path",
+        ],
+    )
     reverse: bool = _opt(False, "Sort in descending order.")
     json: bool = _opt(False, "Print JSON (one object per run) instead of a table.")
 
@@ -838,9 +867,10 @@ class PredictConfig:
         "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
     )
     mixed_precision: str = _opt(
-        "auto", "auto: bf16 where supported, fp16 on older GPUs, else no (ONNX: always fp32).",
+        "auto",
+        "auto: bf16 where supported, fp16 on older GPUs, else no (ONNX: always fp32).",
         choices=["auto", "no", "fp16", "bf16"],
-    )  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "--model: pass the model folder to predict with")
@@ -911,10 +941,12 @@ class ExportConfig:
             0.0 <= self.min_agreement <= 1.0,
             f"--min-agreement must be in [0, 1] (got {self.min_agreement})",
         )
-        for flag, value in (("--max-samples", self.max_samples),
-                            ("--batch-size", self.batch_size),
-                            ("--latency-rows", self.latency_rows),
-                            ("--repeats", self.repeats)):  # fmt: skip
+        for flag, value in (
+            ("--max-samples", self.max_samples),
+            ("--batch-size", self.batch_size),
+            ("--latency-rows", self.latency_rows),
+            ("--repeats", self.repeats),
+        ):
             _check(value >= 1, f"{flag} must be >= 1 (got {value})")
         _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
         _check(self.opset >= 14, f"--opset must be >= 14 (got {self.opset})")

@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill import __version__
-from kdistill.checkpoint import (
+from kdistill.config import DistillConfig
+from kdistill.errors import KdistillError, RunStopped
+from kdistill.training.checkpoint import (
     CHECKPOINTS,
     GracefulStop,
     check_same_run,
@@ -48,10 +50,8 @@ from kdistill.checkpoint import (
     resume_dir,
     save_checkpoint,
 )
-from kdistill.config import DistillConfig
-from kdistill.errors import KdistillError, RunStopped
-from kdistill.losses import KDLoss, kd_loss
-from kdistill.runs import (
+from kdistill.training.losses import KDLoss, kd_loss
+from kdistill.training.runs import (
     PARTIAL_SUFFIX,
     atomic_dir,
     atomic_write_json,
@@ -68,8 +68,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from kdistill.config import EvalTeacherConfig, FinetuneConfig
-    from kdistill.data import LabelledData
-    from kdistill.teachers import Teacher
+    from kdistill.data.prepare import LabelledData
+    from kdistill.teachers.classifier import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +148,11 @@ def make_accelerator(
     )
 
 
-TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",),
-                    "mlflow": ("mlflow",)}  # fmt: skip
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+}
 
 
 def check_tracker(report_to: str) -> None:
@@ -160,21 +163,30 @@ def check_tracker(report_to: str) -> None:
         return
     package = TRACKER_PACKAGES[report_to][0]
     if not any(importlib.util.find_spec(p) for p in TRACKER_PACKAGES[report_to]):
-        raise KdistillError(f"--report-to {report_to}: the {package} package is not installed; "
-                            f"pip install {package} (or pass --report-to none)")  # fmt: skip
+        raise KdistillError(
+            f"--report-to {report_to}: the {package} package is not installed; "
+            f"pip install {package} (or pass --report-to none)"
+        )
 
 
-def start_tracking(accelerator: Accelerator, report_to: str, run_dir: Path, run_name: str,
-                   config: dict[str, Any]) -> None:  # fmt: skip
+def start_tracking(
+    accelerator: Accelerator, report_to: str, run_dir: Path, run_name: str, config: dict[str, Any]
+) -> None:
     """Start the Accelerate tracker: file-based ones (TensorBoard) write into <run>/logs/, so the
     event files move with the run directory; hyperparameters are the config's scalar fields."""
     if report_to == "none":
         return
     accelerator.project_configuration.logging_dir = str(run_dir / "logs")
-    hparams = {k: ("none" if v is None else v) for k, v in config.items()
-               if v is None or isinstance(v, (bool, int, float, str))}  # fmt: skip
-    accelerator.init_trackers("kdistill", config=hparams, init_kwargs={
-        "wandb": {"name": run_name}, "mlflow": {"run_name": run_name}})  # fmt: skip
+    hparams = {
+        k: ("none" if v is None else v)
+        for k, v in config.items()
+        if v is None or isinstance(v, (bool, int, float, str))
+    }
+    accelerator.init_trackers(
+        "kdistill",
+        config=hparams,
+        init_kwargs={"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}},
+    )
 
 
 # --------------------------------------------------------------------------- training
@@ -249,8 +261,14 @@ class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
     then hands each process whole batches, so a batch's mix is kept.
     """
 
-    def __init__(self, labeled: int, unlabeled: int, batch_size: int, ratio: float | None,
-                 generator: torch.Generator) -> None:  # fmt: skip
+    def __init__(
+        self,
+        labeled: int,
+        unlabeled: int,
+        batch_size: int,
+        ratio: float | None,
+        generator: torch.Generator,
+    ) -> None:
         self.labeled, self.unlabeled = labeled, unlabeled
         self.batch_size = batch_size  # read by Accelerate's sharding
         self.ratio = ratio
@@ -293,8 +311,9 @@ class MixedBatchSampler(torch.utils.data.Sampler[list[int]]):
         for b in range(len(self)):
             rows = labeled[b * per_l : (b + 1) * per_l]
             # A short last batch keeps the ratio.
-            yield rows + self._draw_unlabeled(per_u if len(rows) == per_l
-                                              else round(len(rows) * per_u / per_l))  # fmt: skip
+            yield rows + self._draw_unlabeled(
+                per_u if len(rows) == per_l else round(len(rows) * per_u / per_l)
+            )
 
 
 def make_loaders(
@@ -322,7 +341,7 @@ def make_loaders(
     """
     from torch.utils.data import DataLoader
 
-    from kdistill.data import PairCollator, tokenize
+    from kdistill.data.prepare import PairCollator, tokenize
 
     with accelerator.main_process_first():
         encoders = {**tokenizers, **(encoders or {})}
@@ -339,12 +358,17 @@ def make_loaders(
     # at the start of the epoch and replays the order exactly.
     if unlabeled_rows:
         ratio = getattr(config, "unlabeled_ratio", None)
-        batching = {"batch_sampler": MixedBatchSampler(
-            len(train_tok) - unlabeled_rows, unlabeled_rows, config.batch_size, ratio, generator
-        ), "generator": generator}  # fmt: skip
+        batching = {
+            "batch_sampler": MixedBatchSampler(
+                len(train_tok) - unlabeled_rows, unlabeled_rows, config.batch_size, ratio, generator
+            ),
+            "generator": generator,
+        }
     elif getattr(config, "group_by_length", False):
-        lengths = [len(ids) for ids in train_tok.select_columns(["student_input_ids"])[:][
-            "student_input_ids"]]  # fmt: skip
+        lengths = [
+            len(ids)
+            for ids in train_tok.select_columns(["student_input_ids"])[:]["student_input_ids"]
+        ]
         batching = {
             "batch_size": config.batch_size,
             "sampler": ShuffledLengthGroupedSampler(config.batch_size, lengths, generator),
@@ -356,8 +380,12 @@ def make_loaders(
         train_tok.with_format(columns=keep), collate_fn=PairCollator(train_tokenizers), **batching
     )
     eval_bs = config.eval_batch_size or config.batch_size * 4
-    val_loader = DataLoader(val_tok.with_format(columns=keep), batch_size=eval_bs, shuffle=False,
-                            collate_fn=PairCollator(tokenizers))  # fmt: skip
+    val_loader = DataLoader(
+        val_tok.with_format(columns=keep),
+        batch_size=eval_bs,
+        shuffle=False,
+        collate_fn=PairCollator(tokenizers),
+    )
     return train_loader, val_loader, train_tok
 
 
@@ -392,7 +420,7 @@ def near_memory_limit(model: torch.nn.Module, device: str) -> bool:
 
 def apply_gradient_checkpointing(model: PreTrainedModel, setting: str, device: str = "cpu") -> bool:
     """auto: on above CHECKPOINTING_MIN_PARAMS parameters or near the device's memory limit."""
-    from kdistill.models import count_parameters
+    from kdistill.students.load import count_parameters
 
     on = setting == "on" or (
         setting == "auto"
@@ -425,24 +453,31 @@ class EpochProgress:
     sums: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(
             ("loss", "kl", "ce", "labeled_loss", "unlabeled_loss"), 0.0
-        )  # fmt: skip
+        )
     )
     counts: dict[str, int] = field(default_factory=lambda: {"labeled": 0, "unlabeled": 0})
     elapsed_s: float = 0.0
 
     def totals(self, accelerator: Accelerator) -> EpochProgress:
         """Sums and counts over every process (every process must call this)."""
-        local = torch.tensor([*self.sums.values(), *self.counts.values()],
-                             dtype=torch.float32 if accelerator.device.type == "mps"
-                             else torch.float64, device=accelerator.device)  # fmt: skip
+        local = torch.tensor(
+            [*self.sums.values(), *self.counts.values()],
+            dtype=torch.float32 if accelerator.device.type == "mps" else torch.float64,
+            device=accelerator.device,
+        )
         values = accelerator.reduce(local, "sum").tolist()
         sums = dict(zip(self.sums, values[: len(self.sums)], strict=True))
         counts = {k: int(v) for k, v in zip(self.counts, values[len(self.sums) :], strict=True)}
         return EpochProgress(self.step, sums, counts, self.elapsed_s)
 
 
-def check_finite(loss: torch.Tensor, accelerator: Accelerator, optimizer: torch.optim.Optimizer,
-                 desc: str, step: int) -> None:  # fmt: skip
+def check_finite(
+    loss: torch.Tensor,
+    accelerator: Accelerator,
+    optimizer: torch.optim.Optimizer,
+    desc: str,
+    step: int,
+) -> None:
     """Stop on a NaN or inf loss, naming the step and the likely cause. Every process learns of
     a bad loss on any of them, so none is left waiting in the backward pass's all-reduce."""
     bad = ~torch.isfinite(loss.detach())
@@ -452,12 +487,16 @@ def check_finite(loss: torch.Tensor, accelerator: Accelerator, optimizer: torch.
         return
     lr = optimizer.param_groups[0]["lr"]
     if accelerator.mixed_precision == "fp16":
-        cause = ("fp16 overflow is the likely cause: use --mixed-precision bf16 or no, or lower "
-                 f"--learning-rate (now {lr:.3g})")  # fmt: skip
+        cause = (
+            "fp16 overflow is the likely cause: use --mixed-precision bf16 or no, or lower "
+            f"--learning-rate (now {lr:.3g})"
+        )
     else:
         cause = f"the learning rate is the likely cause: lower --learning-rate (now {lr:.3g})"
-    raise KdistillError(f"{desc}: the loss became {loss.item()} at step {step} (batch {step + 1} "
-                        f"of the epoch); {cause}")  # fmt: skip
+    raise KdistillError(
+        f"{desc}: the loss became {loss.item()} at step {step} (batch {step + 1} "
+        f"of the epoch); {cause}"
+    )
 
 
 def train_one_epoch(
@@ -492,8 +531,14 @@ def train_one_epoch(
     total = len(loader)
     if progress.step:
         loader = accelerator.skip_first_batches(loader, progress.step)
-    bar = tqdm(loader, desc=desc, disable=not accelerator.is_main_process, dynamic_ncols=True,
-               initial=progress.step, total=total)  # fmt: skip
+    bar = tqdm(
+        loader,
+        desc=desc,
+        disable=not accelerator.is_main_process,
+        dynamic_ncols=True,
+        initial=progress.step,
+        total=total,
+    )
     for step, batch in enumerate(bar, start=progress.step):
         with accelerator.accumulate(student):
             student_logits = student(**student_inputs(batch)).logits  # (batch, num_labels)
@@ -516,8 +561,9 @@ def train_one_epoch(
         counts["labeled"] += n_l
         counts["unlabeled"] += n_u
         # One device sync for the five numbers.
-        values = torch.stack([loss.detach(), parts.kl, parts.ce, parts.labeled_loss,
-                              parts.unlabeled_loss]).tolist()  # fmt: skip
+        values = torch.stack(
+            [loss.detach(), parts.kl, parts.ce, parts.labeled_loss, parts.unlabeled_loss]
+        ).tolist()
         weights = (n_l + n_u, n_l + n_u, n_l, n_l, n_u)
         for key, value, rows in zip(sums, values, weights, strict=True):
             sums[key] += value * rows
@@ -594,7 +640,7 @@ def failure_recorded(
 def save_training_curves(history: dict[str, Any], path: Path) -> None:
     """The curves are a view of history.json: failing to draw them must not fail a run whose
     models are saved, so a plotting error is a warning."""
-    from kdistill.report import plot_training_curves
+    from kdistill.evaluation.report import plot_training_curves
 
     try:
         plot_training_curves(history, path)
@@ -672,8 +718,10 @@ def loss_parts(stats: dict[str, Any]) -> str:
     if stats["train_ce"] is not None:
         parts.append(f"CE {stats['train_ce']:.4f}")
     if stats["train_unlabeled_samples"] and stats["train_labeled_samples"]:
-        parts.append(f"labelled rows {stats['train_loss_labeled']:.4f}, unlabelled rows "
-                     f"{stats['train_loss_unlabeled']:.4f}")  # fmt: skip
+        parts.append(
+            f"labelled rows {stats['train_loss_labeled']:.4f}, unlabelled rows "
+            f"{stats['train_loss_unlabeled']:.4f}"
+        )
     return ", ".join(parts)
 
 
@@ -706,15 +754,18 @@ def warn_unlabeled_overlap(unlabeled: Dataset, data: LabelledData) -> None:
             if shared:
                 logger.warning(
                     "%d --unlabeled-data texts are also in %s: the student learns the teacher's "
-                    "answers on rows it is measured on", shared, split,
-                )  # fmt: skip
+                    "answers on rows it is measured on",
+                    shared,
+                    split,
+                )
 
 
 # --------------------------------------------------------------------------- resuming
 
 
-def open_run_dir(config: DistillConfig, name: str, accelerator: Accelerator
-                 ) -> tuple[Path, Path, Path | None]:  # fmt: skip
+def open_run_dir(
+    config: DistillConfig, name: str, accelerator: Accelerator
+) -> tuple[Path, Path, Path | None]:
     """(final, partial, checkpoint): a new run directory, or with --resume/--resume-from the
     unfinished one to continue and its latest checkpoint. The main process decides; the others
     are told, since they write their part of each checkpoint there too."""
@@ -745,20 +796,24 @@ def note_resume(run_dir: Path, checkpoint: Path) -> None:
     path = run_dir / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["process"] = {"pid": os.getpid(), "host": socket.gethostname()}
-    config.setdefault("resumed", []).append({
-        "at": datetime.now().isoformat(timespec="seconds"), "checkpoint": checkpoint.name,
-        "command": sys.argv,
-    })  # fmt: skip
+    config.setdefault("resumed", []).append(
+        {
+            "at": datetime.now().isoformat(timespec="seconds"),
+            "checkpoint": checkpoint.name,
+            "command": sys.argv,
+        }
+    )
     atomic_write_json(path, config)
 
 
 def digest_rows(ds: Dataset) -> str:
     """The training rows (texts and labels, in order): a resume must train on the same ones."""
-    from kdistill.cache import texts_digest
+    from kdistill.teachers.cache import texts_digest
 
     rows = ds.select_columns(["text", "label"])[:]
-    return texts_digest([f"{label}\t{text}" for text, label in zip(rows["text"], rows["label"],
-                                                                   strict=True)])  # fmt: skip
+    return texts_digest(
+        [f"{label}\t{text}" for text, label in zip(rows["text"], rows["label"], strict=True)]
+    )
 
 
 def _mixed_sampler(loader: Any) -> MixedBatchSampler | None:
@@ -772,8 +827,10 @@ def sampler_state(loader: DataLoader) -> dict[str, Any]:
     """The training order's state: the loader's generator and the unlabelled rows a
     MixedBatchSampler has not drawn yet."""
     mixed = _mixed_sampler(loader)
-    return {"generator": encode_generator(loader.generator),
-            "pool": list(mixed._pool) if mixed is not None else None}  # fmt: skip
+    return {
+        "generator": encode_generator(loader.generator),
+        "pool": list(mixed._pool) if mixed is not None else None,
+    }
 
 
 def restore_sampler(loader: DataLoader, saved: dict[str, Any]) -> None:
@@ -795,8 +852,10 @@ def resumed_progress(saved: dict[str, Any], accelerator: Accelerator) -> EpochPr
 
 def weights_finite(model: torch.nn.Module, accelerator: Accelerator) -> bool:
     """Whether every weight is a number, on every process (FSDP and ZeRO-3 hold shards)."""
-    bad = torch.tensor([float(not all(bool(torch.isfinite(p).all()) for p in model.parameters()))],
-                       device=accelerator.device)  # fmt: skip
+    bad = torch.tensor(
+        [float(not all(bool(torch.isfinite(p).all()) for p in model.parameters()))],
+        device=accelerator.device,
+    )
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, "sum")
     return bad.item() == 0
@@ -812,8 +871,8 @@ CE_LOSS = "CE(s, label), mean over the labelled rows (alpha 0: no teacher on any
 def teacher_record(config: DistillConfig, teacher: Teacher | None, dtype: str) -> dict[str, Any]:
     """config.json's teacher block; with no teacher (alpha 0) the same keys, None, and used
     false, so everything that parses a run's config reads it the same way."""
-    from kdistill.models import count_parameters
-    from kdistill.prompt_teacher import few_shot_record
+    from kdistill.students.load import count_parameters
+    from kdistill.teachers.prompt import few_shot_record
 
     if teacher is None:
         return {
@@ -867,34 +926,48 @@ def start_command(
     # Trainer's utilities (2.5 s of every command's start-up).
     from accelerate.utils import set_seed
 
-    from kdistill.data import load_for_training
-    from kdistill.models import quiet_transformers, set_load_policy
+    from kdistill.data.prepare import load_for_training
+    from kdistill.students.load import quiet_transformers, set_load_policy
 
     quiet_transformers()
     # Safetensors only and no model code unless the flags ask: every load below reads this.
     set_load_policy(config.allow_pickle, config.trust_remote_code)
     device = pick_device(config.device)
     precision = pick_mixed_precision(config.mixed_precision, device)
-    accelerator = make_accelerator(device, precision, accumulation,
-                                   getattr(config, "report_to", "none"))  # fmt: skip
+    accelerator = make_accelerator(
+        device, precision, accumulation, getattr(config, "report_to", "none")
+    )
     set_seed(config.seed)
     # The data set's class names are the label space.
-    data = load_for_training(config.dataset, config.data_dir, config.text_column,
-                             config.label_column, config.validation_split, config.seed)  # fmt: skip
+    data = load_for_training(
+        config.dataset,
+        config.data_dir,
+        config.text_column,
+        config.label_column,
+        config.validation_split,
+        config.seed,
+    )
     return device, precision, accelerator, data
 
 
 def setup_run(config: DistillConfig | FinetuneConfig) -> RunSetup:
-    from kdistill.data import subsample
+    from kdistill.data.prepare import subsample
 
     check_tracker(getattr(config, "report_to", "none"))
     device, precision, accelerator, data = start_command(config, config.gradient_accumulation_steps)
-    train = subsample(data.splits["train"], config.max_train_samples, config.seed,
-                      "--max-train-samples")  # fmt: skip
-    val = subsample(data.splits["validation"], config.max_val_samples, config.seed,
-                    "--max-val-samples")  # fmt: skip
-    logger.info("%s: %d classes, %d train rows, %d validation rows", data.name, data.num_labels,
-                len(train), len(val))  # fmt: skip
+    train = subsample(
+        data.splits["train"], config.max_train_samples, config.seed, "--max-train-samples"
+    )
+    val = subsample(
+        data.splits["validation"], config.max_val_samples, config.seed, "--max-val-samples"
+    )
+    logger.info(
+        "%s: %d classes, %d train rows, %d validation rows",
+        data.name,
+        data.num_labels,
+        len(train),
+        len(val),
+    )
     return RunSetup(device, precision, accelerator, data, train, val)
 
 
@@ -915,10 +988,10 @@ def distill(config: DistillConfig) -> Path:
 def _distill(config: DistillConfig, created: list[Path]) -> Path:
     from accelerate.utils import set_seed
 
-    from kdistill.data import load_unlabeled, split_record, with_unlabeled
-    from kdistill.evaluate import evaluate
-    from kdistill.models import count_parameters, load_student
-    from kdistill.teachers import load_teacher
+    from kdistill.data.prepare import load_unlabeled, split_record, with_unlabeled
+    from kdistill.evaluation.metrics import evaluate
+    from kdistill.students.load import count_parameters, load_student
+    from kdistill.teachers.classifier import load_teacher
 
     run = setup_run(config)
     device, precision, accelerator = run.device, run.precision, run.accelerator
@@ -935,8 +1008,12 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             "labels and nothing to learn from, so they are not used"
         )
     elif config.unlabeled_data:
-        unlabeled = load_unlabeled(config.unlabeled_data, config.unlabeled_text_column,
-                                   config.max_unlabeled_samples, config.seed)  # fmt: skip
+        unlabeled = load_unlabeled(
+            config.unlabeled_data,
+            config.unlabeled_text_column,
+            config.max_unlabeled_samples,
+            config.seed,
+        )
         warn_unlabeled_overlap(unlabeled, data)
         logger.info("%s: %d unlabelled rows", config.unlabeled_data, len(unlabeled))
     n_unlabeled = len(unlabeled) if unlabeled is not None else 0
@@ -960,9 +1037,13 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             "--alpha 0: cross-entropy only; the teacher %s is not loaded", config.teacher_model
         )
     student, s_tok = load_student(
-        config.student_model, data.label_names, config.seed, config.student_tokenizer,
-        config.student_layers, config.student_num_layers,
-    )  # fmt: skip
+        config.student_model,
+        data.label_names,
+        config.seed,
+        config.student_tokenizer,
+        config.student_layers,
+        config.student_num_layers,
+    )
     n_student = count_parameters(student)
     checkpointing = apply_gradient_checkpointing(student, config.gradient_checkpointing, device)
 
@@ -970,14 +1051,20 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         student = torch.compile(student)
     cached = teacher is not None and config.teacher_cache != "off"
     if cached:
-        from kdistill.cache import teacher_logits_for
+        from kdistill.teachers.cache import teacher_logits_for
     tokenizers, encoders = {"student": s_tok}, None
     if teacher is not None:
         tokenizers["teacher"], encoders = teacher.tokenizer, {"teacher": teacher}
     train_loader, val_loader, train_tok = make_loaders(
-        with_unlabeled(train, unlabeled), val, tokenizers, config, accelerator,
-        ("student",) if cached else None, encoders, n_unlabeled,
-    )  # fmt: skip
+        with_unlabeled(train, unlabeled),
+        val,
+        tokenizers,
+        config,
+        accelerator,
+        ("student",) if cached else None,
+        encoders,
+        n_unlabeled,
+    )
     val_tok, eval_bs = val_loader.dataset, val_loader.batch_size
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
     scheduler, total_steps = make_scheduler(optimizer, len(train_loader), config)
@@ -1013,7 +1100,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                     config.unlabeled_ratio
                     if config.unlabeled_ratio is not None
                     else n_unlabeled / (len(train) + n_unlabeled)
-                ),  # fmt: skip
+                ),
             },
             "data": {
                 "name": data.name,
@@ -1046,18 +1133,25 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     # With a cache, the validation logits are cached too: a sweep evaluates the teacher once.
     teacher_metrics: dict[str, Any] | None = None  # None: no teacher (alpha 0)
     if cached:
-        from kdistill.evaluate import classification_metrics
+        from kdistill.evaluation.metrics import classification_metrics
 
         val_logits, _ = teacher_logits_for(
-            config.teacher_cache, teacher, val_tok, list(val["text"]), config, accelerator,
-            data.num_labels, t_dtype_name,
-        )  # fmt: skip
+            config.teacher_cache,
+            teacher,
+            val_tok,
+            list(val["text"]),
+            config,
+            accelerator,
+            data.num_labels,
+            t_dtype_name,
+        )
         teacher_metrics = classification_metrics(
             val_logits, torch.tensor(list(val["label"])), data.num_labels
         )
     elif teacher is not None:
-        teacher_metrics = evaluate(teacher.logits, val_loader, accelerator, data.num_labels,
-                                   "teacher eval")  # fmt: skip
+        teacher_metrics = evaluate(
+            teacher.logits, val_loader, accelerator, data.num_labels, "teacher eval"
+        )
     chance = chance_accuracy(list(val["label"]), data.num_labels)
     if teacher_metrics is not None:
         check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
@@ -1082,9 +1176,15 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     if cached:
         texts = list(train_tok.select_columns(["text"])[:]["text"])
         cache, history["teacher_cache"] = teacher_logits_for(
-            config.teacher_cache, teacher, train_tok, texts, config, accelerator,
-            data.num_labels, t_dtype_name,
-        )  # fmt: skip
+            config.teacher_cache,
+            teacher,
+            train_tok,
+            texts,
+            config,
+            accelerator,
+            data.num_labels,
+            t_dtype_name,
+        )
         cache = cache.to(accelerator.device)
         # Its logits are all the run needs from the teacher now: give its memory to the student.
         teacher.to(torch.device("cpu"))
@@ -1112,38 +1212,55 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     data_digest = digest_rows(train_tok)
     if checkpoint is not None:  # weights, optimizer, scheduler, RNG, and where the loop was
         saved = load_checkpoint(accelerator, checkpoint)
-        check_same_run(saved, accelerator.num_processes, data_digest,
-                       history["teacher_cache"].get("key"))  # fmt: skip
+        check_same_run(
+            saved, accelerator.num_processes, data_digest, history["teacher_cache"].get("key")
+        )
         first_epoch, run_start = saved["epoch"], run_start - saved["wall_time_s"]
-        state = TrainState(saved["history"]["epochs"], saved["best"]["epoch"],
-                           saved["best"]["val_accuracy"])  # fmt: skip
+        state = TrainState(
+            saved["history"]["epochs"], saved["best"]["epoch"], saved["best"]["val_accuracy"]
+        )
         history["epochs"], history["best"] = state.epochs, saved["best"]
         progress = resumed_progress(saved, accelerator)
         restore_sampler(train_loader, saved["sampler"])
         if accelerator.is_main_process:
             note_resume(partial_dir, checkpoint)
             atomic_write_json(partial_dir / "history.json", history)
-        logger.info("resumed from %s: epoch %d, %d batches done", checkpoint, first_epoch,
-                    progress.step)  # fmt: skip
+        logger.info(
+            "resumed from %s: epoch %d, %d batches done", checkpoint, first_epoch, progress.step
+        )
     stop = GracefulStop()
 
-    def save_checkpoint_at(epoch: int, progress: EpochProgress, sampler: dict[str, Any],
-                           lr: float) -> None:  # fmt: skip
+    def save_checkpoint_at(
+        epoch: int, progress: EpochProgress, sampler: dict[str, Any], lr: float
+    ) -> None:
         """Every process, at the same step. Weights gone NaN are never saved over a good one."""
         if not weights_finite(student, accelerator):
-            raise KdistillError(f"epoch {epoch}, step {progress.step}: the student's weights "
-                                "became NaN or inf; lower --learning-rate")  # fmt: skip
+            raise KdistillError(
+                f"epoch {epoch}, step {progress.step}: the student's weights "
+                "became NaN or inf; lower --learning-rate"
+            )
         totals = progress.totals(accelerator)
-        save_checkpoint(accelerator, partial_dir, {
-            "epoch": epoch, "step": progress.step,
-            "progress": {"sums": totals.sums, "counts": totals.counts,
-                         "elapsed_s": progress.elapsed_s},
-            "sampler": sampler, "learning_rate": lr, "history": {"epochs": state.epochs},
-            "best": {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy},
-            "wall_time_s": time.perf_counter() - run_start,
-            "num_processes": accelerator.num_processes, "data_digest": data_digest,
-            "teacher_cache_key": history["teacher_cache"].get("key"),
-        })  # fmt: skip
+        save_checkpoint(
+            accelerator,
+            partial_dir,
+            {
+                "epoch": epoch,
+                "step": progress.step,
+                "progress": {
+                    "sums": totals.sums,
+                    "counts": totals.counts,
+                    "elapsed_s": progress.elapsed_s,
+                },
+                "sampler": sampler,
+                "learning_rate": lr,
+                "history": {"epochs": state.epochs},
+                "best": {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy},
+                "wall_time_s": time.perf_counter() - run_start,
+                "num_processes": accelerator.num_processes,
+                "data_digest": data_digest,
+                "teacher_cache_key": history["teacher_cache"].get("key"),
+            },
+        )
 
     def stopped(where: str) -> RunStopped:
         return RunStopped(
@@ -1152,8 +1269,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             stop.exit_code,
         )
 
-    def after_step(epoch: int, sampler: dict[str, Any], lr: float, progress: EpochProgress
-                   ) -> None:  # fmt: skip
+    def after_step(epoch: int, sampler: dict[str, Any], lr: float, progress: EpochProgress) -> None:
         """Checkpoint every --save-steps batches, and stop when asked: both only where an
         optimiser step has just been taken (gradients mid-accumulation are not saved)."""
         if not accelerator.sync_gradients:
@@ -1172,14 +1288,27 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             lr = saved["learning_rate"] if progress else scheduler.get_last_lr()[0]
             sampler = sampler_state(train_loader)
             stats = train_one_epoch(
-                student, teacher_targets, train_loader, optimizer, scheduler, accelerator,
-                config.temperature, config.alpha, f"epoch {epoch}/{config.epochs}", progress,
+                student,
+                teacher_targets,
+                train_loader,
+                optimizer,
+                scheduler,
+                accelerator,
+                config.temperature,
+                config.alpha,
+                f"epoch {epoch}/{config.epochs}",
+                progress,
                 functools.partial(after_step, epoch, sampler, lr),
-            )  # fmt: skip
+            )
             progress = None
             student.eval()  # dropout off: the numbers must be the model's, not one noisy draw
-            metrics = evaluate(lambda b: student(**student_inputs(b)).logits, val_loader,
-                               accelerator, data.num_labels, "validation")  # fmt: skip
+            metrics = evaluate(
+                lambda b: student(**student_inputs(b)).logits,
+                val_loader,
+                accelerator,
+                data.num_labels,
+                "validation",
+            )
             record = {
                 "epoch": epoch,
                 **stats,
@@ -1191,27 +1320,38 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "wall_time_s": time.perf_counter() - run_start,
             }
             state.epochs.append(record)
-            logger.info("epoch %d: loss %.4f (%s), val acc %.4f, macro-F1 %.4f, %.1f samples/s",
-                        epoch, stats["train_loss"], loss_parts(stats), metrics["accuracy"],
-                        metrics["macro_f1"], stats["samples_per_second"])  # fmt: skip
+            logger.info(
+                "epoch %d: loss %.4f (%s), val acc %.4f, macro-F1 %.4f, %.1f samples/s",
+                epoch,
+                stats["train_loss"],
+                loss_parts(stats),
+                metrics["accuracy"],
+                metrics["macro_f1"],
+                stats["samples_per_second"],
+            )
             if not math.isfinite(metrics["loss"]):  # never a best model from broken weights
-                raise KdistillError(f"epoch {epoch}: the validation loss is {metrics['loss']}; "
-                                    "lower --learning-rate")  # fmt: skip
+                raise KdistillError(
+                    f"epoch {epoch}: the validation loss is {metrics['loss']}; "
+                    "lower --learning-rate"
+                )
             if metrics["accuracy"] > state.best_accuracy:
                 state.best_accuracy, state.best_epoch = metrics["accuracy"], epoch
                 save_model(partial_dir / "best_model", student, s_tok, accelerator)
             history["epochs"] = state.epochs
             history["best"] = {"epoch": state.best_epoch, "val_accuracy": state.best_accuracy}
             logged = {
-                "train/loss": stats["train_loss"], "train/kl": stats["train_kl"],
+                "train/loss": stats["train_loss"],
+                "train/kl": stats["train_kl"],
                 "train/ce": stats["train_ce"],
                 "train/loss_labeled": stats["train_loss_labeled"],
                 "train/loss_unlabeled": stats["train_loss_unlabeled"],
                 "train/samples_per_second": stats["samples_per_second"],
-                "val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"],
-                "val/macro_f1": metrics["macro_f1"], "learning_rate": lr,
+                "val/loss": metrics["loss"],
+                "val/accuracy": metrics["accuracy"],
+                "val/macro_f1": metrics["macro_f1"],
+                "learning_rate": lr,
                 "teacher/val_accuracy": metric("accuracy"),
-            }  # fmt: skip
+            }
             accelerator.log({k: v for k, v in logged.items() if v is not None}, step=epoch)
             if accelerator.is_main_process:
                 atomic_write_json(partial_dir / "history.json", history)
@@ -1219,8 +1359,12 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             # the last epoch only when stopping: the final model is moments away).
             stopping = stop.requested(accelerator)
             if epoch < config.epochs or stopping:
-                save_checkpoint_at(epoch + 1, EpochProgress(), sampler_state(train_loader),
-                                   scheduler.get_last_lr()[0])  # fmt: skip
+                save_checkpoint_at(
+                    epoch + 1,
+                    EpochProgress(),
+                    sampler_state(train_loader),
+                    scheduler.get_last_lr()[0],
+                )
             if stopping:
                 raise stopped(f"after epoch {epoch}")
 
@@ -1231,7 +1375,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         history["completed"] = datetime.now().isoformat(timespec="seconds")
         atomic_write_json(partial_dir / "history.json", history)
         save_training_curves(history, partial_dir / "training_curves.png")
-        from kdistill.model_card import write_run_cards
+        from kdistill.shipping.model_card import write_run_cards
 
         write_run_cards(partial_dir, config.push_to_hub)  # README.md in each model folder
     accelerator.end_training()  # closes the trackers' files before the folder is renamed
@@ -1255,7 +1399,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             final_dir,
         )
         if config.push_to_hub:  # after the rename: a failed upload leaves a complete run
-            from kdistill.publish import push_folder
+            from kdistill.shipping.publish import push_folder
 
             push_folder(final_dir / "best_model", config.push_to_hub, not config.hub_public)
     return final_dir

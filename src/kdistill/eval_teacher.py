@@ -17,7 +17,7 @@ from typing import Any
 
 from kdistill.config import EvalTeacherConfig
 from kdistill.errors import KdistillError
-from kdistill.runs import atomic_write_json
+from kdistill.training.runs import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +26,18 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     """Returns the report (also written to --output when given)."""
     import torch
 
-    from kdistill.cache import compute_teacher_logits
-    from kdistill.data import subsample, tokenize
+    from kdistill.data.prepare import subsample, tokenize
     from kdistill.distill import (
         chance_accuracy,
         library_versions,
         pick_teacher_dtype,
         start_command,
     )
-    from kdistill.evaluate import classification_metrics, per_class_accuracy, soft_target_stats
+    from kdistill.evaluation.metrics import (
+        classification_metrics,
+        per_class_accuracy,
+        soft_target_stats,
+    )
     from kdistill.from_run import (
         check_same_split,
         data_config,
@@ -42,8 +45,9 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         run_teacher,
         teacher_model_for,
     )
-    from kdistill.models import count_parameters
-    from kdistill.teachers import load_teacher
+    from kdistill.students.load import count_parameters
+    from kdistill.teachers.cache import compute_teacher_logits
+    from kdistill.teachers.classifier import load_teacher
 
     # A distill run as --teacher-model: its teacher, asked as it taught, on the run's split.
     run = run_of(config.teacher_model, "--teacher-model")
@@ -52,8 +56,10 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     _device, precision, accelerator, data = start_command(data_config(config, runs))
     check_same_split(data, runs)
     if config.split not in data.splits:
-        raise KdistillError(f"--split {config.split}: {data.name} has no such split (it has "
-                            f"{', '.join(data.splits)})")  # fmt: skip
+        raise KdistillError(
+            f"--split {config.split}: {data.name} has no such split (it has "
+            f"{', '.join(data.splits)})"
+        )
     rows = subsample(data.splits[config.split], config.max_samples, config.seed, "--max-samples")
     if len(rows) == 0:
         raise KdistillError(f"--split {config.split}: {data.name}'s {config.split} split is empty")
@@ -74,8 +80,9 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     encoded = tokenize(rows, {"teacher": teacher}, config.max_length)
-    logits = compute_teacher_logits(teacher, encoded, config.teacher_batch_size, accelerator,
-                                    data.num_labels)  # fmt: skip
+    logits = compute_teacher_logits(
+        teacher, encoded, config.teacher_batch_size, accelerator, data.num_labels
+    )
     elapsed = time.perf_counter() - start
     labels = torch.tensor(list(rows["label"]))
     metrics = classification_metrics(logits, labels, data.num_labels)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from kdistill.config import FinetuneConfig
 from kdistill.errors import KdistillError
-from kdistill.runs import atomic_dir, atomic_write_json
+from kdistill.training.runs import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
@@ -66,13 +66,23 @@ def apply_lora(model: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Modul
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = lora_targets(model, config.target_modules)
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=targets)  # fmt: skip
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+    )
     peft_model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
-    logger.info("LoRA r=%d on %s: %.2fM of %.1fM parameters trainable", config.lora_r,
-                ",".join(targets), trainable / 1e6, total / 1e6)  # fmt: skip
+    logger.info(
+        "LoRA r=%d on %s: %.2fM of %.1fM parameters trainable",
+        config.lora_r,
+        ",".join(targets),
+        trainable / 1e6,
+        total / 1e6,
+    )
     return peft_model
 
 
@@ -85,7 +95,7 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
 
 def finetune_teacher(config: FinetuneConfig) -> Path:
     """Returns the saved teacher folder (model, tokenizer, teacher_eval.json)."""
-    from kdistill.data import dataset_name
+    from kdistill.data.prepare import dataset_name
     from kdistill.distill import (
         apply_gradient_checkpointing,
         library_versions,
@@ -96,24 +106,31 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
         student_inputs,
         train_one_epoch,
     )
-    from kdistill.evaluate import calibration_report, classification_metrics, collect_logits
-    from kdistill.model_card import write_teacher_card
-    from kdistill.models import load_student
+    from kdistill.evaluation.metrics import (
+        calibration_report,
+        classification_metrics,
+        collect_logits,
+    )
+    from kdistill.shipping.model_card import write_teacher_card
+    from kdistill.students.load import load_student
 
     run = setup_run(config)
     device, precision, accelerator = run.device, run.precision, run.accelerator
     data, train, val = run.data, run.train, run.val
     if len(train) == 0:
-        raise KdistillError(f"--dataset {config.dataset} has no labelled training rows, and a "
-                            "teacher is fine-tuned on labels; prepare it with a --labeled-fraction "
-                            "above 0")  # fmt: skip
+        raise KdistillError(
+            f"--dataset {config.dataset} has no labelled training rows, and a "
+            "teacher is fine-tuned on labels; prepare it with a --labeled-fraction "
+            "above 0"
+        )
     model, tokenizer = load_student(config.model, data.label_names, config.seed)
     checkpointing = apply_gradient_checkpointing(model, config.gradient_checkpointing, device)
     if config.method == "lora":
         model = apply_lora(model, config)
     # The "student" prefix names the inputs of the model being trained.
-    train_loader, val_loader, _ = make_loaders(train, val, {"student": tokenizer}, config,
-                                               accelerator)  # fmt: skip
+    train_loader, val_loader, _ = make_loaders(
+        train, val, {"student": tokenizer}, config, accelerator
+    )
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler, _ = make_scheduler(optimizer, len(train_loader), config)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
@@ -123,19 +140,38 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     start = time.perf_counter()
     epochs = []
     for epoch in range(1, config.epochs + 1):
-        stats = train_one_epoch(model, None, train_loader, optimizer, scheduler, accelerator,
-                                1.0, 0.0, f"fine-tune {epoch}/{config.epochs}")  # fmt: skip
+        stats = train_one_epoch(
+            model,
+            None,
+            train_loader,
+            optimizer,
+            scheduler,
+            accelerator,
+            1.0,
+            0.0,
+            f"fine-tune {epoch}/{config.epochs}",
+        )
         model.eval()
         logits, labels = collect_logits(
             lambda b: model(**student_inputs(b)).logits, val_loader, accelerator, "validation"
         )
         metrics = classification_metrics(logits, labels, data.num_labels)
         epochs.append(
-            {"epoch": epoch, **stats, "val_accuracy": metrics["accuracy"],
-             "val_macro_f1": metrics["macro_f1"], "val_loss": metrics["loss"]}
-        )  # fmt: skip
-        logger.info("epoch %d: loss %.4f, val acc %.4f, macro-F1 %.4f", epoch,
-                    stats["train_loss"], metrics["accuracy"], metrics["macro_f1"])  # fmt: skip
+            {
+                "epoch": epoch,
+                **stats,
+                "val_accuracy": metrics["accuracy"],
+                "val_macro_f1": metrics["macro_f1"],
+                "val_loss": metrics["loss"],
+            }
+        )
+        logger.info(
+            "epoch %d: loss %.4f, val acc %.4f, macro-F1 %.4f",
+            epoch,
+            stats["train_loss"],
+            metrics["accuracy"],
+            metrics["macro_f1"],
+        )
 
     # How sure the teacher is when right decides what its soft targets teach: a flat softmax
     # at T=1 carries little beyond the argmax.
@@ -164,20 +200,24 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
                 "epochs": epochs,
                 "calibration": calibration,
                 "config": config.to_dict(),
-                "resolved": {"mixed_precision": precision, "device": str(accelerator.device),
-                             "gradient_checkpointing": checkpointing,
-                             "learning_rate": config.learning_rate},
+                "resolved": {
+                    "mixed_precision": precision,
+                    "device": str(accelerator.device),
+                    "gradient_checkpointing": checkpointing,
+                    "learning_rate": config.learning_rate,
+                },
                 "time_s": time.perf_counter() - start,
                 "versions": library_versions(),
                 "created": datetime.now().isoformat(timespec="seconds"),
-            }  # fmt: skip
+            }
             atomic_write_json(tmp / "teacher_eval.json", report)
             write_teacher_card(tmp, target, report, config.push_to_hub)
-        logger.info("teacher saved to %s (validation accuracy %.4f)", target,
-                    epochs[-1]["val_accuracy"])  # fmt: skip
+        logger.info(
+            "teacher saved to %s (validation accuracy %.4f)", target, epochs[-1]["val_accuracy"]
+        )
     accelerator.wait_for_everyone()
     if config.push_to_hub and accelerator.is_main_process:
-        from kdistill.publish import push_folder
+        from kdistill.shipping.publish import push_folder
 
         push_folder(target, config.push_to_hub, not config.hub_public, what="teacher")
     return target

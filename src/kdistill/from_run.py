@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
     from kdistill.config import TeacherOptions
-    from kdistill.data import LabelledData
+    from kdistill.data.prepare import LabelledData
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def run_of(path: str, flag: str) -> Run | None:
     a student may be evaluated as a teacher in its own right)."""
     import json
 
-    from kdistill.runs import is_run_config
+    from kdistill.training.runs import is_run_config
 
     try:
         config = json.loads((Path(path).expanduser() / "config.json").read_text(encoding="utf-8"))
@@ -162,7 +162,7 @@ def data_config(config: C, runs: list[Run]) -> C:
 def check_same_split(data: LabelledData, runs: list[Run]) -> None:
     """Refuse data whose train rows are not the run's: its validation and test rows could then
     be ones the student trained on (the data was prepared again, or is another file)."""
-    from kdistill.data import rows_digest
+    from kdistill.data.prepare import rows_digest
 
     digest = None
     for run in runs:
@@ -259,7 +259,7 @@ def run_shots(run: Run, label_names: list[str], train: Dataset) -> list[tuple[st
     """The few-shot examples the run's prompt teacher showed: as recorded in its config.json,
     or (runs from before they were recorded) picked again as distill picked them, from train
     after --max-train-samples with the run's seed."""
-    from kdistill.prompt_teacher import pick_few_shot, shots_from_record
+    from kdistill.teachers.prompt import pick_few_shot, shots_from_record
 
     k = int(run.config.get("few_shot") or 0)
     if (run.config.get("teacher") or {}).get("mode") != "prompt" or k == 0:
@@ -267,7 +267,7 @@ def run_shots(run: Run, label_names: list[str], train: Dataset) -> list[tuple[st
     record = (run.config.get("teacher") or {}).get("few_shot")
     if record:
         return shots_from_record(record, label_names, run.where)
-    from kdistill.data import subsample
+    from kdistill.data.prepare import subsample
 
     seed = int(run.config.get("seed", 42))
     rows = subsample(train, run.config.get("max_train_samples"), seed, "--max-train-samples")

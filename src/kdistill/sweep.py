@@ -4,7 +4,7 @@ The seed's advice is to "experiment with temperature (2.0-4.0) and alpha (0.5-0.
 a grid uses the same teacher on the same data, so the teacher's logits are computed once and read
 back from the disk cache (`--teacher-cache auto` becomes `disk`). With `--lockstep` (auto: where
 it fits in memory) the grid's students also train together, their weights stacked, one launch per
-operator for all of them (kdistill.lockstep); otherwise one point after another, each a distill
+operator for all of them (training.lockstep); otherwise one point after another, each a distill
 run. Either way each point gets the run folder distill would give it.
 
 `--seeds 1,2,3` repeats the grid once per seed (one more stacked axis in lockstep) and reports
@@ -29,7 +29,7 @@ from typing import Any
 
 from kdistill.config import DistillConfig, SweepConfig
 from kdistill.errors import KdistillError
-from kdistill.runs import atomic_write_json, finish_run_dir, format_float, new_run_dir
+from kdistill.training.runs import atomic_write_json, finish_run_dir, format_float, new_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def best_point(points: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def seed_summary(runs: list[dict[str, Any]], temperature: float, alpha: float) -> dict[str, Any]:
     """A point's seeds: mean and sample standard deviation of their best validation accuracy."""
-    from kdistill.lockstep import mean_std
+    from kdistill.training.lockstep import mean_std
 
     mine = [r for r in runs if (r["temperature"], r["alpha"]) == (temperature, alpha)]
     done = [r for r in mine if r["status"] == "completed"]
@@ -131,8 +131,8 @@ def peak_rss_mb() -> float:
 
 def sweep(config: SweepConfig) -> Path:
     """The sweep command. Returns the sweep directory."""
-    from kdistill.data import dataset_name
-    from kdistill.report import plot_sweep_heatmap
+    from kdistill.data.prepare import dataset_name
+    from kdistill.evaluation.report import plot_sweep_heatmap
 
     temperatures, alphas = config.temperature_list(), config.alpha_list()
     name = dataset_name(config.dataset)
@@ -247,7 +247,7 @@ class _Fallback(Exception):  # noqa: N818
 def lockstep_plan(config: SweepConfig, students: int) -> tuple[int | None, str | None]:
     """(students per lockstep group, None) or (None, why not): auto falls back with a warning,
     on raises where the options rule lockstep out, off trains in turn."""
-    from kdistill.lockstep import students_that_fit, unsupported_reason
+    from kdistill.training.lockstep import students_that_fit, unsupported_reason
 
     if config.lockstep == "off" or students < 2:
         return None, "--lockstep off" if config.lockstep == "off" else "a single student"
@@ -298,8 +298,8 @@ def train_lockstep(
     group_dir: Path,
     json_path: Path,
 ) -> None:
-    from kdistill.lockstep import CannotStack
-    from kdistill.lockstep_runs import train_group
+    from kdistill.training.lockstep import CannotStack
+    from kdistill.training.lockstep_runs import train_group
 
     logger.info(
         "== lockstep: %d students (%s)",
@@ -383,7 +383,7 @@ def distill_seeds(config: DistillConfig) -> Path:
     """`distill --seeds`: one run per seed of one (T, alpha), in one folder
     <output-dir>/<dataset>_T<T>_A<alpha>_seeds_<stamp>/ with seeds.json (each seed's best
     validation accuracy, their mean and standard deviation). Returns that folder."""
-    from kdistill.data import dataset_name
+    from kdistill.data.prepare import dataset_name
     from kdistill.distill import run_name
 
     values = {f.name: getattr(config, f.name) for f in fields(DistillConfig)}

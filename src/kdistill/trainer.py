@@ -32,8 +32,8 @@ from transformers import Trainer, TrainingArguments
 from kdistill.api import CACHE_MODES, DTYPES, MODES, Teacher, load_teacher
 from kdistill.api import teacher_logits as compute_teacher_logits
 from kdistill.errors import KdistillError
-from kdistill.losses import kd_loss
 from kdistill.trainer_run import save_trainer_run, student_label_names
+from kdistill.training.losses import kd_loss
 
 if TYPE_CHECKING:
     from datasets import Dataset

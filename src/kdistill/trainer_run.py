@@ -48,7 +48,7 @@ def validation_metrics(
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(student, teacher) accuracy, macro-F1 and loss on eval_dataset's labelled rows, measured
     now; None where there is no eval_dataset (or, for the teacher, no text or teacher)."""
-    from kdistill.evaluate import classification_metrics
+    from kdistill.evaluation.metrics import classification_metrics
 
     ds, args = trainer.eval_dataset, trainer.args
     if ds is None:
@@ -80,7 +80,7 @@ def run_config(trainer: DistillationTrainer, dataset: str, val_rows: int | None)
     """config.json of a distill run, with the fields `kdistill runs`, compare and the model
     card read, and the TrainingArguments in full."""
     from kdistill.distill import library_versions
-    from kdistill.models import count_parameters
+    from kdistill.students.load import count_parameters
 
     args, teacher = trainer.args, trainer.teacher
     student = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
@@ -164,8 +164,8 @@ def save_trainer_run(trainer: DistillationTrainer, dataset: str) -> Path:
     """DistillationTrainer.save_run: the files `kdistill distill` writes, from the Trainer's,
     in a `.partial` folder renamed when complete."""
     from kdistill.distill import run_name, save_model, save_training_curves
-    from kdistill.model_card import write_run_cards
-    from kdistill.runs import atomic_write_json, finish_run_dir, new_run_dir
+    from kdistill.shipping.model_card import write_run_cards
+    from kdistill.training.runs import atomic_write_json, finish_run_dir, new_run_dir
 
     args = trainer.args
     if trainer.processing_class is None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.runs import PARTIAL_SUFFIX, atomic_write_json, process_alive
+from kdistill.training.runs import PARTIAL_SUFFIX, atomic_write_json, process_alive
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -41,11 +41,22 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 STATE_FORMAT = "kdistill-checkpoint/1"
 # Flags that do not change what a run computes, so a resume may pass other values.
-RESUME_FREE_FLAGS = frozenset({
-    "resume", "resume_from", "save_steps", "output_dir", "data_dir", "report_to", "device",
-    "teacher_cache", "teacher_cache_dir", "teacher_batch_size", "eval_batch_size",
-    "prefix_cache",
-})  # fmt: skip
+RESUME_FREE_FLAGS = frozenset(
+    {
+        "resume",
+        "resume_from",
+        "save_steps",
+        "output_dir",
+        "data_dir",
+        "report_to",
+        "device",
+        "teacher_cache",
+        "teacher_cache_dir",
+        "teacher_batch_size",
+        "eval_batch_size",
+        "prefix_cache",
+    }
+)
 
 
 # --------------------------------------------------------------------------- writing and reading
@@ -138,8 +149,10 @@ def resume_dir(config: DistillConfig, run_name: str) -> Path | None:
             continue
         candidates.append((path.stat().st_mtime, path))
     if not candidates:
-        logger.info("--resume: no unfinished run of this configuration under %s; starting a new "
-                    "one", config.output_dir)  # fmt: skip
+        logger.info(
+            "--resume: no unfinished run of this configuration under %s; starting a new one",
+            config.output_dir,
+        )
         return None
     return max(candidates)[1]
 
@@ -152,8 +165,10 @@ def check_resumable(run_dir: Path, config: DistillConfig) -> None:
     except (OSError, ValueError) as e:
         raise KdistillError(f"--resume-from {run_dir}: cannot read its config.json ({e})") from e
     if latest_checkpoint(run_dir) is None:
-        raise KdistillError(f"--resume-from {run_dir}: it has no checkpoint (it stopped before "
-                            "the first one); start a new run")  # fmt: skip
+        raise KdistillError(
+            f"--resume-from {run_dir}: it has no checkpoint (it stopped before "
+            "the first one); start a new run"
+        )
     try:
         history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -163,8 +178,9 @@ def check_resumable(run_dir: Path, config: DistillConfig) -> None:
         and not history.get("stopped")
         and process_alive(saved.get("process"))
     ):
-        raise KdistillError(f"--resume-from {run_dir}: process {saved['process']['pid']} is "
-                            "still running it")  # fmt: skip
+        raise KdistillError(
+            f"--resume-from {run_dir}: process {saved['process']['pid']} is still running it"
+        )
     ours = config.to_dict()
     for key, value in ours.items():
         if key in RESUME_FREE_FLAGS or key not in saved or saved[key] == value:
@@ -176,8 +192,9 @@ def check_resumable(run_dir: Path, config: DistillConfig) -> None:
         )
 
 
-def check_same_run(state: dict[str, Any], num_processes: int, data_digest: str,
-                   teacher_cache_key: str | None) -> None:  # fmt: skip
+def check_same_run(
+    state: dict[str, Any], num_processes: int, data_digest: str, teacher_cache_key: str | None
+) -> None:
     """What the flags cannot show: the process count (each one's data shard and RNG), the
     training data itself, and the teacher (its cache key covers weights, tokenizer, precision)."""
     if state["num_processes"] != num_processes:
@@ -186,12 +203,16 @@ def check_same_run(state: dict[str, Any], num_processes: int, data_digest: str,
             f"{num_processes}; resume with the same number (accelerate launch --num_processes)"
         )
     if state["data_digest"] != data_digest:
-        raise KdistillError("the training data changed since the checkpoint was written (same "
-                            "flags, other rows); start a new run")  # fmt: skip
+        raise KdistillError(
+            "the training data changed since the checkpoint was written (same "
+            "flags, other rows); start a new run"
+        )
     saved_key = state.get("teacher_cache_key")
     if saved_key and teacher_cache_key and saved_key != teacher_cache_key:
-        raise KdistillError("the teacher's logits differ from the checkpoint's (its weights, "
-                            "tokenizer or precision changed); start a new run")  # fmt: skip
+        raise KdistillError(
+            "the teacher's logits differ from the checkpoint's (its weights, "
+            "tokenizer or precision changed); start a new run"
+        )
 
 
 def resume_command(run_dir: Path, num_processes: int) -> str:
@@ -249,8 +270,11 @@ class GracefulStop:
                 raise KeyboardInterrupt
             return  # the launcher passing the same stop on as SIGTERM
         self.signum = signum
-        logger.warning("%s: finishing this step, then saving a checkpoint (Ctrl-C again to stop "
-                       "at once, without one)", signal.Signals(signum).name)  # fmt: skip
+        logger.warning(
+            "%s: finishing this step, then saving a checkpoint (Ctrl-C again to stop "
+            "at once, without one)",
+            signal.Signals(signum).name,
+        )
 
     def requested(self, accelerator: Accelerator) -> bool:
         local = self.signum is not None

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from datasets import Dataset
 
-    from kdistill.teachers import Teacher
+    from kdistill.teachers.classifier import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,12 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
 
 def cache_root() -> Path:
     """Where kdistill keeps what it can recompute: $KDISTILL_CACHE, else ~/.cache/kdistill."""
-    return Path(os.environ.get("KDISTILL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdistill"
-    ))  # fmt: skip
+    return Path(
+        os.environ.get("KDISTILL_CACHE")
+        or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdistill"
+        )
+    )
 
 
 def default_cache_dir() -> Path:
@@ -239,8 +242,9 @@ def teacher_logits_for(
         record.update(hit=True, path=str(path))
         logger.info("teacher logits: reusing %s", path)
     else:
-        logits = compute_teacher_logits(teacher, ds, config.teacher_batch_size, accelerator,
-                                        num_labels)  # fmt: skip
+        logits = compute_teacher_logits(
+            teacher, ds, config.teacher_batch_size, accelerator, num_labels
+        )
         if mode == "disk" and accelerator.is_main_process:
             save_disk(path, key, logits)
             record["path"] = str(path)

@@ -137,12 +137,20 @@ def finish_run_dir(partial: Path, final: Path) -> Path:
 MODEL_FOLDERS = ("best_model", "final_model")
 # (row key, header, right-aligned) in table order.
 TABLE_COLUMNS = (
-    ("name", "name", False), ("status", "status", False), ("dataset", "dataset", False),
-    ("teacher", "teacher", False), ("student", "student", False), ("temperature", "T", True),
-    ("alpha", "alpha", True), ("best_val_accuracy", "best acc", True),
-    ("best_epoch", "best ep", True), ("epochs", "epochs", True), ("duration_s", "duration", True),
-    ("started", "started", False), ("path", "path", False),
-)  # fmt: skip
+    ("name", "name", False),
+    ("status", "status", False),
+    ("dataset", "dataset", False),
+    ("teacher", "teacher", False),
+    ("student", "student", False),
+    ("temperature", "T", True),
+    ("alpha", "alpha", True),
+    ("best_val_accuracy", "best acc", True),
+    ("best_epoch", "best ep", True),
+    ("epochs", "epochs", True),
+    ("duration_s", "duration", True),
+    ("started", "started", False),
+    ("path", "path", False),
+)
 
 
 def _read_json(path: Path) -> Any:
@@ -198,12 +206,23 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     status. Never raises for a damaged run: it is listed as "unreadable" with the reason."""
     partial = run_dir.name.endswith(PARTIAL_SUFFIX)
     row: dict[str, Any] = {
-        "name": run_dir.name.removesuffix(PARTIAL_SUFFIX), "status": "unreadable",
-        "dataset": None, "teacher": None, "student": None, "temperature": None, "alpha": None,
-        "best_val_accuracy": None, "best_val_macro_f1": None, "best_epoch": None,
-        "epochs_done": None, "epochs_total": None, "duration_s": None, "started": None,
-        "path": str(run_dir), "error": None,
-    }  # fmt: skip
+        "name": run_dir.name.removesuffix(PARTIAL_SUFFIX),
+        "status": "unreadable",
+        "dataset": None,
+        "teacher": None,
+        "student": None,
+        "temperature": None,
+        "alpha": None,
+        "best_val_accuracy": None,
+        "best_val_macro_f1": None,
+        "best_epoch": None,
+        "epochs_done": None,
+        "epochs_total": None,
+        "duration_s": None,
+        "started": None,
+        "path": str(run_dir),
+        "error": None,
+    }
     try:
         config, history = _read_json(run_dir / "config.json"), _read_json(run_dir / "history.json")
         if not isinstance(config, dict) or not isinstance(history, dict | None):
@@ -216,10 +235,13 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             student += f" {config['student_num_layers']} layers"
         row.update(
             dataset=data.get("name") or config.get("dataset"),
-            teacher=_basename(config.get("teacher_model")), student=student,
-            temperature=_number(config.get("temperature")), alpha=_number(config.get("alpha")),
-            epochs_total=config.get("epochs"), started=config.get("started"),
-        )  # fmt: skip
+            teacher=_basename(config.get("teacher_model")),
+            student=student,
+            temperature=_number(config.get("temperature")),
+            alpha=_number(config.get("alpha")),
+            epochs_total=config.get("epochs"),
+            started=config.get("started"),
+        )
         history = history or {}
         epochs = [e for e in history.get("epochs") or [] if isinstance(e, dict)]
         scored = [e for e in epochs if _number(e.get("val_accuracy")) is not None]
@@ -231,10 +253,12 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         at_best = next((e for e in epochs if e.get("epoch") == best.get("epoch")), {})
         duration = history.get("total_time_s", epochs[-1].get("wall_time_s") if epochs else None)
         row.update(
-            best_val_accuracy=_number(best.get("val_accuracy")), best_epoch=best.get("epoch"),
-            best_val_macro_f1=_number(at_best.get("val_macro_f1")), epochs_done=len(epochs),
+            best_val_accuracy=_number(best.get("val_accuracy")),
+            best_epoch=best.get("epoch"),
+            best_val_macro_f1=_number(at_best.get("val_macro_f1")),
+            epochs_done=len(epochs),
             duration_s=_number(duration),
-        )  # fmt: skip
+        )
     except (ValueError, AttributeError, TypeError) as e:
         logger.warning("listed as unreadable: %s", e)
         row["error"] = str(e)

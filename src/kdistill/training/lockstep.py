@@ -302,7 +302,7 @@ def clip_per_point(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
 
 @dataclass
 class StackedLoss:
-    """kdistill.losses.KDLoss with a (K,) tensor per part, one entry per point."""
+    """kdistill.training.losses.KDLoss with a (K,) tensor per part, one entry per point."""
 
     loss: torch.Tensor
     kl: torch.Tensor

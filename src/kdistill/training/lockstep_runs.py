@@ -3,7 +3,7 @@
 Each point gets the run folder `kdistill distill` would write for it (config.json, history.json,
 best_model/, final_model/, training_curves.png, model cards), built from distill's own pieces:
 make_loaders, the teacher cache, make_scheduler, save_model, failure_recorded. What differs is
-only that the K students share each step (kdistill.lockstep). A point whose loss goes NaN fails
+only that the K students share each step (training.lockstep). A point whose loss goes NaN fails
 alone, as it would in a sequential sweep; the others train on.
 """
 
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.config import DistillConfig, SweepConfig
-from kdistill.data import split_record
+from kdistill.data.prepare import split_record
 from kdistill.distill import (
     CE_LOSS,
     MAX_GRAD_NORM,
@@ -41,7 +41,7 @@ from kdistill.distill import (
     teacher_record,
 )
 from kdistill.errors import KdistillError
-from kdistill.lockstep import (
+from kdistill.training.lockstep import (
     CannotStack,
     Slice,
     StackedStudents,
@@ -52,7 +52,7 @@ from kdistill.lockstep import (
     stacked_kd_loss,
     stacked_optimizer,
 )
-from kdistill.runs import atomic_write_json, finish_run_dir, new_run_dir
+from kdistill.training.runs import atomic_write_json, finish_run_dir, new_run_dir
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -158,7 +158,7 @@ def train_group(
 
 def _accelerator(config: SweepConfig, device: str, precision: str) -> Accelerator:
     from kdistill.distill import make_accelerator
-    from kdistill.models import quiet_transformers, set_load_policy
+    from kdistill.students.load import quiet_transformers, set_load_policy
 
     quiet_transformers()
     set_load_policy(config.allow_pickle, config.trust_remote_code)
@@ -172,7 +172,6 @@ def open_cohort(
     the teacher's validation accuracy and its cached logits."""
     from accelerate.utils import set_seed
 
-    from kdistill.cache import teacher_logits_for
     from kdistill.distill import (
         apply_gradient_checkpointing,
         chance_accuracy,
@@ -180,9 +179,10 @@ def open_cohort(
         check_training_rows,
         pick_teacher_dtype,
     )
-    from kdistill.evaluate import classification_metrics
-    from kdistill.models import load_student
-    from kdistill.teachers import load_teacher
+    from kdistill.evaluation.metrics import classification_metrics
+    from kdistill.students.load import load_student
+    from kdistill.teachers.cache import teacher_logits_for
+    from kdistill.teachers.classifier import load_teacher
 
     config = points[0].config
     set_seed(config.seed)
@@ -296,7 +296,7 @@ def open_cohort(
 def load_cohort_data(config: DistillConfig) -> tuple[Any, Any, Any, Any]:
     """distill.setup_run's data, without its Accelerator: labelled data, train and validation
     subsamples, and the unlabelled rows (or None), all seeded by this cohort's seed."""
-    from kdistill.data import load_for_training, load_unlabeled, subsample
+    from kdistill.data.prepare import load_for_training, load_unlabeled, subsample
 
     data = load_for_training(
         config.dataset,
@@ -327,7 +327,7 @@ def load_cohort_data(config: DistillConfig) -> tuple[Any, Any, Any, Any]:
 
 
 def _with_unlabeled(train: Any, unlabeled: Any) -> Any:
-    from kdistill.data import with_unlabeled
+    from kdistill.data.prepare import with_unlabeled
 
     return with_unlabeled(train, unlabeled)
 
@@ -344,7 +344,7 @@ def shared_config(
     eval_bs: int,
 ) -> dict[str, Any]:
     """The parts of distill's config.json that every point of a cohort shares."""
-    from kdistill.models import count_parameters
+    from kdistill.students.load import count_parameters
 
     n_train, n_val, n_unlabeled = rows
     share = (
@@ -604,7 +604,7 @@ def evaluate_points(
     stack: StackedStudents, cohorts: list[Cohort], accelerator: Accelerator
 ) -> list[dict[str, Any]]:
     """Validation metrics of every point (dropout off), each cohort on its own validation rows."""
-    from kdistill.evaluate import classification_metrics, collect_logits
+    from kdistill.evaluation.metrics import classification_metrics, collect_logits
 
     stack.eval()
     metrics = []
@@ -668,7 +668,7 @@ def finish_run(
     point: Point, stack: StackedStudents, cohort: Cohort, accelerator: Accelerator
 ) -> None:
     """final_model, the completed history, curves and cards; then the folder takes its name."""
-    from kdistill.model_card import write_run_cards
+    from kdistill.shipping.model_card import write_run_cards
 
     points = [p for p in cohort.points]
     k = cohort.lo + points.index(point)

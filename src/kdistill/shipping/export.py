@@ -28,10 +28,10 @@ import torch
 
 from kdistill.config import ExportConfig
 from kdistill.errors import KdistillError
-from kdistill.runs import atomic_dir, atomic_write_json
+from kdistill.training.runs import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
-    from kdistill.predict import Predictor
+    from kdistill.shipping.predict import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,13 @@ def require_onnx(flag: str = "--format onnx") -> None:
     """The [onnx] extra's packages, or one line that says how to install them."""
     import importlib.util
 
-    missing = [p for p in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(p)
-               is None]  # fmt: skip
+    missing = [
+        p for p in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(p) is None
+    ]
     if missing:
-        raise KdistillError(f"{flag} needs the onnx extra ({', '.join(missing)} missing): "
-                            f"{EXTRA_HINT}")  # fmt: skip
+        raise KdistillError(
+            f"{flag} needs the onnx extra ({', '.join(missing)} missing): {EXTRA_HINT}"
+        )
 
 
 def onnx_session(path: Path, flag: str = "--model", threads: int | None = None) -> Any:
@@ -62,8 +64,9 @@ def onnx_session(path: Path, flag: str = "--model", threads: int | None = None) 
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise KdistillError(f"{flag} {path}: running an ONNX model needs onnxruntime: "
-                            f"{EXTRA_HINT}") from e  # fmt: skip
+        raise KdistillError(
+            f"{flag} {path}: running an ONNX model needs onnxruntime: {EXTRA_HINT}"
+        ) from e
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: its warnings are about fused-away nodes
@@ -87,13 +90,17 @@ def onnx_forward(session: Any) -> Callable[[dict[str, torch.Tensor]], torch.Tens
 
     def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = batch["input_ids"].cpu().numpy().astype(np.int64)
-        feed = {"input_ids": ids, "attention_mask": batch["attention_mask"].cpu().numpy()
-                .astype(np.int64), "token_type_ids": np.zeros_like(ids)}  # fmt: skip
+        feed = {
+            "input_ids": ids,
+            "attention_mask": batch["attention_mask"].cpu().numpy().astype(np.int64),
+            "token_type_ids": np.zeros_like(ids),
+        }
         try:
             out = session.run(None, {n: feed[n] for n in names})[0]
         except Exception as e:  # noqa: BLE001  (onnxruntime's own exception types)
-            raise KdistillError(f"onnxruntime failed on a batch of shape {tuple(ids.shape)}: "
-                                f"{_first_line(e)}") from e  # fmt: skip
+            raise KdistillError(
+                f"onnxruntime failed on a batch of shape {tuple(ids.shape)}: {_first_line(e)}"
+            ) from e
         return torch.from_numpy(out).float()
 
     return forward
@@ -123,28 +130,51 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int) -> str:
     names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["logits"]}
     try:
         dynamic = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
-        program = _quietly(torch.onnx.export, wrapper, example, dynamo=True, **names,
-                           opset_version=opset, dynamic_shapes=(dynamic, dynamic),
-                           external_data=False, verbose=False)  # fmt: skip
+        program = _quietly(
+            torch.onnx.export,
+            wrapper,
+            example,
+            dynamo=True,
+            **names,
+            opset_version=opset,
+            dynamic_shapes=(dynamic, dynamic),
+            external_data=False,
+            verbose=False,
+        )
         program.save(str(path), external_data=False)
         if dynamic_inputs(path):
             return EXPORTERS["dynamo"]
-        logger.warning("the torch.export-based exporter fixed the batch or sequence length; "
-                       "exporting with the TorchScript-based one instead")  # fmt: skip
+        logger.warning(
+            "the torch.export-based exporter fixed the batch or sequence length; "
+            "exporting with the TorchScript-based one instead"
+        )
     except Exception as e:  # noqa: BLE001  (export failures come in many types)
-        logger.warning("the torch.export-based exporter failed (%s: %s); exporting with the "
-                       "TorchScript-based one", type(e).__name__, _first_line(e))  # fmt: skip
+        logger.warning(
+            "the torch.export-based exporter failed (%s: %s); exporting with the "
+            "TorchScript-based one",
+            type(e).__name__,
+            _first_line(e),
+        )
     axes = {0: "batch", 1: "sequence"}
     try:
-        _quietly(torch.onnx.export, wrapper, example, str(path), dynamo=False, **names,
-                 opset_version=opset, dynamic_axes={"input_ids": axes, "attention_mask": axes,
-                                                    "logits": {0: "batch"}})  # fmt: skip
+        _quietly(
+            torch.onnx.export,
+            wrapper,
+            example,
+            str(path),
+            dynamo=False,
+            **names,
+            opset_version=opset,
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
+        )
     except Exception as e:  # noqa: BLE001
-        raise KdistillError(f"--format onnx: torch.onnx.export failed for "
-                            f"{type(model).__name__}: {_first_line(e)}") from e  # fmt: skip
+        raise KdistillError(
+            f"--format onnx: torch.onnx.export failed for {type(model).__name__}: {_first_line(e)}"
+        ) from e
     if not dynamic_inputs(path):
-        raise KdistillError(f"--format onnx: {type(model).__name__} exports only with fixed "
-                            "input shapes")  # fmt: skip
+        raise KdistillError(
+            f"--format onnx: {type(model).__name__} exports only with fixed input shapes"
+        )
     return EXPORTERS["torchscript"]
 
 
@@ -194,8 +224,13 @@ def quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     external = source.with_name(source.name + ".data").exists()  # over 2 GB: weights beside it
-    _quietly(quantize_dynamic, str(source), str(target), weight_type=QuantType.QInt8,
-             use_external_data_format=external)  # fmt: skip
+    _quietly(
+        quantize_dynamic,
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        use_external_data_format=external,
+    )
 
 
 # --------------------------------------------------------------------------- what to export
@@ -203,13 +238,14 @@ def quantize_int8(source: Path, target: Path) -> None:
 
 def resolve_source(given: str) -> tuple[Path, Path | None]:
     """(model folder, run directory or None): a run gives its best_model/."""
-    from kdistill.predict import _is_run
+    from kdistill.shipping.predict import _is_run
 
     path = Path(given).expanduser()
     if not path.is_dir():
         what = "a file" if path.exists() else "no such folder"
-        raise KdistillError(f"--model {given}: {what}; pass a model folder or a distill run "
-                            "directory")  # fmt: skip
+        raise KdistillError(
+            f"--model {given}: {what}; pass a model folder or a distill run directory"
+        )
     if _is_run(path) or ((path / "best_model").is_dir() and not (path / "config.json").is_file()):
         if not (path / "best_model").is_dir():
             raise KdistillError(f"--model {given}: the run has no best_model/ yet")
@@ -217,8 +253,9 @@ def resolve_source(given: str) -> tuple[Path, Path | None]:
     if path.name in ("best_model", "final_model") and _is_run(path.parent):
         return path, path.parent
     if not (path / "config.json").is_file():
-        raise KdistillError(f"--model {given}: no config.json; pass a model folder or a distill "
-                            "run directory")  # fmt: skip
+        raise KdistillError(
+            f"--model {given}: no config.json; pass a model folder or a distill run directory"
+        )
     return path, None
 
 
@@ -233,16 +270,18 @@ def check_output_dir(target: Path, model_dir: Path) -> None:
     a folder that is not an earlier export."""
     resolved = target.resolve()
     if resolved == model_dir.resolve() or resolved in model_dir.resolve().parents:
-        raise KdistillError(f"--output-dir {target} would replace the model being exported; "
-                            "pass a new folder")  # fmt: skip
+        raise KdistillError(
+            f"--output-dir {target} would replace the model being exported; pass a new folder"
+        )
     if target.exists() and not (target / REPORT_FILE).is_file():
         what = "a file" if target.is_file() else "a folder that is not an earlier export"
-        raise KdistillError(f"--output-dir {target} is {what}; pass a new folder (an earlier "
-                            "export there is replaced)")  # fmt: skip
+        raise KdistillError(
+            f"--output-dir {target} is {what}; pass a new folder (an earlier "
+            "export there is replaced)"
+        )
 
 
-def parity_source(config: ExportConfig, model_dir: Path, run_dir: Path | None
-                  ) -> tuple[str, str]:  # fmt: skip
+def parity_source(config: ExportConfig, model_dir: Path, run_dir: Path | None) -> tuple[str, str]:
     """(--dataset, --data-dir) for the parity rows: the flag, else what the run or the teacher
     was trained on."""
     import json
@@ -257,21 +296,32 @@ def parity_source(config: ExportConfig, model_dir: Path, run_dir: Path | None
         saved = saved.get("config", saved) if f.name == "teacher_eval.json" else saved
         if saved.get("dataset"):
             return str(saved["dataset"]), str(saved.get("data_dir") or config.data_dir)
-    raise KdistillError(f"--model {config.model}: not a distill run or a finetune-teacher folder, "
-                        "so the rows to check it on are unknown; pass --dataset")  # fmt: skip
+    raise KdistillError(
+        f"--model {config.model}: not a distill run or a finetune-teacher folder, "
+        "so the rows to check it on are unknown; pass --dataset"
+    )
 
 
-def parity_rows(config: ExportConfig, model_dir: Path, run_dir: Path | None
-                ) -> tuple[list[str], torch.Tensor, list[str], str]:  # fmt: skip
+def parity_rows(
+    config: ExportConfig, model_dir: Path, run_dir: Path | None
+) -> tuple[list[str], torch.Tensor, list[str], str]:
     """Texts, labels (in the data set's class order), class names and the data set's name."""
-    from kdistill.data import load_for_training, subsample
+    from kdistill.data.prepare import load_for_training, subsample
 
     dataset, data_dir = parity_source(config, model_dir, run_dir)
-    data = load_for_training(dataset, data_dir, config.text_column, config.label_column,
-                             config.validation_split, config.seed)  # fmt: skip
+    data = load_for_training(
+        dataset,
+        data_dir,
+        config.text_column,
+        config.label_column,
+        config.validation_split,
+        config.seed,
+    )
     if config.split not in data.splits or len(data.splits[config.split]) == 0:
-        raise KdistillError(f"--split {config.split}: {data.name} has no {config.split} rows "
-                            f"(it has {', '.join(data.splits)})")  # fmt: skip
+        raise KdistillError(
+            f"--split {config.split}: {data.name} has no {config.split} rows "
+            f"(it has {', '.join(data.splits)})"
+        )
     rows = subsample(data.splits[config.split], config.max_samples, config.seed, "--max-samples")
     return list(rows["text"]), torch.tensor(list(rows["label"])), data.label_names, data.name
 
@@ -279,8 +329,7 @@ def parity_rows(config: ExportConfig, model_dir: Path, run_dir: Path | None
 # --------------------------------------------------------------------------- checking and timing
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor, columns: list[int] | None
-             ) -> float | None:  # fmt: skip
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, columns: list[int] | None) -> float | None:
     if columns is None:
         return None
     return float((logits[:, columns].argmax(-1) == labels).float().mean())
@@ -290,8 +339,11 @@ def parity(reference: torch.Tensor, logits: torch.Tensor) -> dict[str, float]:
     """How far an exported model's logits are from the torch model's. (n, num_labels) each."""
     diff = (reference - logits).abs()
     same = (reference.argmax(-1) == logits.argmax(-1)).float()
-    return {"max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
-            "agreement": float(same.mean())}  # fmt: skip
+    return {
+        "max_abs_logit_diff": float(diff.max()),
+        "mean_abs_logit_diff": float(diff.mean()),
+        "agreement": float(same.mean()),
+    }
 
 
 def time_all(
@@ -301,11 +353,12 @@ def time_all(
     --batch-size (one padded batch of the first rows), throughput at that batch size, and the
     IQR of each, for every predictor: timed interleaved (evaluate.measure_speeds), on `threads`
     threads, so the torch/bf16/ONNX/int8 ratios are measured under the same conditions."""
-    from kdistill.evaluate import measure_speeds
+    from kdistill.evaluation.metrics import measure_speeds
 
     def enc(tok: Any, rows: list[str]) -> dict[str, torch.Tensor]:
-        b = tok(rows, truncation=True, max_length=config.max_length, padding=True,
-                return_tensors="pt")  # fmt: skip
+        b = tok(
+            rows, truncation=True, max_length=config.max_length, padding=True, return_tensors="pt"
+        )
         return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
 
     batch_rows = texts[: config.batch_size]
@@ -323,19 +376,22 @@ def export(config: ExportConfig) -> Path:
     """The export command. Returns the export folder; raises (exit 2) after writing it when an
     exported model disagrees with the torch model too often."""
     from kdistill.distill import cpu_supports_bf16, library_versions
-    from kdistill.model_card import write_export_card
-    from kdistill.models import map_labels
-    from kdistill.predict import (
+    from kdistill.shipping.model_card import write_export_card
+    from kdistill.shipping.predict import (
         load_onnx_predictor,
         load_torch_predictor,
         predict_logits,
         torch_predictor,
     )
+    from kdistill.students.load import map_labels
 
     require_onnx()
     model_dir, run_dir = resolve_source(config.model)
-    target = Path(config.output_dir).expanduser() if config.output_dir else default_output(
-        model_dir, run_dir)  # fmt: skip
+    target = (
+        Path(config.output_dir).expanduser()
+        if config.output_dir
+        else default_output(model_dir, run_dir)
+    )
     check_output_dir(target, model_dir)
     texts, labels, label_names, data_name = parity_rows(config, model_dir, run_dir)
     # Export and time on CPU in fp32: the reference the exported files are held to.
@@ -363,19 +419,26 @@ def export(config: ExportConfig) -> Path:
         predictors = {"torch": reference}
         torch_bf16 = None
         if cpu_supports_bf16():  # what predict runs by default here: timed beside fp32
-            predictors["torch-bf16"] = torch_predictor(reference.model, reference.tokenizer, "cpu",
-                                                       "bf16", reference.name)  # fmt: skip
-            logits = predict_logits(predictors["torch-bf16"], texts, config.batch_size,
-                                    config.max_length)  # fmt: skip
-            torch_bf16 = {**parity(ref_logits, logits),
-                          "accuracy": accuracy(logits, labels, columns)}  # fmt: skip
+            predictors["torch-bf16"] = torch_predictor(
+                reference.model, reference.tokenizer, "cpu", "bf16", reference.name
+            )
+            logits = predict_logits(
+                predictors["torch-bf16"], texts, config.batch_size, config.max_length
+            )
+            torch_bf16 = {
+                **parity(ref_logits, logits),
+                "accuracy": accuracy(logits, labels, columns),
+            }
         for variant, f in files.items():
             predictor = load_onnx_predictor(f)
             predictors[variant] = predictor
             logits = predict_logits(predictor, texts, config.batch_size, config.max_length)
-            report_parity[variant] = {"file": f.name, "size_bytes": f.stat().st_size,
-                                      **parity(ref_logits, logits),
-                                      "accuracy": accuracy(logits, labels, columns)}  # fmt: skip
+            report_parity[variant] = {
+                "file": f.name,
+                "size_bytes": f.stat().st_size,
+                **parity(ref_logits, logits),
+                "accuracy": accuracy(logits, labels, columns),
+            }
         logger.info("timing %s at batch 1 and %d", ", ".join(predictors), config.batch_size)
         # One fixed thread count for every model (torch and each onnxruntime session alike):
         # --threads, else what torch runs on here.
@@ -385,8 +448,9 @@ def export(config: ExportConfig) -> Path:
         speeds = time_all(predictors, texts, config, threads)
         for s in speeds.values():
             s["speedup_vs_torch"] = speeds["torch"]["latency_ms_batch_1"] / s["latency_ms_batch_1"]
-            s["throughput_ratio_vs_torch"] = s["throughput_per_s"] / speeds["torch"][
-                "throughput_per_s"]  # fmt: skip
+            s["throughput_ratio_vs_torch"] = (
+                s["throughput_per_s"] / speeds["torch"]["throughput_per_s"]
+            )
         failed = [v for v, p in report_parity.items() if p["agreement"] < config.min_agreement]
         report = {
             "model": str(model_dir),
@@ -404,7 +468,7 @@ def export(config: ExportConfig) -> Path:
                 "dtype": "fp32",
                 "accuracy": accuracy(ref_logits, labels, columns),
                 "size_bytes": _weights_bytes(model_dir),
-            },  # fmt: skip
+            },
             # bf16 autocast of the same torch model (where the CPU has it): not an export, so
             # not held to --min-agreement.
             "torch_bf16": torch_bf16,
@@ -432,7 +496,7 @@ def export(config: ExportConfig) -> Path:
             f"{config.min_agreement}; see {target / REPORT_FILE}"
         )
     if config.push_to_hub:
-        from kdistill.publish import push_folder
+        from kdistill.shipping.publish import push_folder
 
         push_folder(target, config.push_to_hub, private=not config.hub_public, what="ONNX export")
     return target
@@ -477,7 +541,8 @@ def format_report(report: dict[str, Any]) -> str:
     torch_row = {"max_abs_logit_diff": 0.0, "agreement": 1.0, **report["torch"]}
     for variant, s in report["speed"].items():
         p = {"torch": torch_row, "torch-bf16": report["torch_bf16"]}.get(variant) or report[
-            "parity"][variant]  # fmt: skip
+            "parity"
+        ][variant]
         acc = p.get("accuracy")
         lines.append(
             f"{variant:<12}{p['max_abs_logit_diff']:>12.2e}{100 * p['agreement']:>8.2f}%"

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdistill.runs import PARTIAL_SUFFIX, atomic_write_text
+from kdistill.training.runs import PARTIAL_SUFFIX, atomic_write_text
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCard
@@ -43,7 +43,7 @@ def _read_json(path: Path) -> Any:
 def hub_id(name: str | None) -> str | None:
     """`name` when it is a Hub repo id (org/name, not a local path), else None: the card's
     base_model and datasets must name Hub repos, and a local folder means nothing there."""
-    from kdistill.models import LOCAL_ROOTS  # data/, models/, outputs/: our own folders
+    from kdistill.students.load import LOCAL_ROOTS  # data/, models/, outputs/: our own folders
 
     if not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         return None
@@ -91,8 +91,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _results(dataset_type: str, dataset_name: str, split: str, metrics: dict[str, float | None]
-             ) -> list[EvalResult]:  # fmt: skip
+def _results(
+    dataset_type: str, dataset_name: str, split: str, metrics: dict[str, float | None]
+) -> list[EvalResult]:
     """model-index entries: accuracy and macro-F1 (f1 with metric_config 'macro')."""
     from huggingface_hub import EvalResult
 
@@ -100,14 +101,19 @@ def _results(dataset_type: str, dataset_name: str, split: str, metrics: dict[str
     for metric, value in metrics.items():
         if value is None:
             continue
-        out.append(EvalResult(
-            task_type="text-classification", task_name="Text Classification",
-            dataset_type=dataset_type, dataset_name=dataset_name, dataset_split=split,
-            metric_type="accuracy" if metric == "accuracy" else "f1",
-            metric_config=None if metric == "accuracy" else "macro",
-            metric_name=f"{split.capitalize()} {METRIC_NAMES[metric]}",
-            metric_value=value,
-        ))  # fmt: skip
+        out.append(
+            EvalResult(
+                task_type="text-classification",
+                task_name="Text Classification",
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                dataset_split=split,
+                metric_type="accuracy" if metric == "accuracy" else "f1",
+                metric_config=None if metric == "accuracy" else "macro",
+                metric_name=f"{split.capitalize()} {METRIC_NAMES[metric]}",
+                metric_value=value,
+            )
+        )
     return out
 
 
@@ -162,8 +168,12 @@ def write_card(folder: Path, card: ModelCard | None) -> bool:
 # --------------------------------------------------------------------------- distilled students
 
 
-def run_card(run_dir: Path, which: str = "best_model", comparison: dict[str, Any] | None = None,
-             repo_id: str | None = None) -> ModelCard:  # fmt: skip
+def run_card(
+    run_dir: Path,
+    which: str = "best_model",
+    comparison: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+) -> ModelCard:
     """The card of a distill run's best_model/ or final_model/, from its config.json and
     history.json; `comparison` (compare's results, with this model among them) adds test
     metrics and speed and size against the teacher."""
@@ -173,8 +183,9 @@ def run_card(run_dir: Path, which: str = "best_model", comparison: dict[str, Any
     teacher, student = config.get("teacher") or {}, config.get("student") or {}
     epochs = [e for e in history.get("epochs") or [] if isinstance(e, dict)]
     best = history.get("best") or {}
-    epoch_no = best.get("epoch") if which == "best_model" else (epochs[-1]["epoch"] if epochs
-                                                                 else None)  # fmt: skip
+    epoch_no = (
+        best.get("epoch") if which == "best_model" else (epochs[-1]["epoch"] if epochs else None)
+    )
     record = next((e for e in epochs if e.get("epoch") == epoch_no), {})
     t_hist = history.get("teacher") or {}
     run_name = run_dir.name.removesuffix(PARTIAL_SUFFIX)
@@ -189,15 +200,21 @@ def run_card(run_dir: Path, which: str = "best_model", comparison: dict[str, Any
     model_row, teacher_row = _compared(comparison, final_dir / which, run_dir / which)
     if model_row is not None and comparison is not None:
         split = comparison.get("dataset", {}).get("split", "test")
-        results += _results(data_id or data_name, data_name, split,
-                            {"accuracy": model_row.get("accuracy"),
-                             "macro_f1": model_row.get("macro_f1")})  # fmt: skip
+        results += _results(
+            data_id or data_name,
+            data_name,
+            split,
+            {"accuracy": model_row.get("accuracy"), "macro_f1": model_row.get("macro_f1")},
+        )
 
     layers = config.get("student_layers") or (
-        f"{config['student_num_layers']} evenly spaced" if config.get("student_num_layers")
-        else None)  # fmt: skip
-    student_base = f"`{config.get('student_model')}`" + (f", layers {layers} kept" if layers
-                                                         else "")  # fmt: skip
+        f"{config['student_num_layers']} evenly spaced"
+        if config.get("student_num_layers")
+        else None
+    )
+    student_base = f"`{config.get('student_model')}`" + (
+        f", layers {layers} kept" if layers else ""
+    )
     # An --alpha 0 run is the cross-entropy-only baseline: it never loaded a teacher.
     no_teacher = config.get("alpha") == 0 or teacher.get("used") is False
     teacher_cell = (
@@ -226,17 +243,29 @@ def run_card(run_dir: Path, which: str = "best_model", comparison: dict[str, Any
         ["loss", loss_cell],
         ["temperature T", str(config.get("temperature"))],
         ["alpha", str(config.get("alpha"))],
-        ["data", f"{data_name}: {data.get('train_rows')} labelled training rows, "
-                 f"{data.get('unlabeled_rows') or 0} unlabelled, {data.get('validation_rows')} "
-                 "validation rows"],
-        ["samples", f"--max-train-samples {config.get('max_train_samples') or 'all'}, "
-                    f"--max-val-samples {config.get('max_val_samples') or 'all'}"],
-        ["training", f"{config.get('epochs')} epochs, batch size {config.get('batch_size')}, "
-                     f"learning rate {config.get('learning_rate')}, max length "
-                     f"{config.get('max_length')} tokens, seed {config.get('seed')}"],
-        ["this model", f"epoch {epoch_no}" + (" (best validation accuracy)"
-                                              if which == "best_model" else " (the last)")],
-    ]  # fmt: skip
+        [
+            "data",
+            f"{data_name}: {data.get('train_rows')} labelled training rows, "
+            f"{data.get('unlabeled_rows') or 0} unlabelled, {data.get('validation_rows')} "
+            "validation rows",
+        ],
+        [
+            "samples",
+            f"--max-train-samples {config.get('max_train_samples') or 'all'}, "
+            f"--max-val-samples {config.get('max_val_samples') or 'all'}",
+        ],
+        [
+            "training",
+            f"{config.get('epochs')} epochs, batch size {config.get('batch_size')}, "
+            f"learning rate {config.get('learning_rate')}, max length "
+            f"{config.get('max_length')} tokens, seed {config.get('seed')}",
+        ],
+        [
+            "this model",
+            f"epoch {epoch_no}"
+            + (" (best validation accuracy)" if which == "best_model" else " (the last)"),
+        ],
+    ]
     body = [
         f"# {name}",
         f"A {len(labels)}-class text classifier for {data_name}, {summary}",
@@ -254,7 +283,7 @@ def run_card(run_dir: Path, which: str = "best_model", comparison: dict[str, Any
                     _num(t_hist.get("val_loss")),
                 ],
             ],
-        ),  # fmt: skip
+        ),
         f"Chance (the most common class, or uniform guessing): "
         f"{_pct(history.get('chance_accuracy'))}.",
     ]
@@ -264,30 +293,40 @@ def run_card(run_dir: Path, which: str = "best_model", comparison: dict[str, Any
     if labels:
         body.append("## Labels\n\n" + ", ".join(f"`{n}`" for n in labels))
     metadata = {
-        "library_name": "transformers", "pipeline_tag": "text-classification",
+        "library_name": "transformers",
+        "pipeline_tag": "text-classification",
         "base_model": hub_id(config.get("student_model")),
-        "datasets": [data_id] if data_id else None, "metrics": ["accuracy", "f1"],
-        "tags": [*TAGS, "knowledge-distillation"], "labels": labels,
-        "model_name": name, "eval_results": results or None,
-    }  # fmt: skip
+        "datasets": [data_id] if data_id else None,
+        "metrics": ["accuracy", "f1"],
+        "tags": [*TAGS, "knowledge-distillation"],
+        "labels": labels,
+        "model_name": name,
+        "eval_results": results or None,
+    }
     return build_card(metadata, "\n\n".join(body))
 
 
-def _compared(comparison: dict[str, Any] | None, *paths: Path
-              ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:  # fmt: skip
+def _compared(
+    comparison: dict[str, Any] | None, *paths: Path
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """This model's entry in compare's results (matched by its folder) and the teacher's."""
     if not comparison:
         return None, None
     models = comparison.get("models") or []
     wanted = {str(p.resolve()) for p in paths}
-    row = next((m for m in models if m.get("role") != "teacher"
-                and str(Path(str(m.get("path"))).resolve()) in wanted), None)  # fmt: skip
+    row = next(
+        (
+            m
+            for m in models
+            if m.get("role") != "teacher" and str(Path(str(m.get("path"))).resolve()) in wanted
+        ),
+        None,
+    )
     teacher = next((m for m in models if m.get("role") == "teacher"), None)
     return row, teacher
 
 
-def compared_section(comparison: dict[str, Any], m: dict[str, Any], t: dict[str, Any]
-                     ) -> list[str]:  # fmt: skip
+def compared_section(comparison: dict[str, Any], m: dict[str, Any], t: dict[str, Any]) -> list[str]:
     ds = comparison.get("dataset") or {}
     speed = comparison.get("speed_settings") or {}
     bs = speed.get("throughput_batch_size", "?")
@@ -326,7 +365,7 @@ def compared_section(comparison: dict[str, Any], m: dict[str, Any], t: dict[str,
                     "",
                 ],
             ],
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -375,12 +414,20 @@ def teacher_card(folder: Path, report: dict[str, Any], repo_id: str | None = Non
         config.get("dataset")
     )
     method = config.get("method", "full")
-    how = ("LoRA (r={}, alpha={}, merged into the weights)".format(config.get("lora_r"),
-           config.get("lora_alpha")) if method == "lora" else "full fine-tuning")  # fmt: skip
+    how = (
+        "LoRA (r={}, alpha={}, merged into the weights)".format(
+            config.get("lora_r"), config.get("lora_alpha")
+        )
+        if method == "lora"
+        else "full fine-tuning"
+    )
     name = folder.name
-    results = _results(data_id or data_name, data_name, "validation",
-                       {"accuracy": report.get("val_accuracy"),
-                        "macro_f1": report.get("val_macro_f1")})  # fmt: skip
+    results = _results(
+        data_id or data_name,
+        data_name,
+        "validation",
+        {"accuracy": report.get("val_accuracy"), "macro_f1": report.get("val_macro_f1")},
+    )
     body = [
         f"# {name}",
         f"`{config.get('model')}` fine-tuned by kdistill as a {len(labels)}-class text "
@@ -405,7 +452,7 @@ def teacher_card(folder: Path, report: dict[str, Any], repo_id: str | None = Non
                     f"seed {config.get('seed')}",
                 ],
             ],
-        ),  # fmt: skip
+        ),
         f"## Validation results ({report.get('val_rows')} rows)",
         _table(
             ["metric", "value"],
@@ -414,22 +461,28 @@ def teacher_card(folder: Path, report: dict[str, Any], repo_id: str | None = Non
                 ["macro-F1", _num(report.get("val_macro_f1"))],
                 ["loss (cross-entropy)", _num(last.get("val_loss"))],
             ],
-        ),  # fmt: skip
+        ),
         usage(repo_id or str(folder)),
     ]
     if labels:
         body.append("## Labels\n\n" + ", ".join(f"`{n}`" for n in labels))
     metadata = {
-        "library_name": "transformers", "pipeline_tag": "text-classification",
-        "base_model": hub_id(config.get("model")), "datasets": [data_id] if data_id else None,
-        "metrics": ["accuracy", "f1"], "tags": [*TAGS, "teacher"], "labels": labels,
-        "model_name": name, "eval_results": results or None,
-    }  # fmt: skip
+        "library_name": "transformers",
+        "pipeline_tag": "text-classification",
+        "base_model": hub_id(config.get("model")),
+        "datasets": [data_id] if data_id else None,
+        "metrics": ["accuracy", "f1"],
+        "tags": [*TAGS, "teacher"],
+        "labels": labels,
+        "model_name": name,
+        "eval_results": results or None,
+    }
     return build_card(metadata, "\n\n".join(body))
 
 
-def write_teacher_card(write_to: Path, folder: Path, report: dict[str, Any],
-                       repo_id: str | None = None) -> None:  # fmt: skip
+def write_teacher_card(
+    write_to: Path, folder: Path, report: dict[str, Any], repo_id: str | None = None
+) -> None:
     """The card of the teacher that will sit at `folder`, written into `write_to` (the
     temporary folder renamed to `folder` when complete). Only warns on failure."""
     try:
@@ -443,8 +496,9 @@ def write_teacher_card(write_to: Path, folder: Path, report: dict[str, Any],
 # --------------------------------------------------------------------------- ONNX exports
 
 
-def export_card(source: Path, report: dict[str, Any], folder: Path,
-                repo_id: str | None = None) -> ModelCard:  # fmt: skip
+def export_card(
+    source: Path, report: dict[str, Any], folder: Path, repo_id: str | None = None
+) -> ModelCard:
     """The card of an ONNX export: the source model's metadata (labels, data sets, metrics),
     library onnx, the parity and speed figures of export_report.json, and the source card's
     text below (without its torch usage section)."""
@@ -473,18 +527,38 @@ def export_card(source: Path, report: dict[str, Any], folder: Path,
     rows = []
     if report.get("torch_bf16"):  # the torch model under bf16 autocast, for reference
         b = report["torch_bf16"]
-        rows.append(["torch (bf16 autocast)", "", _num(b.get("max_abs_logit_diff"), 5),
-                     _pct(b.get("agreement")), _pct(b.get("accuracy")), ""])  # fmt: skip
+        rows.append(
+            [
+                "torch (bf16 autocast)",
+                "",
+                _num(b.get("max_abs_logit_diff"), 5),
+                _pct(b.get("agreement")),
+                _pct(b.get("accuracy")),
+                "",
+            ]
+        )
     for variant, p in (report.get("parity") or {}).items():
-        rows.append([variant, f"`{p.get('file')}`", _num(p.get("max_abs_logit_diff"), 5),
-                     _pct(p.get("agreement")), _pct(p.get("accuracy")),
-                     f"{(p.get('size_bytes') or 0) / 1e6:.1f} MB"])  # fmt: skip
+        rows.append(
+            [
+                variant,
+                f"`{p.get('file')}`",
+                _num(p.get("max_abs_logit_diff"), 5),
+                _pct(p.get("agreement")),
+                _pct(p.get("accuracy")),
+                f"{(p.get('size_bytes') or 0) / 1e6:.1f} MB",
+            ]
+        )
     bs = report.get("batch_size", 32)
-    speed_rows = [[variant, f"{_num(s.get('latency_ms_batch_1'), 2)} ms",
-                   f"{_num(s.get(f'latency_ms_batch_{bs}'), 1)} ms",
-                   f"{_num(s.get('throughput_per_s'), 1)} rows/s",
-                   f"{_num(s.get('speedup_vs_torch'), 2)}x"]
-                  for variant, s in (report.get("speed") or {}).items()]  # fmt: skip
+    speed_rows = [
+        [
+            variant,
+            f"{_num(s.get('latency_ms_batch_1'), 2)} ms",
+            f"{_num(s.get(f'latency_ms_batch_{bs}'), 1)} ms",
+            f"{_num(s.get('throughput_per_s'), 1)} rows/s",
+            f"{_num(s.get('speedup_vs_torch'), 2)}x",
+        ]
+        for variant, s in (report.get("speed") or {}).items()
+    ]
     verdict = "passed" if report.get("passed") else "FAILED: do not deploy this export"
     body = [
         f"# {folder.name}",
@@ -508,7 +582,7 @@ def export_card(source: Path, report: dict[str, Any], folder: Path,
                 ],
                 *rows,
             ],
-        ),  # fmt: skip
+        ),
         f"## Speed on {report.get('device_description', 'CPU')}",
         _table(
             [
@@ -519,7 +593,7 @@ def export_card(source: Path, report: dict[str, Any], folder: Path,
                 "speed-up at batch 1",
             ],
             speed_rows,
-        ),  # fmt: skip
+        ),
         usage(repo_id or str(folder), onnx=True),
     ]
     if source_text:
@@ -528,8 +602,9 @@ def export_card(source: Path, report: dict[str, Any], folder: Path,
     return build_card(metadata, "\n\n".join(body))
 
 
-def write_export_card(write_to: Path, source: Path, report: dict[str, Any], folder: Path,
-                      repo_id: str | None = None) -> None:  # fmt: skip
+def write_export_card(
+    write_to: Path, source: Path, report: dict[str, Any], folder: Path, repo_id: str | None = None
+) -> None:
     """The card of the export that will sit at `folder`, written into `write_to` (its temporary
     folder). Only warns on failure."""
     try:

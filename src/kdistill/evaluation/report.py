@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import LogLocator, MaxNLocator
 
-from kdistill.runs import atomic_write_bytes, atomic_write_text
+from kdistill.training.runs import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +72,17 @@ def plot_training_curves(history: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, score_ax = fig.subplots(1, 2)
 
-    curves = [("train_loss", "total loss", "-"),
-              ("train_kl", "KL term (× T², as in the loss)", "--"),
-              ("train_ce", "cross-entropy term", ":")]  # fmt: skip
+    curves = [
+        ("train_loss", "total loss", "-"),
+        ("train_kl", "KL term (× T², as in the loss)", "--"),
+        ("train_ce", "cross-entropy term", ":"),
+    ]
     # With --unlabeled-data, each kind of row's own loss too.
     if any(e.get("train_unlabeled_samples") for e in epochs):
-        curves += [("train_loss_labeled", "loss on labelled rows", "-."),
-                   ("train_loss_unlabeled", "loss on unlabelled rows (× T² KL)", "-.")]  # fmt: skip
+        curves += [
+            ("train_loss_labeled", "loss on labelled rows", "-."),
+            ("train_loss_unlabeled", "loss on unlabelled rows (× T² KL)", "-."),
+        ]
     for key, label, style in curves:
         points = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
         if points:
@@ -87,16 +91,23 @@ def plot_training_curves(history: dict[str, Any], path: Path) -> None:
     loss_ax.set_ylabel("loss (nats per example)")
 
     scores = []
-    for key, label in (("val_accuracy", "validation accuracy"),
-                       ("val_macro_f1", "validation macro-F1")):  # fmt: skip
+    for key, label in (
+        ("val_accuracy", "validation accuracy"),
+        ("val_macro_f1", "validation macro-F1"),
+    ):
         points = [(e["epoch"], 100 * e[key]) for e in epochs if e.get(key) is not None]
         if points:
             score_ax.plot(*zip(*points, strict=True), marker="o", label=label)
             scores += [y for _, y in points]
     teacher_acc = (history.get("teacher") or {}).get("val_accuracy")
     if teacher_acc is not None:
-        score_ax.axhline(100 * teacher_acc, color="black", ls="--", lw=1,
-                         label=f"teacher accuracy ({100 * teacher_acc:.1f}%)")  # fmt: skip
+        score_ax.axhline(
+            100 * teacher_acc,
+            color="black",
+            ls="--",
+            lw=1,
+            label=f"teacher accuracy ({100 * teacher_acc:.1f}%)",
+        )
         scores.append(100 * teacher_acc)
     # Zoom on the scores and the teacher so epoch-to-epoch changes show; chance (often far
     # below) stays on the axis only when it is near, and its legend entry says where it went.
@@ -107,13 +118,26 @@ def plot_training_curves(history: dict[str, Any], path: Path) -> None:
         near = 100 * chance >= lo - 3 * pad
         lo = min(lo, 100 * chance) if near else lo
         where = "" if near else ", below the axis"
-        score_ax.axhline(100 * chance, color="grey", ls=":", lw=1,
-                         label=f"chance accuracy ({100 * chance:.1f}%{where})")  # fmt: skip
+        score_ax.axhline(
+            100 * chance,
+            color="grey",
+            ls=":",
+            lw=1,
+            label=f"chance accuracy ({100 * chance:.1f}%{where})",
+        )
     score_ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad) + 0.5)
     best = history.get("best") or {}
     if best.get("epoch") in xs and best.get("val_accuracy") is not None:
-        score_ax.plot(best["epoch"], 100 * best["val_accuracy"], "*", ms=14, color="gold",
-                      mec="black", zorder=5, label=f"best (epoch {best['epoch']})")  # fmt: skip
+        score_ax.plot(
+            best["epoch"],
+            100 * best["val_accuracy"],
+            "*",
+            ms=14,
+            color="gold",
+            mec="black",
+            zorder=5,
+            label=f"best (epoch {best['epoch']})",
+        )
     status = "" if history.get("completed") else " — run in progress"
     score_ax.set_title(f"Validation scores per epoch{status}")
     score_ax.set_ylabel("accuracy / macro-F1 (%)")
@@ -132,8 +156,15 @@ def plot_training_curves(history: dict[str, Any], path: Path) -> None:
             ax.legend(fontsize=8)
     if not epochs:
         for ax in (loss_ax, score_ax):
-            ax.text(0.5, 0.5, "no epoch finished yet", ha="center", va="center",
-                    transform=ax.transAxes, color="grey")  # fmt: skip
+            ax.text(
+                0.5,
+                0.5,
+                "no epoch finished yet",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="grey",
+            )
     _save(fig, path)
 
 
@@ -150,8 +181,16 @@ def _plot_scores(ax: Any, models: list[dict[str, Any]]) -> None:
     for i, m in enumerate(models):
         for offset, key, hatch in ((-0.2, "accuracy", None), (0.2, "macro_f1", "///")):
             v = 100 * m[key]
-            ax.barh(i + offset, v - lo, left=lo, height=0.38, color=_colour(m), hatch=hatch,
-                    alpha=0.55 if hatch else 1.0, edgecolor="white")  # fmt: skip
+            ax.barh(
+                i + offset,
+                v - lo,
+                left=lo,
+                height=0.38,
+                color=_colour(m),
+                hatch=hatch,
+                alpha=0.55 if hatch else 1.0,
+                edgecolor="white",
+            )
             ax.text(v, i + offset, f" {v:.1f}", va="center", fontsize=8)
     ax.set_yticks(y, [_who(m, sep="\n") for m in models], fontsize=8)
     ax.invert_yaxis()
@@ -161,11 +200,20 @@ def _plot_scores(ax: Any, models: list[dict[str, Any]]) -> None:
     ax.set_title("(a) Accuracy and macro-F1")
     roles = dict.fromkeys(m["role"] for m in models)
     handles = [Patch(color=ROLE_COLOURS.get(r, ROLE_COLOURS["student"]), label=r) for r in roles]
-    handles += [Patch(facecolor="lightgrey", label="accuracy (solid)"),
-                Patch(facecolor="white", edgecolor="grey", hatch="///",
-                      label="macro-F1 (hatched)")]  # fmt: skip
-    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14),
-              ncol=len(handles), frameon=False, handlelength=1.5, columnspacing=1)  # fmt: skip
+    handles += [
+        Patch(facecolor="lightgrey", label="accuracy (solid)"),
+        Patch(facecolor="white", edgecolor="grey", hatch="///", label="macro-F1 (hatched)"),
+    ]
+    ax.legend(
+        handles=handles,
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncol=len(handles),
+        frameon=False,
+        handlelength=1.5,
+        columnspacing=1,
+    )
     ax.grid(axis="x", alpha=0.3)
 
 
@@ -174,8 +222,13 @@ def _plot_latency(ax: Any, models: list[dict[str, Any]]) -> None:
     values = [m["latency_ms_batch_1"] for m in models]
     ax.barh(range(len(models)), values, color=[_colour(m) for m in models], height=0.6)
     for i, m in enumerate(models):
-        ax.text(values[i], i, f" {values[i]:.1f} ms (×{m['speedup_vs_teacher']:.1f})",
-                va="center", fontsize=8)  # fmt: skip
+        ax.text(
+            values[i],
+            i,
+            f" {values[i]:.1f} ms (×{m['speedup_vs_teacher']:.1f})",
+            va="center",
+            fontsize=8,
+        )
     ax.set_yticks(range(len(models)), [_who(m, sep="\n") for m in models], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, max(values) * 1.45)
@@ -191,8 +244,13 @@ def _plot_size(ax: Any, models: list[dict[str, Any]]) -> None:
     unit = "MB" if on_disk else "M params"
     ax.barh(range(len(models)), values, color=[_colour(m) for m in models], height=0.6)
     for i, m in enumerate(models):
-        ax.text(values[i], i, f" {values[i]:.1f} {unit} (×{m['compression_vs_teacher']:.1f})",
-                va="center", fontsize=8)  # fmt: skip
+        ax.text(
+            values[i],
+            i,
+            f" {values[i]:.1f} {unit} (×{m['compression_vs_teacher']:.1f})",
+            va="center",
+            fontsize=8,
+        )
     ax.set_yticks(range(len(models)), [_who(m, sep="\n") for m in models], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, max(values) * 1.45)
@@ -246,7 +304,7 @@ def _plot_tradeoff(ax: Any, models: list[dict[str, Any]]) -> None:
             fontsize=8,
             arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.7} if moved else None,
         )
-    ax.grid(alpha=0.3)  # fmt: skip
+    ax.grid(alpha=0.3)
 
 
 def _plot_confusion(ax: Any, model: dict[str, Any], names: list[str], first_col: bool) -> Any:
@@ -260,18 +318,31 @@ def _plot_confusion(ax: Any, model: dict[str, Any], names: list[str], first_col:
     for r in range(n):
         for c in range(n):
             if pct[r, c] >= 0.5:  # blank cells keep the off-diagonal mistakes easy to spot
-                ax.text(c, r, f"{pct[r, c]:.0f}", ha="center", va="center", fontsize=size,
-                        color="white" if pct[r, c] > 60 else "black")  # fmt: skip
-    ax.set_xticks(range(n), [_tex_safe(_short(s, 13)) for s in names], rotation=50,
-                  ha="right", rotation_mode="anchor", fontsize=size + 1)  # fmt: skip
-    ax.set_yticks(range(n), [_tex_safe(s) for s in names] if first_col else [],
-                  fontsize=size + 1)  # fmt: skip
+                ax.text(
+                    c,
+                    r,
+                    f"{pct[r, c]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=size,
+                    color="white" if pct[r, c] > 60 else "black",
+                )
+    ax.set_xticks(
+        range(n),
+        [_tex_safe(_short(s, 13)) for s in names],
+        rotation=50,
+        ha="right",
+        rotation_mode="anchor",
+        fontsize=size + 1,
+    )
+    ax.set_yticks(range(n), [_tex_safe(s) for s in names] if first_col else [], fontsize=size + 1)
     ax.set_xlabel("predicted class", fontsize=9)
     if first_col:
         ax.set_ylabel("true class", fontsize=9)
     title = textwrap.fill(_who(model), 50)
-    ax.set_title(f"{title}\naccuracy {100 * model['accuracy']:.1f}%",
-                 fontsize=9, color=_colour(model))  # fmt: skip
+    ax.set_title(
+        f"{title}\naccuracy {100 * model['accuracy']:.1f}%", fontsize=9, color=_colour(model)
+    )
     return im
 
 
@@ -286,8 +357,9 @@ def plot_comparison(results: dict[str, Any], path: Path) -> None:
     cm_side = 2.2 + 0.28 * len(names)  # inches per confusion matrix, grows with the classes
     width = max(13.0, n_cols * cm_side + 2.5)
     bar_height = max(3.8, 0.75 * len(models) + 1.5)
-    fig = Figure(figsize=(width, 2 * bar_height + n_rows * (cm_side + 0.6) + 0.8),
-                 layout="constrained")  # fmt: skip
+    fig = Figure(
+        figsize=(width, 2 * bar_height + n_rows * (cm_side + 0.6) + 0.8), layout="constrained"
+    )
     top, bottom = fig.subfigures(2, 1, height_ratios=[2 * bar_height, n_rows * (cm_side + 0.6)])
     (a, b1), (b2, d) = top.subplots(2, 2)
     _plot_scores(a, models)
@@ -300,16 +372,20 @@ def plot_comparison(results: dict[str, Any], path: Path) -> None:
         im = _plot_confusion(ax, m, names, first_col=i % n_cols == 0)
     for ax in axes[len(models) :]:
         ax.set_visible(False)
-    bottom.colorbar(im, ax=list(axes[: len(models)]), shrink=0.6,
-                    label="share of the true class (%)")  # fmt: skip
+    bottom.colorbar(
+        im, ax=list(axes[: len(models)]), shrink=0.6, label="share of the true class (%)"
+    )
     bottom.suptitle("(e) Confusion matrices, row-normalised (% of each true class)", fontsize=11)
 
     ds = results["dataset"]
     fig.suptitle(
-        _tex_safe(f"Teacher vs students on {ds['name']} / {ds['split']} ({ds['rows']} rows, "
-                  f"{len(names)} classes, device {results.get('device', '?')})"),
-        fontsize=13, fontweight="bold",
-    )  # fmt: skip
+        _tex_safe(
+            f"Teacher vs students on {ds['name']} / {ds['split']} ({ds['rows']} rows, "
+            f"{len(names)} classes, device {results.get('device', '?')})"
+        ),
+        fontsize=13,
+        fontweight="bold",
+    )
     _save(fig, path)
 
 
@@ -449,7 +525,7 @@ def _table(header: list[str], rows: list[list[str]], text_cols: int = 1) -> str:
         + "".join(f"<td{' class=num' if i >= text_cols else ''}>{c}</td>" for i, c in enumerate(r))
         + "</tr>"
         for r in rows
-    )  # fmt: skip
+    )
     return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
@@ -458,27 +534,49 @@ def _summary_rows(models: list[dict[str, Any]]) -> list[list[str]]:
     for m in models:
         data = m.get("training_data") or {}
         dot = f'<span class="role" style="background:{_colour(m)}"></span>'
-        rows.append([
-            html.escape(m["name"]), dot + html.escape(m["role"]),
-            _num(m.get("parameters"), "{:,.1f}M", 1e-6),
-            _num(m.get("size_on_disk_bytes"), "{:.1f}", 1e-6),
-            _num(m.get("accuracy"), "{:.2f}", 100), _interval(m.get("accuracy_ci")),
-            _num(m.get("macro_f1"), "{:.2f}", 100), _interval(m.get("macro_f1_ci")),
-            _num(m.get("ece"), "{:.3f}"),
-            _num(m.get("agreement_with_teacher"), "{:.2f}", 100),
-            _num(m.get("kl_to_teacher"), "{:.3f}"),
-            _num(m.get("latency_ms_batch_1"), "{:.2f}"), _num(m.get("throughput_per_s"), "{:.0f}"),
-            _num(m.get("speedup_vs_teacher"), "{:.2f}×"),
-            _num(m.get("compression_vs_teacher"), "{:.2f}×"),
-            _num(data.get("labeled_rows"), "{:,}"), _num(data.get("unlabeled_rows"), "{:,}"),
-        ])  # fmt: skip
+        rows.append(
+            [
+                html.escape(m["name"]),
+                dot + html.escape(m["role"]),
+                _num(m.get("parameters"), "{:,.1f}M", 1e-6),
+                _num(m.get("size_on_disk_bytes"), "{:.1f}", 1e-6),
+                _num(m.get("accuracy"), "{:.2f}", 100),
+                _interval(m.get("accuracy_ci")),
+                _num(m.get("macro_f1"), "{:.2f}", 100),
+                _interval(m.get("macro_f1_ci")),
+                _num(m.get("ece"), "{:.3f}"),
+                _num(m.get("agreement_with_teacher"), "{:.2f}", 100),
+                _num(m.get("kl_to_teacher"), "{:.3f}"),
+                _num(m.get("latency_ms_batch_1"), "{:.2f}"),
+                _num(m.get("throughput_per_s"), "{:.0f}"),
+                _num(m.get("speedup_vs_teacher"), "{:.2f}×"),
+                _num(m.get("compression_vs_teacher"), "{:.2f}×"),
+                _num(data.get("labeled_rows"), "{:,}"),
+                _num(data.get("unlabeled_rows"), "{:,}"),
+            ]
+        )
     return rows
 
 
-SUMMARY_HEADER = ["model", "role", "parameters", "size (MB)", "accuracy (%)", "95% interval",
-                  "macro-F1 (%)", "95% interval", "ECE", "agreement with teacher (%)",
-                  "KL to teacher (nats)", "latency, batch 1 (ms)", "throughput (/s)", "speed-up",
-                  "compression", "labelled train rows", "unlabelled train rows"]  # fmt: skip
+SUMMARY_HEADER = [
+    "model",
+    "role",
+    "parameters",
+    "size (MB)",
+    "accuracy (%)",
+    "95% interval",
+    "macro-F1 (%)",
+    "95% interval",
+    "ECE",
+    "agreement with teacher (%)",
+    "KL to teacher (nats)",
+    "latency, batch 1 (ms)",
+    "throughput (/s)",
+    "speed-up",
+    "compression",
+    "labelled train rows",
+    "unlabelled train rows",
+]
 
 
 def _interval(ci: list[float] | None, scale: float = 100, signed: bool = False) -> str:
@@ -527,10 +625,16 @@ def _gain_html(gain: dict[str, Any] | None) -> str:
 def _per_class_html(models: list[dict[str, Any]]) -> str:
     parts = ["<h2>Per-class scores</h2>"]
     for m in models:
-        rows = [[html.escape(label), _num(c["precision"], "{:.1f}", 100),
-                 _num(c["recall"], "{:.1f}", 100), _num(c["f1"], "{:.1f}", 100),
-                 _num(c["support"], "{:d}")]
-                for label, c in (m.get("per_class") or {}).items()]  # fmt: skip
+        rows = [
+            [
+                html.escape(label),
+                _num(c["precision"], "{:.1f}", 100),
+                _num(c["recall"], "{:.1f}", 100),
+                _num(c["f1"], "{:.1f}", 100),
+                _num(c["support"], "{:d}"),
+            ]
+            for label, c in (m.get("per_class") or {}).items()
+        ]
         table = _table(["class", "precision (%)", "recall (%)", "F1 (%)", "support"], rows)
         parts.append(
             f"<details><summary>{html.escape(m['name'])} ({html.escape(m['role'])})</summary>"
@@ -573,16 +677,20 @@ def write_html_report(results: dict[str, Any], path: Path, figures: dict[str, Pa
     title = f"kdistill comparison: {ds['name']} / {ds['split']}"
     speed = results.get("speed_settings") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (results.get("versions") or {}).items())
-    meta = "<br>".join(html.escape(line) for line in (
-        f"{ds['rows']:,} rows, {len(ds['label_names'])} classes · device "
-        f"{results.get('device', '?')}, mixed precision {results.get('mixed_precision', '?')} · "
-        f"created {results.get('created', '?')}",
-        f"latency: median (and IQR) over {speed.get('latency_rows', '?')} rows one at a time, "
-        f"the models timed interleaved; throughput "
-        f"at batch {speed.get('throughput_batch_size', '?')}; {speed.get('repeats', '?')} "
-        f"repeats; max length {speed.get('max_length', '?')}",
-        versions,
-    ))  # fmt: skip
+    meta = "<br>".join(
+        html.escape(line)
+        for line in (
+            f"{ds['rows']:,} rows, {len(ds['label_names'])} classes · device "
+            f"{results.get('device', '?')}, "
+            f"mixed precision {results.get('mixed_precision', '?')} · "
+            f"created {results.get('created', '?')}",
+            f"latency: median (and IQR) over {speed.get('latency_rows', '?')} rows one at a time, "
+            f"the models timed interleaved; throughput "
+            f"at batch {speed.get('throughput_batch_size', '?')}; {speed.get('repeats', '?')} "
+            f"repeats; max length {speed.get('max_length', '?')}",
+            versions,
+        )
+    )
     doc = f"""<!DOCTYPE html>
 <html lang="en">
 <head>

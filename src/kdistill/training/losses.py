@@ -54,7 +54,7 @@ def kd_loss(
     supervision where both exist. alpha = 0 is pure supervised training, the cross-entropy-only
     baseline distillation is measured against: no row learns from the teacher, so unlabelled
     rows (which have nothing else) drop out, and a batch of them alone gives a loss of 0. Any
-    negative label marks an unlabelled row (kdistill.data gives them -100, the ignore index;
+    negative label marks an unlabelled row (kdistill.data.prepare gives them -100, the ignore index;
     -1 works too).
 
     The T^2 factor keeps the soft term's gradients the same size as T changes (they scale as
@@ -102,5 +102,12 @@ def kd_loss(
         loss = kl_unl
     else:
         loss = (n_labeled * labeled_loss + n_unlabeled * kl_unl) / n
-    return KDLoss(loss, kl.detach(), ce.detach(), labeled_loss.detach(), kl_unl.detach(),
-                  n_labeled, n_unlabeled)  # fmt: skip
+    return KDLoss(
+        loss,
+        kl.detach(),
+        ce.detach(),
+        labeled_loss.detach(),
+        kl_unl.detach(),
+        n_labeled,
+        n_unlabeled,
+    )

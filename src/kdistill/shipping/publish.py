@@ -27,9 +27,13 @@ def push_folder(folder: Path, repo_id: str, private: bool = True, what: str = "m
     logger.info("uploading %s to the Hub as %s (%s)", folder, repo_id, visibility)
     try:
         url = api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                          commit_message=f"Upload {what} with kdistill",
-                          ignore_patterns=IGNORE)  # fmt: skip
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            commit_message=f"Upload {what} with kdistill",
+            ignore_patterns=IGNORE,
+        )
     except Exception as e:  # noqa: BLE001  (network, auth and HTTP errors all end the same way)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KdistillError(

@@ -17,7 +17,7 @@ one sequence per prompt under a mask that keeps the words apart (in chunks when 
 large). The first label token's log-probability comes from the prompt pass, so when every label
 word is a single token the second pass is skipped. The tokens every prompt starts with
 (few-shot examples, instruction, label list) run once and their keys and values are reused by
-every batch; the text comes last in the prompt so that share is long (`kdistill.prompt_cache`).
+every batch; the text comes last in the prompt so that share is long (`teachers.prefix_cache`).
 
 Reasoning models: a chat template whose generation prompt opens a thinking block (the
 DeepSeek-R1 distills end it with "<think>\n") gets the block closed empty before the answer
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.prompt_cache import (
+from kdistill.teachers.prefix_cache import (
     MIN_PREFIX_TOKENS,
     PrefixCache,
     common_prefix,
@@ -116,8 +116,9 @@ def resolve_label_words(given: dict[str, str], label_names: list[str]) -> dict[s
         raise KdistillError(
             f"--label-words: unknown class {unknown[0]!r}; the classes are: {shown}"
         )
-    words = {n: " ".join(given[n].split()) if n in given else default_label_word(n)
-             for n in label_names}  # fmt: skip
+    words = {
+        n: " ".join(given[n].split()) if n in given else default_label_word(n) for n in label_names
+    }
     empty = [n for n, w in words.items() if not w]
     if empty:
         raise KdistillError(f"--label-words: class {empty[0]!r} has an empty word; give it one")
@@ -271,8 +272,9 @@ class PromptTeacher:
         for _, y in settings.few_shot:
             if not 0 <= y < len(self.label_names):
                 raise KdistillError(f"--few-shot: label index {y} is out of range")
-        self.few_shot = [(self._truncate([t], settings.max_text_tokens)[0], y)
-                         for t, y in settings.few_shot]  # fmt: skip
+        self.few_shot = [
+            (self._truncate([t], settings.max_text_tokens)[0], y) for t, y in settings.few_shot
+        ]
         self.label_ids = self._label_token_ids()
         self._log_p_cf: dict[str, list[float]] = {}
         if prefix_cache not in ("auto", "off"):
@@ -547,8 +549,9 @@ class PromptTeacher:
         scores = first[:, torch.stack([r[0] for r in labels])]  # (B, C)
         longest = int(n_tokens.max())
         if longest > 1:
-            scores = scores + self._continuations(out.cache, mask, lengths, labels, longest,
-                                                  vocab=first.shape[-1])  # fmt: skip
+            scores = scores + self._continuations(
+                out.cache, mask, lengths, labels, longest, vocab=first.shape[-1]
+            )
         return scores / n_tokens
 
     def _continuations(
@@ -579,8 +582,9 @@ class PromptTeacher:
             real[c, : len(r)] = 1
         inputs, targets, target_real = tokens[:, :-1], tokens[:, 1:], real[:, 1:]
 
-        cache_bytes = sum(t.numel() * t.element_size() for kv in cache for t in kv[:2]
-                          if t is not None)  # fmt: skip
+        cache_bytes = sum(
+            t.numel() * t.element_size() for kv in cache for t in kv[:2] if t is not None
+        )
         per_row = cache_bytes / batch + 4 * steps * vocab * 2  # cache + logits + log-softmax
         per_chunk = max(1, min(num_labels, int(self.chunk_bytes // (per_row * batch))))
         result = torch.empty((batch, num_labels), device=device)
@@ -624,7 +628,7 @@ def load_prompt_teacher(
     off): reuse the keys and values of the tokens all prompts share."""
     from transformers import AutoModelForCausalLM
 
-    from kdistill.models import _load_error, check_model_path, hf_kwargs, load_tokenizer
+    from kdistill.students.load import _load_error, check_model_path, hf_kwargs, load_tokenizer
 
     flag = "--teacher-model"
     check_template(settings.template)

@@ -22,9 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdistill.data.hub import use_cache_if_offline
 from kdistill.errors import KdistillError
-from kdistill.hub import use_cache_if_offline
-from kdistill.runs import atomic_dir, atomic_write_json
+from kdistill.training.runs import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features
@@ -58,8 +58,14 @@ UNLABELED = -100
 # some tokenizers drop, would have to fill most of 64k characters to move a kept token.
 CHARS_PER_TOKEN_BOUND = 64
 MIN_CHARS_KEPT = 65_536
-SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation",
-                 "val": "validation", "dev": "validation", "test": "test"}  # fmt: skip
+SPLIT_ALIASES = {
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+}
 
 
 @dataclass(frozen=True)
@@ -274,8 +280,9 @@ def _read_error(flag: str, files: list[str], suffix: str, e: BaseException) -> K
         if suffix in (".json", ".jsonl"):
             bad_json = _first_bad_json_line(f)
             if bad_json is not None:
-                return KdistillError(f"{flag}: {f} line {bad_json[0]} is not a JSON object: "
-                                     f"{bad_json[1]}")  # fmt: skip
+                return KdistillError(
+                    f"{flag}: {f} line {bad_json[0]} is not a JSON object: {bad_json[1]}"
+                )
     text = str(e).strip()
     first = text.splitlines()[0] if text else type(e).__name__
     hint = "; is it a Parquet file?" if suffix == ".parquet" else ""
@@ -342,9 +349,18 @@ def _looks_offline(e: BaseException) -> bool:
     text = f"{type(e).__name__} {e}".lower()
     return any(
         s in text
-        for s in ("connect", "offline", "resolve", "network", "timed out", "timeout",
-                  "couldn't reach", "name or service", "localentrynotfound")
-    )  # fmt: skip
+        for s in (
+            "connect",
+            "offline",
+            "resolve",
+            "network",
+            "timed out",
+            "timeout",
+            "couldn't reach",
+            "name or service",
+            "localentrynotfound",
+        )
+    )
 
 
 def no_load_count_ping() -> None:
@@ -465,11 +481,15 @@ def to_labelled(
             )
             continue
         if len(conv) < before:
-            logger.warning("%s: dropped %d %s rows with empty text or label", where,
-                           before - len(conv), split)  # fmt: skip
+            logger.warning(
+                "%s: dropped %d %s rows with empty text or label", where, before - len(conv), split
+            )
         if len(conv) == 0:
-            why = (": validation needs labels, for model selection and reporting"
-                   if split == "validation" else "")  # fmt: skip
+            why = (
+                ": validation needs labels, for model selection and reporting"
+                if split == "validation"
+                else ""
+            )
             raise KdistillError(
                 f"{where}: the {split} split has no row with both text and label{why}"
             )
@@ -603,8 +623,11 @@ def split_off_validation(
         )
     n_classes = len(counts)
     if n_val < n_classes:
-        logger.warning("validation has %d rows for %d classes: some classes are missing from it",
-                       n_val, n_classes)  # fmt: skip
+        logger.warning(
+            "validation has %d rows for %d classes: some classes are missing from it",
+            n_val,
+            n_classes,
+        )
         rng = random.Random(seed)
         val_idx = sorted(rng.sample(range(len(labels)), n_val))
     else:
@@ -751,8 +774,10 @@ def format_summary(data: LabelledData, summary: dict[str, Any]) -> str:
         )
     if UNLABELED_SPLIT in summary["splits"]:
         rows, fraction = summary["splits"][UNLABELED_SPLIT]["rows"], data.info["labeled_fraction"]
-        lines.append(f"  unlabeled: {rows} train rows without labels (--labeled-fraction "
-                     f"{fraction}), in {UNLABELED_FILE};")  # fmt: skip
+        lines.append(
+            f"  unlabeled: {rows} train rows without labels (--labeled-fraction "
+            f"{fraction}), in {UNLABELED_FILE};"
+        )
         lines.append(f"  their labels are aside in {UNLABELED_LABELS_FILE}, for evaluation only")
     return "\n".join(lines)
 
@@ -796,7 +821,7 @@ def prepare(config: PrepareDataConfig) -> tuple[Path, str]:
 
 def rows_digest(ds: Dataset) -> str:
     """A split's rows (texts and labels, in order) as one hash: equal digests, equal rows."""
-    from kdistill.cache import texts_digest
+    from kdistill.teachers.cache import texts_digest
 
     rows = ds.select_columns(["text", "label"])[:]
     return texts_digest([f"{y}\t{t}" for t, y in zip(rows["text"], rows["label"], strict=True)])
@@ -930,9 +955,13 @@ def load_unlabeled(source: str, text_column: str, max_samples: int | None, seed:
     flag = "--unlabeled-data"
     path = Path(source).expanduser()
     if path.is_dir():
-        own = sorted(p for p in path.iterdir()
-                     if p.stem.lower() in ("unlabeled", "unlabelled") and p.is_file()
-                     and p.suffix.lower() in FILE_FORMATS)  # fmt: skip
+        own = sorted(
+            p
+            for p in path.iterdir()
+            if p.stem.lower() in ("unlabeled", "unlabelled")
+            and p.is_file()
+            and p.suffix.lower() in FILE_FORMATS
+        )
         path = own[0] if own else path
     raw, _alias = load_source(str(path) if path.exists() else source, flag)
     split = next((s for s in (UNLABELED_SPLIT, "unsupervised", "train") if s in raw), None)
@@ -1012,15 +1041,22 @@ def tokenize(
 
     # datasets fingerprints the map function by pickling it, and a teacher encoder holds its
     # whole model: name the result by what decides it instead.
-    from kdistill.cache import tokenizer_identity
+    from kdistill.teachers.cache import tokenizer_identity
 
     identity = [ds._fingerprint, max_length, limit]
     for prefix, encoder in sorted(encoders.items()):
         if isinstance(encoder, PreTrainedTokenizerBase):
             identity.append([prefix, tokenizer_identity(encoder)])
         else:
-            identity.append([prefix, type(encoder).__name__, encoder.name, encoder.settings(),
-                             tokenizer_identity(encoder.tokenizer)])  # fmt: skip
+            identity.append(
+                [
+                    prefix,
+                    type(encoder).__name__,
+                    encoder.name,
+                    encoder.settings(),
+                    tokenizer_identity(encoder.tokenizer),
+                ]
+            )
     fingerprint = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:32]
     # A bar only where tokenising takes long enough to wonder about.
     (enable_progress_bar if len(ds) > 50_000 else disable_progress_bar)()

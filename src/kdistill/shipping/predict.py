@@ -26,7 +26,7 @@ import torch
 
 from kdistill.config import PredictConfig
 from kdistill.errors import KdistillError
-from kdistill.runs import atomic_write_text
+from kdistill.training.runs import atomic_write_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -76,15 +76,17 @@ def resolve_model(given: str, flag: str = "--model") -> tuple[Path | str, str]:
             )
         return path, "torch"
     if path.exists():
-        raise KdistillError(f"{flag} {given}: a file; pass a model folder, a distill run "
-                            "directory, an ONNX export folder or a .onnx file")  # fmt: skip
-    from kdistill.models import check_model_path
+        raise KdistillError(
+            f"{flag} {given}: a file; pass a model folder, a distill run "
+            "directory, an ONNX export folder or a .onnx file"
+        )
+    from kdistill.students.load import check_model_path
 
     return check_model_path(given, flag), "torch"  # a Hub id, or a one-line 'no such folder'
 
 
 def _is_run(path: Path) -> bool:
-    from kdistill.runs import is_run_config
+    from kdistill.training.runs import is_run_config
 
     try:
         return is_run_config(json.loads((path / "config.json").read_text()))
@@ -98,11 +100,12 @@ def label_names_of(config: Any) -> list[str]:
     return [str(id2label[k]) for k in sorted(id2label, key=int)]
 
 
-def load_torch_predictor(name: str, device: str, precision: str, flag: str = "--model"
-                         ) -> Predictor:  # fmt: skip
+def load_torch_predictor(
+    name: str, device: str, precision: str, flag: str = "--model"
+) -> Predictor:
     """A transformers classifier in eval mode. One whose head was never trained is refused:
     from_pretrained would fill it with random weights and every prediction would be noise."""
-    from kdistill.models import (
+    from kdistill.students.load import (
         _head_keys,
         load_classifier,
         load_tokenizer,
@@ -127,8 +130,13 @@ def load_torch_predictor(name: str, device: str, precision: str, flag: str = "--
     return torch_predictor(model.eval().to(device), tokenizer, device, precision, str(name))
 
 
-def torch_predictor(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, device: str,
-                    precision: str, name: str) -> Predictor:  # fmt: skip
+def torch_predictor(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    device: str,
+    precision: str,
+    name: str,
+) -> Predictor:
     """A loaded classifier's predictor: inference mode, autocast at `precision` (bf16/fp16)."""
     autocast = precision in ("bf16", "fp16")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -140,31 +148,46 @@ def torch_predictor(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, 
             logits = model(**inputs).logits
         return logits.float().cpu()
 
-    return Predictor(name, "torch", tokenizer, label_names_of(model.config), forward, precision,
-                     model)  # fmt: skip
+    return Predictor(
+        name, "torch", tokenizer, label_names_of(model.config), forward, precision, model
+    )
 
 
-def load_onnx_predictor(onnx_file: Path, flag: str = "--model", threads: int | None = None
-                        ) -> Predictor:  # fmt: skip
+def load_onnx_predictor(
+    onnx_file: Path, flag: str = "--model", threads: int | None = None
+) -> Predictor:
     """An exported model on onnxruntime's CPU provider; the class names and tokenizer come from
     the export folder (kdistill export writes the model's config.json and tokenizer beside it)."""
-    from kdistill.export import onnx_forward, onnx_session
-    from kdistill.models import load_tokenizer
+    from kdistill.shipping.export import onnx_forward, onnx_session
+    from kdistill.students.load import load_tokenizer
 
     folder = onnx_file.parent
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
-        raise KdistillError(f"{flag} {onnx_file}: no readable config.json beside it (the class "
-                            "names): pass a folder written by kdistill export") from e  # fmt: skip
+        raise KdistillError(
+            f"{flag} {onnx_file}: no readable config.json beside it (the class "
+            "names): pass a folder written by kdistill export"
+        ) from e
     report = _read_report(folder / "export_report.json")
     if report.get("passed") is False:
-        logger.warning("%s: its export was refused (agreement with the torch model below %s, "
-                       "see export_report.json)", folder, report.get("min_agreement"))  # fmt: skip
+        logger.warning(
+            "%s: its export was refused (agreement with the torch model below %s, "
+            "see export_report.json)",
+            folder,
+            report.get("min_agreement"),
+        )
     tokenizer = load_tokenizer(str(folder), flag)
     session = onnx_session(onnx_file, flag, threads)
-    return Predictor(str(onnx_file), "onnx", tokenizer, label_names_of(config),
-                     onnx_forward(session), "no", session)  # fmt: skip
+    return Predictor(
+        str(onnx_file),
+        "onnx",
+        tokenizer,
+        label_names_of(config),
+        onnx_forward(session),
+        "no",
+        session,
+    )
 
 
 def _read_report(path: Path) -> dict[str, Any]:
@@ -175,16 +198,18 @@ def _read_report(path: Path) -> dict[str, Any]:
     return report if isinstance(report, dict) else {}
 
 
-def load_predictor(given: str, device: str = "auto", mixed_precision: str = "auto",
-                   flag: str = "--model") -> Predictor:  # fmt: skip
+def load_predictor(
+    given: str, device: str = "auto", mixed_precision: str = "auto", flag: str = "--model"
+) -> Predictor:
     from kdistill.distill import pick_device, pick_mixed_precision
 
     target, kind = resolve_model(given, flag)
     if kind == "onnx":
         return load_onnx_predictor(Path(target), flag)
     device = pick_device(device)
-    return load_torch_predictor(str(target), device, pick_mixed_precision(mixed_precision, device),
-                                flag)  # fmt: skip
+    return load_torch_predictor(
+        str(target), device, pick_mixed_precision(mixed_precision, device), flag
+    )
 
 
 # --------------------------------------------------------------------------- reading input
@@ -195,14 +220,15 @@ def read_texts(path: Path, text_column: str, flag: str = "--input") -> list[str]
     training. A .txt file has one text per line; tabular files (CSV/TSV, JSONL/JSON, Parquet)
     read `text_column` (comma-separated columns are joined with '. ', as prepare-data does). A
     row without text is kept, as an empty text, so output rows line up with input rows."""
-    from kdistill.data import join_text
+    from kdistill.data.prepare import join_text
 
     if not path.is_file():
         raise KdistillError(f"{flag} {path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in READABLE:
-        raise KdistillError(f"{flag} {path}: unsupported file type {suffix!r}; use one of "
-                            f"{', '.join(READABLE)}")  # fmt: skip
+        raise KdistillError(
+            f"{flag} {path}: unsupported file type {suffix!r}; use one of {', '.join(READABLE)}"
+        )
     if path.stat().st_size == 0:
         raise KdistillError(f"{flag} {path} is empty")
     try:
@@ -222,8 +248,10 @@ def read_texts(path: Path, text_column: str, flag: str = "--input") -> list[str]
     missing = [c for c in wanted if c not in columns]
     if missing:
         have = ", ".join(map(str, columns))
-        raise KdistillError(f"{flag} {path}: no column {missing[0]!r} (columns: {have}); choose "
-                            "one with --text-column")  # fmt: skip
+        raise KdistillError(
+            f"{flag} {path}: no column {missing[0]!r} (columns: {have}); choose "
+            "one with --text-column"
+        )
     texts = [join_text([row.get(c) for c in wanted]) for row in rows]
     empty = sum(t is None for t in texts)
     if empty == len(texts):
@@ -255,11 +283,15 @@ def _read_table(path: Path, suffix: str) -> tuple[list[dict[str, Any]], list[str
     text = path.read_text(encoding="utf-8-sig")
     rows: list[Any]
     try:
-        rows = json.loads(text) if suffix == ".json" and text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()]  # fmt: skip
+        rows = (
+            json.loads(text)
+            if suffix == ".json" and text.lstrip().startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except json.JSONDecodeError as e:
-        raise KdistillError(f"--input {path}: not valid JSON lines ({e.msg}, line {e.lineno})"
-                            ) from e  # fmt: skip
+        raise KdistillError(
+            f"--input {path}: not valid JSON lines ({e.msg}, line {e.lineno})"
+        ) from e
     if not all(isinstance(r, dict) for r in rows):
         raise KdistillError(f"--input {path}: every line must be a JSON object")
     columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -277,9 +309,12 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def predict_logits(
-    predictor: Predictor, texts: list[str], batch_size: int, max_length: int,
+    predictor: Predictor,
+    texts: list[str],
+    batch_size: int,
+    max_length: int,
     progress: bool = False,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """(len(texts), num_labels) float32 logits in the model's class order, rows in input
     order."""
     from tqdm.auto import tqdm
@@ -292,17 +327,21 @@ def predict_logits(
     for rows in tqdm(batches, desc="predict", unit="batch", disable=not progress, leave=False):
         rows_in = {"input_ids": [ids[i] for i in rows], "attention_mask": [masks[i] for i in rows]}
         batch = tok.pad(rows_in, return_tensors="pt")
-        logits = predictor.forward({"input_ids": batch["input_ids"],
-                                    "attention_mask": batch["attention_mask"]})  # fmt: skip
+        logits = predictor.forward(
+            {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        )
         if logits.shape[-1] != out.shape[-1]:
-            raise KdistillError(f"--model {predictor.name}: it gives {logits.shape[-1]} logits "
-                                f"but names {out.shape[-1]} classes in config.json")  # fmt: skip
+            raise KdistillError(
+                f"--model {predictor.name}: it gives {logits.shape[-1]} logits "
+                f"but names {out.shape[-1]} classes in config.json"
+            )
         out[rows] = logits.float()
     return out
 
 
-def prediction_rows(texts: list[str], probs: torch.Tensor, label_names: list[str],
-                    top_k: int | None) -> list[dict[str, Any]]:  # fmt: skip
+def prediction_rows(
+    texts: list[str], probs: torch.Tensor, label_names: list[str], top_k: int | None
+) -> list[dict[str, Any]]:
     """One JSON-ready dict per row: its index, text, label, the label's probability, and the
     top_k most probable classes with their probabilities (all classes when top_k is None)."""
     k = min(top_k or len(label_names), len(label_names))
@@ -312,8 +351,9 @@ def prediction_rows(texts: list[str], probs: torch.Tensor, label_names: list[str
         pairs = zip(values[row].tolist(), indices[row].tolist(), strict=True)
         top = {label_names[j]: float(p) for p, j in pairs}
         label = label_names[int(indices[row, 0])]
-        out.append({"row": row, "text": text, "label": label, "score": top[label],
-                    "probabilities": top})  # fmt: skip
+        out.append(
+            {"row": row, "text": text, "label": label, "score": top[label], "probabilities": top}
+        )
     return out
 
 
@@ -326,11 +366,17 @@ def predict(config: PredictConfig) -> str:
         else read_texts(Path(config.input).expanduser(), config.text_column)
     )
     predictor = load_predictor(config.model, config.device, config.mixed_precision)
-    logger.info("%s (%s%s): %d classes, %d rows", predictor.name, predictor.kind,
-                f", {predictor.precision}" if predictor.precision != "no" else "",
-                len(predictor.label_names), len(texts))  # fmt: skip
-    logits = predict_logits(predictor, texts, config.batch_size, config.max_length,
-                            progress=config.input is not None)  # fmt: skip
+    logger.info(
+        "%s (%s%s): %d classes, %d rows",
+        predictor.name,
+        predictor.kind,
+        f", {predictor.precision}" if predictor.precision != "no" else "",
+        len(predictor.label_names),
+        len(texts),
+    )
+    logits = predict_logits(
+        predictor, texts, config.batch_size, config.max_length, progress=config.input is not None
+    )
     probs = torch.softmax(logits, dim=-1)
     rows = prediction_rows(texts, probs, predictor.label_names, config.top_k)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -197,8 +197,10 @@ def per_class_accuracy(
     for i, name in enumerate(label_names):
         rows = labels == i
         n = int(rows.sum())
-        out[name] = {"accuracy": float((preds[rows] == i).float().mean()) if n else float("nan"),
-                     "n": n}  # fmt: skip
+        out[name] = {
+            "accuracy": float((preds[rows] == i).float().mean()) if n else float("nan"),
+            "n": n,
+        }
     return out
 
 
@@ -209,8 +211,11 @@ def soft_target_stats(
     nats (0 = one-hot; log(num_labels) = uniform, no information)."""
     probs = F.softmax(logits.float() / temperature, dim=-1)
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
-    return {"temperature": temperature, "ece": expected_calibration_error(probs, labels),
-            "mean_entropy": float(entropy)}  # fmt: skip
+    return {
+        "temperature": temperature,
+        "ece": expected_calibration_error(probs, labels),
+        "mean_entropy": float(entropy),
+    }
 
 
 # --------------------------------------------------------------------------- comparing models
@@ -224,19 +229,29 @@ def per_class_scores(
     from sklearn.metrics import precision_recall_fscore_support
 
     p, r, f, s = precision_recall_fscore_support(
-        labels.cpu().numpy(), preds.cpu().numpy(), labels=list(range(len(label_names))),
+        labels.cpu().numpy(),
+        preds.cpu().numpy(),
+        labels=list(range(len(label_names))),
         zero_division=0,
-    )  # fmt: skip
-    return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                   "support": int(s[i])} for i, name in enumerate(label_names)}  # fmt: skip
+    )
+    return {
+        name: {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+        }
+        for i, name in enumerate(label_names)
+    }
 
 
 def confusion(labels: torch.Tensor, preds: torch.Tensor, num_labels: int) -> list[list[int]]:
     """Rows are true classes, columns predicted ones, every class present even when empty."""
     from sklearn.metrics import confusion_matrix
 
-    matrix = confusion_matrix(labels.cpu().numpy(), preds.cpu().numpy(),
-                              labels=list(range(num_labels)))  # fmt: skip
+    matrix = confusion_matrix(
+        labels.cpu().numpy(), preds.cpu().numpy(), labels=list(range(num_labels))
+    )
     return matrix.tolist()
 
 

@@ -2,7 +2,7 @@
 
 Two kinds: a sequence classifier whose logit columns are reordered onto the data set's classes
 (`ClassifierTeacher`), and a causal LM that scores each class's label words after a prompt
-(`kdistill.prompt_teacher.PromptTeacher`). Both `encode(texts, max_length)` into the inputs they
+(`kdistill.teachers.prompt.PromptTeacher`). Both `encode(texts, max_length)` into the inputs they
 read back in `logits(batch)`, so the data pipeline and the logit cache treat them alike.
 """
 
@@ -89,7 +89,7 @@ def resolve_mode(requested: str, path: str) -> str:
         return requested
     from transformers import AutoConfig
 
-    from kdistill.models import hf_kwargs
+    from kdistill.students.load import hf_kwargs
 
     try:
         architectures = AutoConfig.from_pretrained(path, **hf_kwargs()).architectures or []
@@ -115,23 +115,31 @@ def load_teacher(
     """The teacher `options` describe, frozen, in eval mode. `examples` (the training split,
     `text` and `label` columns) is where few-shot examples come from; it is read only then.
     `shots` (a run's recorded examples) are shown instead of picking new ones."""
-    from kdistill.models import check_model_path, load_teacher_classifier
+    from kdistill.students.load import check_model_path, load_teacher_classifier
 
     path = check_model_path(name, "--teacher-model")
     mode = resolve_mode(options.teacher_mode, path)
     if mode == "classifier":
-        prompt_flags = [f for f, v in (("--prompt-template", options.prompt_template),
-                                       ("--label-words", options.label_words),
-                                       ("--few-shot", options.few_shot)) if v]  # fmt: skip
+        prompt_flags = [
+            f
+            for f, v in (
+                ("--prompt-template", options.prompt_template),
+                ("--label-words", options.label_words),
+                ("--few-shot", options.few_shot),
+            )
+            if v
+        ]
         if prompt_flags:
-            logger.warning("%s apply to prompt teachers only; this teacher is a classifier",
-                           ", ".join(prompt_flags))  # fmt: skip
+            logger.warning(
+                "%s apply to prompt teachers only; this teacher is a classifier",
+                ", ".join(prompt_flags),
+            )
         model, tokenizer, columns = load_teacher_classifier(
             path, label_names, options.allow_untrained_teacher, dtype
         )
         return ClassifierTeacher(model, tokenizer, columns, path)
 
-    from kdistill.prompt_teacher import (
+    from kdistill.teachers.prompt import (
         PromptSettings,
         check_template,
         load_prompt_teacher,
@@ -144,16 +152,24 @@ def load_teacher(
     if shots is None and options.few_shot:
         if examples is None:
             raise KdistillError("--few-shot needs training examples; this split has none")
-        shots = pick_few_shot(list(examples["text"]), list(examples["label"]), label_names,
-                              options.few_shot, seed)  # fmt: skip
+        shots = pick_few_shot(
+            list(examples["text"]), list(examples["label"]), label_names, options.few_shot, seed
+        )
     shots = shots or []
-    settings = PromptSettings(template=options.prompt_template, label_words=words,
-                              few_shot=shots, calibrate=options.calibrate,
-                              chat=options.chat_template,
-                              max_text_tokens=max_length)  # fmt: skip
+    settings = PromptSettings(
+        template=options.prompt_template,
+        label_words=words,
+        few_shot=shots,
+        calibrate=options.calibrate,
+        chat=options.chat_template,
+        max_text_tokens=max_length,
+    )
     teacher = load_prompt_teacher(path, label_names, settings, dtype, options.prefix_cache)
-    logger.info("teacher %s: prompt mode (label words: %s; %d-shot; calibration %s)", name,
-                ", ".join(words[n] for n in label_names[:4]) + ("..." if len(label_names) > 4
-                                                                else ""),
-                len(shots), "on" if options.calibrate else "off")  # fmt: skip
+    logger.info(
+        "teacher %s: prompt mode (label words: %s; %d-shot; calibration %s)",
+        name,
+        ", ".join(words[n] for n in label_names[:4]) + ("..." if len(label_names) > 4 else ""),
+        len(shots),
+        "on" if options.calibrate else "off",
+    )
     return teacher

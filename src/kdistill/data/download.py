@@ -51,8 +51,12 @@ def download_model(config: DownloadConfig) -> Path:
         "download), copy the folder here and pass its path, e.g. --teacher-model "
         f"{target}"
     )
-    logger.info("downloading %s%s into %s", config.model,
-                f"@{config.revision}" if config.revision else "", target)  # fmt: skip
+    logger.info(
+        "downloading %s%s into %s",
+        config.model,
+        f"@{config.revision}" if config.revision else "",
+        target,
+    )
     try:
         path = snapshot_download(
             repo_id=config.model,

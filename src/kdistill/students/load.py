@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdistill.data.hub import use_cache_if_offline
 from kdistill.errors import KdistillError
-from kdistill.hub import use_cache_if_offline
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -103,7 +103,7 @@ def check_model_path(name: str, flag: str) -> str:
         check_no_pickle_only(path, flag)
         return str(path)
     # An installed wheel carries the checkout's examples/ as kdistill/examples/.
-    packaged = Path(__file__).parent / name
+    packaged = Path(__file__).parent.parent / name
     if name.startswith("examples/") and packaged.is_dir():
         return check_model_path(str(packaged), flag)
     # `models/X` reads like a Hub id `org/X`, but when `models/` is a local folder (or one of our
@@ -124,7 +124,7 @@ def check_model_path(name: str, flag: str) -> str:
 
 
 def gguf_cache_dir() -> Path:
-    from kdistill.cache import cache_root
+    from kdistill.teachers.cache import cache_root
 
     return cache_root() / "gguf"
 
@@ -146,11 +146,12 @@ def gguf_to_folder(gguf: Path, flag: str) -> Path:
     try:
         import gguf as _gguf_reader  # noqa: F401  (transformers needs it to read the file)
     except ImportError as e:
-        raise KdistillError(f"{flag} {gguf}: reading GGUF needs the gguf package: pip install "
-                            "gguf") from e  # fmt: skip
+        raise KdistillError(
+            f"{flag} {gguf}: reading GGUF needs the gguf package: pip install gguf"
+        ) from e
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kdistill.runs import atomic_dir
+    from kdistill.training.runs import atomic_dir
 
     logger.info("%s: dequantising to %s (once; later loads reuse it)", gguf.name, target)
     try:
@@ -223,12 +224,12 @@ def set_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
 def map_labels(teacher_id2label: dict[int, str], label_names: list[str], flag: str) -> list[int]:
     """For each data-set class, the teacher logit column with the same name.
 
-    Names match by `kdistill.labels.match_names`: exactly, else uniquely ignoring case, spaces
+    Names match by `kdistill.data.labels.match_names`: exactly, else uniquely ignoring case, spaces
     and punctuation in any script ("Educational Institution" = "EducationalInstitution"); an
     ambiguous loose match is an error. The teacher may know extra classes (their columns are
     dropped); a data-set class the teacher lacks is an error that lists the differences.
     """
-    from kdistill.labels import match_names
+    from kdistill.data.labels import match_names
 
     teacher = {int(i): str(n) for i, n in teacher_id2label.items()}
     if all(GENERIC_LABEL.match(n) for n in teacher.values()):
@@ -398,7 +399,7 @@ def load_student(
 def cut_student(model: PreTrainedModel, layers: str | None, num_layers: int | None) -> None:
     if layers is None and num_layers is None:
         return
-    from kdistill.student_layers import keep_layers, layer_stack, resolve_layers
+    from kdistill.students.layers import keep_layers, layer_stack, resolve_layers
 
     stack, _ = layer_stack(model)
     total = len(stack)
@@ -408,8 +409,13 @@ def cut_student(model: PreTrainedModel, layers: str | None, num_layers: int | No
     before = count_parameters(model)
     keep_layers(model, kept)
     after = count_parameters(model)
-    logger.info("student: kept layers %s of %d (%.1fM -> %.1fM parameters)",
-                ",".join(map(str, kept)), total, before / 1e6, after / 1e6)  # fmt: skip
+    logger.info(
+        "student: kept layers %s of %d (%.1fM -> %.1fM parameters)",
+        ",".join(map(str, kept)),
+        total,
+        before / 1e6,
+        after / 1e6,
+    )
 
 
 def reset_head(model: PreTrainedModel) -> None:
@@ -432,7 +438,18 @@ def count_parameters(model: torch.nn.Module) -> int:  # noqa: F821
 
 def is_decoder_only(model: PreTrainedModel) -> bool:
     return not getattr(model.config, "is_encoder_decoder", False) and (
-        model.config.model_type in {"qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2",
-                                    "phi3", "gpt2", "gpt_neox", "smollm3"}
+        model.config.model_type
+        in {
+            "qwen2",
+            "qwen3",
+            "llama",
+            "mistral",
+            "gemma",
+            "gemma2",
+            "phi3",
+            "gpt2",
+            "gpt_neox",
+            "smollm3",
+        }
         or "CausalLM" in " ".join(getattr(model.config, "architectures", None) or [])
-    )  # fmt: skip
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: metrics with intervals, and the figures and HTML report."""

@@ -1,0 +1,1 @@
+"""Shipping a trained student: predict, ONNX export, the model card, publishing to the Hub."""

@@ -1,0 +1,1 @@
+"""Students: loading the model that learns, and cutting layers from a bigger one."""
