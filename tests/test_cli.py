@@ -99,7 +99,7 @@ def one_line_error(capsys, argv, prog="kdistill", command=None) -> str:
         (["distill", "--batch-size", "0"], "--batch-size must be >= 1"),
         (["distill", "--epochs", "0"], "--epochs must be >= 1"),
         (["distill", "--max-train-samples", "0"], "--max-train-samples must be >= 1"),
-        (["distill", "--temperature", "hot"], "invalid float value: 'hot'"),
+        (["distill", "--temperature", "hot"], "--temperature must be a number > 0 or auto"),
         (["distill", "--mixed-precision", "fp8"], "invalid choice: 'fp8'"),
         (["prepare-data", "--validation-split", "1"], "--validation-split must be between"),
         (

@@ -48,3 +48,36 @@ def test_auto_cut_student_maps_to_the_layers_it_was_cut_from():
 def test_auto_uniform(m, n, expected):
     """TinyBERT's uniform map: embeddings to embeddings, last block to last block."""
     assert format_layer_map(resolve_layer_map("auto", m, n)) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"temperature": "hot"}, "--temperature"),
+        ({"temperature": 0}, "--temperature"),
+        ({"hidden_loss": "l1"}, "--hidden-loss"),
+        ({"attention_loss": "maps"}, "--attention-loss"),
+        ({"teacher_calibration": "on"}, "--teacher-calibration"),
+        ({"hidden_weight": -1.0}, "--hidden-weight"),
+        ({"attention_weight": -0.5}, "--attention-weight"),
+        ({"layer_map": "0-1"}, "--layer-map"),
+        ({"alpha": 0.0, "hidden_loss": "mse"}, "--hidden-loss"),
+        ({"temperature": "auto", "seeds": "1,2"}, "--temperature"),
+    ],
+)
+def test_config_refuses_bad_values_in_one_line(kwargs, flag):
+    from kdistill.config import DistillConfig
+
+    with pytest.raises(KdistillError) as e:
+        DistillConfig(**kwargs)
+    assert str(e.value).startswith(flag) and "\n" not in str(e.value)
+
+
+def test_config_temperature_accepts_auto_and_numbers():
+    from kdistill.config import DistillConfig
+
+    assert DistillConfig(temperature="auto").temperature == "auto"
+    assert DistillConfig(temperature="2.5").temperature == 2.5
+    assert not DistillConfig().uses_intermediate()
+    assert DistillConfig(hidden_loss="cosine").uses_intermediate()
+    assert not DistillConfig(hidden_loss="cosine", hidden_weight=0.0).uses_intermediate()

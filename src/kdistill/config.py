@@ -279,7 +279,9 @@ class TeacherOptions(LoadOptions):
 
 @dataclass
 class DistillConfig(TeacherOptions):
-    """Train a student from a frozen teacher: loss = alpha * T^2 * KL + (1 - alpha) * CE."""
+    """Train a student from a frozen teacher: loss = alpha * T^2 * KL + (1 - alpha) * CE
+    + hidden_weight * L_hidden + attention_weight * L_rel (the last two with --hidden-loss and
+    --attention-loss)."""
 
     dataset: str = _opt(
         "dbpedia",
@@ -302,16 +304,52 @@ class DistillConfig(TeacherOptions):
     epochs: int = _opt(3, "Training epochs.")
     batch_size: int = _opt(4, "Examples per step per device.")
     max_length: int = _opt(128, "Maximum tokens per text (each model's own tokenizer).")
-    temperature: float = _opt(
+    temperature: str | float = _opt(
         3.0,
         "Softening temperature T > 0: both distributions are softmax(logits / T); the KL term is "
-        "multiplied by T^2 (Hinton et al.) so its gradients keep their size as T changes.",
+        "multiplied by T^2 (Hinton et al.) so its gradients keep their size as T changes. auto: "
+        "the T in [1, 20] at which the (calibrated) teacher's soft targets on the validation "
+        "split have a mean entropy of half the uniform distribution's, log(classes) / 2: its "
+        "answer still stands out and the other classes keep enough mass to be learnt from.",
     )
     alpha: float = _opt(
         0.7,
         "Weight of the distillation term in [0, 1]: loss = alpha * T^2 * KL(teacher || student) "
         "+ (1 - alpha) * CE(student, labels). 0 = supervised only, 1 = teacher only.",
     )
+    # ---- issue 20: calibrated teacher, intermediate-layer losses (see training/losses.py)
+    teacher_calibration: str = _opt(
+        "off",
+        "auto: fit one temperature T_cal on the validation split by NLL (temperature scaling) "
+        "and divide the teacher's logits by it before --temperature, p_t = softmax(z / (T_cal * "
+        "T)); recorded in config.json and history.json. off: the raw logits.",
+        choices=["auto", "off"],
+    )
+    hidden_loss: str = _opt(
+        "none",
+        "Also match hidden states on the --layer-map pairs: mse or cosine (1 - cos), through a "
+        "learned linear projection where the widths differ (trained with the student, not saved "
+        "with it); over real tokens when both models use the same tokenizer, else over "
+        "mean-pooled states. Adds hidden_weight * L_hidden to the loss.",
+        choices=["none", "mse", "cosine"],
+    )
+    hidden_weight: float = _opt(1.0, "Weight of the --hidden-loss term, >= 0.")
+    layer_map: str = _opt(
+        "auto",
+        "Student:teacher layer pairs for --hidden-loss, blocks counted from 0 as in "
+        "--student-layers, emb = embeddings, e.g. emb:emb,s0:t0,s1:t5. auto: a cut student maps "
+        "to the blocks it was cut from; others uniformly, embeddings to embeddings and last to "
+        "last. --attention-loss uses the last pair.",
+    )
+    attention_loss: str = _opt(
+        "none",
+        "relation: MiniLMv2 self-attention relation distillation on the last --layer-map pair: "
+        "KL(teacher || student) of the query-query, key-key and value-value relations, split "
+        "into as many relation heads as the two models' head counts share (gcd), so they may "
+        "differ. Needs the same tokenizer. Adds attention_weight * L_rel to the loss.",
+        choices=["none", "relation"],
+    )
+    attention_weight: float = _opt(1.0, "Weight of the --attention-loss term, >= 0.")
     max_train_samples: int | None = _opt(
         None, "Stratified subsample of train (keeps class proportions)."
     )
@@ -434,6 +472,13 @@ class DistillConfig(TeacherOptions):
     )
 
     def __post_init__(self) -> None:
+        if self.temperature != "auto":
+            try:
+                self.temperature = float(self.temperature)
+            except (TypeError, ValueError):
+                raise KdistillError(
+                    f"--temperature must be a number > 0 or auto (got {self.temperature!r})"
+                ) from None
         _check_finite(self)
         self.seed_list()
         _check(self.save_steps >= 0, f"--save-steps must be >= 0 (got {self.save_steps})")
@@ -441,8 +486,8 @@ class DistillConfig(TeacherOptions):
             not (self.resume and self.resume_from),
             "--resume and --resume-from: pass one of them, not both",
         )
-        _check(self.temperature > 0, f"--temperature must be > 0 (got {self.temperature})")
         _check(0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1] (got {self.alpha})")
+        self._check_teacher_losses()
         _check_training(self)
         self._check_teacher()
         _check(
@@ -451,6 +496,48 @@ class DistillConfig(TeacherOptions):
         )
         self._check_unlabeled()
         _check_push_to_hub(self.push_to_hub)
+
+    def _check_teacher_losses(self) -> None:
+        """--temperature, --teacher-calibration and the intermediate-layer losses."""
+        from kdistill.training.layer_map import parse_layer_map
+
+        _check(
+            self.temperature == "auto" or self.temperature > 0,
+            f"--temperature must be > 0 or auto (got {self.temperature})",
+        )
+        _check(
+            not (self.temperature == "auto" and self.seeds),
+            "--temperature auto with --seeds: pass a number (each seed's run would pick its own)",
+        )
+        for flag, value, allowed in (
+            ("--teacher-calibration", self.teacher_calibration, ("auto", "off")),
+            ("--hidden-loss", self.hidden_loss, ("none", "mse", "cosine")),
+            ("--attention-loss", self.attention_loss, ("none", "relation")),
+        ):
+            _check(value in allowed, f"{flag} must be one of {', '.join(allowed)} (got {value})")
+        for flag, weight in (
+            ("--hidden-weight", self.hidden_weight),
+            ("--attention-weight", self.attention_weight),
+        ):
+            _check(weight >= 0, f"{flag} must be >= 0 (got {weight})")
+        if self.layer_map.strip().lower() != "auto":
+            parse_layer_map(self.layer_map, 1 << 20, 1 << 20)  # syntax now, ranges once loaded
+        if self.alpha == 0:
+            for flag, value in (
+                ("--hidden-loss", self.hidden_loss),
+                ("--attention-loss", self.attention_loss),
+            ):
+                _check(
+                    value == "none",
+                    f"{flag} {value} needs the teacher, and --alpha 0 trains without one; "
+                    "pass --alpha > 0",
+                )
+
+    def uses_intermediate(self) -> bool:
+        """Whether the loss reads hidden states or attention inputs (an online teacher pass)."""
+        return (self.hidden_loss != "none" and self.hidden_weight > 0) or (
+            self.attention_loss != "none" and self.attention_weight > 0
+        )
 
     def _check_unlabeled(self) -> None:
         _check(
