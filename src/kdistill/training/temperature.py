@@ -65,3 +65,15 @@ def auto_temperature(
         else:
             hi = mid
     return math.exp((lo + hi) / 2)
+
+
+def teacher_temperatures(
+    calibration: str, temperature: float | str, val_logits: torch.Tensor, val_labels: torch.Tensor
+) -> tuple[float, float]:
+    """(T_cal, T) for --teacher-calibration and --temperature, from the teacher's validation
+    logits (n, C) and labels (n,): T_cal is 1 with calibration off, and T is picked on the
+    calibrated logits z / T_cal when it is auto."""
+    t_cal = calibration_temperature(val_logits, val_labels) if calibration == "auto" else 1.0
+    if temperature == "auto":
+        return t_cal, auto_temperature(val_logits.float() / t_cal)
+    return t_cal, float(temperature)
