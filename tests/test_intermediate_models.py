@@ -77,7 +77,7 @@ def test_step_over_differing_widths_and_heads(pair):
     record = inter.describe()
     assert record["layer_map"].startswith("emb:emb,0:")
     assert record["projection_parameters"] > 0 and record["relation_heads"] >= 1
-    _logits, out = inter.step(student, teacher, _batch(), None, 2.0, 0.7)
+    _logits, out = inter.loss(student, teacher, _batch(), 2.0, 0.7)
     assert torch.isfinite(out.loss) and out.hidden > 0 and out.relation > 0
     out.loss.backward()
     assert all(p.grad is not None for p in inter.projection.parameters())
@@ -92,7 +92,7 @@ def test_identical_models_give_zero_intermediate_terms():
     student.eval()  # no dropout: the same weights give the same states
     config = DistillConfig(hidden_loss="cosine", attention_loss="relation")
     inter = IntermediateLoss(config, student, teacher.model, token_level=True)
-    _, out = inter.step(student, teacher, _batch(), None, 2.0, 0.7)
+    _, out = inter.loss(student, teacher, _batch(), 2.0, 0.7)
     assert out.hidden.abs() < 1e-5 and out.relation.abs() < 1e-5
     assert not list(inter.projection.parameters())  # same width: nothing to learn or drop
 

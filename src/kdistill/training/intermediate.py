@@ -3,7 +3,7 @@
 The student's forward pass asks for its hidden states (`output_hidden_states`) and, for the
 attention-relation loss, forward hooks keep the outputs of one block's query, key and value
 projections (the Linear layers, before the heads split them and before any rotary embedding).
-The teacher runs the same way under no_grad. `IntermediateLoss.step` then hands both to
+The teacher runs the same way under no_grad. `IntermediateLoss.loss` then hands both to
 `distill_loss`, the one loss function.
 """
 
@@ -202,17 +202,18 @@ class IntermediateLoss:
         qkv = self._recorders[1].take() if self._recorders else None
         return logits, self._hidden(out.hidden_states or (), 1), qkv
 
-    def step(
+    def loss(
         self,
         student: Any,
         teacher: Any,
         batch: dict[str, torch.Tensor],
-        teacher_logits: torch.Tensor | None,
         temperature: float,
         alpha: float,
+        cached_logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DistillLoss]:
-        """One batch: both forward passes, then distill_loss. `teacher_logits` (cached, maybe
-        calibrated) replace the online pass's logits when given. Returns (student logits, loss)."""
+        """One batch: both forward passes, then distill_loss. `cached_logits` (the logit
+        cache's rows, already calibrated) stand in for the online pass's logits when given.
+        Returns (student logits (batch, num_labels), the loss and its parts)."""
         online_logits, t_hidden, t_qkv = self.teacher_outputs(teacher, batch)
         out = student(
             input_ids=batch["student_input_ids"],
@@ -229,10 +230,9 @@ class IntermediateLoss:
             batch["teacher_attention_mask"],
             self.token_level,
         )
-        logits = online_logits if teacher_logits is None else teacher_logits
-        loss = distill_loss(
+        parts = distill_loss(
             out.logits,
-            logits,
+            online_logits if cached_logits is None else cached_logits,
             batch["labels"],
             temperature,
             alpha,
@@ -243,8 +243,63 @@ class IntermediateLoss:
             self.attention_weight,
             self.relation_heads,
         )
-        return out.logits, loss
+        return out.logits, parts
 
     def close(self) -> None:
         for r in self._recorders or ():
             r.remove()
+
+
+def cut_layers(config: DistillConfig) -> tuple[list[int] | None, int | None]:
+    """(the blocks a --student-layers/--student-num-layers student was cut from, how many the
+    model had), or (None, None) for a student used whole."""
+    if config.student_layers is None and config.student_num_layers is None:
+        return None, None
+    from transformers import AutoConfig
+
+    from kdistill.students.layers import resolve_layers
+    from kdistill.students.load import check_model_path, hf_kwargs
+
+    source = AutoConfig.from_pretrained(
+        check_model_path(config.student_model, "--student-model"), **hf_kwargs()
+    )
+    total = getattr(source, "num_hidden_layers", None) or getattr(source, "n_layers", None)
+    return resolve_layers(config.student_layers, config.student_num_layers, total), total
+
+
+def setup_intermediate(
+    config: DistillConfig, student: Any, teacher: Any, train_tok: Any
+) -> IntermediateLoss | None:
+    """The run's IntermediateLoss, or None when the loss reads logits only. `train_tok` holds
+    both models' token ids; they decide whether hidden states compare token by token."""
+    if not config.uses_intermediate():
+        return None
+    if getattr(teacher, "mode", "classifier") != "classifier":
+        raise KdistillError(
+            "--hidden-loss and --attention-loss read a classifier teacher's layers; a prompt "
+            "teacher's hidden states describe the prompt, not the text: drop them, or fine-tune "
+            "the teacher (finetune-teacher)"
+        )
+    ids = train_tok.select_columns(["student_input_ids", "teacher_input_ids"])[:]
+    token_level = tokens_agree(ids["student_input_ids"], ids["teacher_input_ids"])
+    cut_from, source_blocks = cut_layers(config)
+    inter = IntermediateLoss(config, student, teacher.model, token_level, cut_from, source_blocks)
+    record = inter.describe()
+    logger.info(
+        "intermediate losses: hidden %s (weight %g) on layers %s over %s; attention %s%s",
+        record["hidden_loss"],
+        record["hidden_weight"],
+        record["layer_map"],
+        record["hidden_over"],
+        record["attention_loss"],
+        f" on {record['relation_layers']}, {record['relation_heads']} relation heads"
+        if record["relation_layers"]
+        else "",
+    )
+    if record["projection_parameters"]:
+        logger.info(
+            "hidden-state projection: %d parameters, trained with the student and not saved with "
+            "it (the saved student is a plain classifier)",
+            record["projection_parameters"],
+        )
+    return inter

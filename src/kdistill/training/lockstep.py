@@ -57,6 +57,8 @@ def unsupported_reason(config: SweepConfig, num_processes: int = 1) -> str | Non
         (config.save_steps > 0, "--save-steps (mid-epoch checkpoints)"),
         (config.report_to != "none", f"--report-to {config.report_to}"),
         (num_processes > 1, f"{num_processes} processes (accelerate launch)"),
+        (config.uses_intermediate(), "--hidden-loss/--attention-loss (an online teacher pass)"),
+        (config.teacher_calibration != "off", "--teacher-calibration auto"),
     ]
     found = [why for bad, why in reasons if bad]
     return ", ".join(found) if found else None
