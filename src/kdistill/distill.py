@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from kdistill.config import EvalTeacherConfig, FinetuneConfig
     from kdistill.data.prepare import LabelledData
     from kdistill.teachers.classifier import Teacher
+    from kdistill.training.intermediate import IntermediateLoss
 
 logger = logging.getLogger(__name__)
 
@@ -452,7 +453,7 @@ class EpochProgress:
     step: int = 0
     sums: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(
-            ("loss", "kl", "ce", "labeled_loss", "unlabeled_loss"), 0.0
+            ("loss", "kl", "ce", "labeled_loss", "unlabeled_loss", "hidden", "relation"), 0.0
         )
     )
     counts: dict[str, int] = field(default_factory=lambda: {"labeled": 0, "unlabeled": 0})
@@ -511,9 +512,12 @@ def train_one_epoch(
     desc: str,
     progress: EpochProgress | None = None,
     after_step: Callable[[EpochProgress], None] | None = None,
+    intermediate: IntermediateLoss | None = None,
 ) -> dict[str, Any]:
     """One pass over the training data. `teacher(batch)` gives the batch's teacher logits
-    (online or from the cache); without one (fine-tuning) the loss is plain CE.
+    (online or from the cache); without one (fine-tuning) the loss is plain CE. With
+    `intermediate` (--hidden-loss, --attention-loss) that step makes both forward passes and
+    the whole distill_loss, and its projection is clipped with the student.
 
     `progress` resumes an epoch: its first `progress.step` batches are skipped (the loader must
     replay the same order) and its sums carried on. `after_step(progress)` runs after every
@@ -521,11 +525,13 @@ def train_one_epoch(
 
     Returns the epoch's means: train_loss and train_kl over all rows, train_ce and
     train_loss_labeled over the labelled rows, train_loss_unlabeled (T^2 * KL) over the
-    unlabelled ones; None where there were no such rows."""
+    unlabelled ones; None where there were no such rows. With `intermediate`, also
+    train_hidden and train_relation (unweighted, over all rows)."""
     from tqdm.auto import tqdm
 
     progress = progress or EpochProgress()
     sums, counts = progress.sums, progress.counts
+    clipped = list(student.parameters()) + (intermediate.parameters() if intermediate else [])
     student.train()
     start = time.perf_counter() - progress.elapsed_s
     total = len(loader)
@@ -541,11 +547,19 @@ def train_one_epoch(
     )
     for step, batch in enumerate(bar, start=progress.step):
         with accelerator.accumulate(student):
-            student_logits = student(**student_inputs(batch)).logits  # (batch, num_labels)
-            if teacher is not None:
+            extra = torch.zeros(2, device=accelerator.device)  # hidden, relation
+            if intermediate is not None:
+                _, full = intermediate(batch, temperature, alpha)
+                parts, extra = (
+                    full.kd._replace(loss=full.loss),
+                    torch.stack([full.hidden, full.relation]),
+                )
+            elif teacher is not None:
+                student_logits = student(**student_inputs(batch)).logits  # (batch, num_labels)
                 teacher_logits = teacher(batch)  # (batch, num_labels), no grad
                 parts = kd_loss(student_logits, teacher_logits, batch["labels"], temperature, alpha)
             else:
+                student_logits = student(**student_inputs(batch)).logits
                 ce = torch.nn.functional.cross_entropy(student_logits.float(), batch["labels"])
                 zero = torch.zeros((), device=ce.device)
                 parts = KDLoss(ce, zero, ce.detach(), ce.detach(), zero, len(batch["labels"]), 0)
@@ -553,18 +567,25 @@ def train_one_epoch(
             check_finite(loss, accelerator, optimizer, desc, step)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
+                accelerator.clip_grad_norm_(
+                    clipped if intermediate else student.parameters(), MAX_GRAD_NORM
+                )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
         n_l, n_u = parts.num_labeled, parts.num_unlabeled
         counts["labeled"] += n_l
         counts["unlabeled"] += n_u
-        # One device sync for the five numbers.
-        values = torch.stack(
-            [loss.detach(), parts.kl, parts.ce, parts.labeled_loss, parts.unlabeled_loss]
+        # One device sync for the seven numbers.
+        values = torch.cat(
+            [
+                torch.stack(
+                    [loss.detach(), parts.kl, parts.ce, parts.labeled_loss, parts.unlabeled_loss]
+                ),
+                extra.to(loss.device, torch.float32),
+            ]
         ).tolist()
-        weights = (n_l + n_u, n_l + n_u, n_l, n_l, n_u)
+        weights = (n_l + n_u, n_l + n_u, n_l, n_l, n_u, n_l + n_u, n_l + n_u)
         for key, value, rows in zip(sums, values, weights, strict=True):
             sums[key] += value * rows
         progress.step, progress.elapsed_s = step + 1, time.perf_counter() - start
@@ -582,9 +603,11 @@ def train_one_epoch(
     def mean(key: str, n: int) -> float | None:
         return totals.sums[key] / n if n else None
 
+    parts = {"train_hidden": mean("hidden", rows), "train_relation": mean("relation", rows)}
     return {
         "train_loss": mean("loss", rows),
         "train_kl": mean("kl", rows),
+        **(parts if intermediate is not None else {}),
         "train_ce": mean("ce", labeled),
         "train_loss_labeled": mean("labeled_loss", labeled),
         "train_loss_unlabeled": mean("unlabeled_loss", unlabeled),
@@ -717,6 +740,9 @@ def loss_parts(stats: dict[str, Any]) -> str:
     parts = [f"KL {stats['train_kl']:.4f}"]
     if stats["train_ce"] is not None:
         parts.append(f"CE {stats['train_ce']:.4f}")
+    for key, name in (("train_hidden", "hidden"), ("train_relation", "relation")):
+        if stats.get(key) is not None:
+            parts.append(f"{name} {stats[key]:.4f}")
     if stats["train_unlabeled_samples"] and stats["train_labeled_samples"]:
         parts.append(
             f"labelled rows {stats['train_loss_labeled']:.4f}, unlabelled rows "
@@ -861,6 +887,10 @@ def weights_finite(model: torch.nn.Module, accelerator: Accelerator) -> bool:
     return bad.item() == 0
 
 
+INTERMEDIATE_LOSS = (
+    "; plus, over all rows, hidden_weight * L_hidden + attention_weight * L_rel "
+    "(training.losses.distill_loss)"
+)
 KD_LOSS = (
     "mean over rows of: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * "
     "CE(s, label) for a labelled row, T^2 * KL for an unlabelled row"
@@ -900,8 +930,52 @@ def teacher_record(config: DistillConfig, teacher: Teacher | None, dtype: str) -
     }
 
 
-def run_name(dataset: str, temperature: float, alpha: float) -> str:
-    return f"{dataset}_T{format_float(temperature)}_A{format_float(alpha)}"
+def resolve_teacher_temperatures(
+    config: DistillConfig,
+    teacher: Teacher,
+    val_logits: torch.Tensor | None,
+    val: Dataset,
+    val_loader: DataLoader,
+    accelerator: Accelerator,
+) -> tuple[float, float]:
+    """(T_cal, T) from the teacher's validation logits (training.temperature); the logits are
+    the cache's when there is one, else one pass over the validation split."""
+    from kdistill.evaluation.metrics import collect_logits
+    from kdistill.training.temperature import teacher_temperatures
+
+    if val_logits is None:
+        val_logits, _ = collect_logits(teacher.logits, val_loader, accelerator, "teacher logits")
+    labels = torch.tensor(list(val["label"]))
+    t_cal, temperature = teacher_temperatures(
+        config.teacher_calibration, config.temperature, val_logits.cpu(), labels
+    )
+    logger.info(
+        "teacher temperatures: calibration T_cal %s, KD temperature T %.3g%s",
+        f"{t_cal:.3g} (fitted on validation NLL)"
+        if config.teacher_calibration == "auto"
+        else "off",
+        temperature,
+        " (auto: soft targets at half the uniform entropy)" if config.temperature == "auto" else "",
+    )
+    return t_cal, temperature
+
+
+def record_temperatures(
+    run_dir: Path, t_cal: float, temperature: float, config: DistillConfig
+) -> None:
+    """config.json's resolved block gets the temperatures chosen on validation."""
+    path = run_dir / "config.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["resolved"]["teacher_calibration_temperature"] = (
+        t_cal if config.teacher_calibration == "auto" else None
+    )
+    record["resolved"]["temperature"] = temperature
+    atomic_write_json(path, record)
+
+
+def run_name(dataset: str, temperature: float | str, alpha: float) -> str:
+    t = temperature if temperature == "auto" else format_float(temperature)
+    return f"{dataset}_T{t}_A{format_float(alpha)}"
 
 
 @dataclass
@@ -1052,6 +1126,9 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     cached = teacher is not None and config.teacher_cache != "off"
     if cached:
         from kdistill.teachers.cache import teacher_logits_for
+    # Hidden states and attention inputs come from an online teacher pass on every batch (the
+    # logits still come from the cache): the batches carry the teacher's inputs too.
+    online_layers = teacher is not None and config.uses_intermediate()
     tokenizers, encoders = {"student": s_tok}, None
     if teacher is not None:
         tokenizers["teacher"], encoders = teacher.tokenizer, {"teacher": teacher}
@@ -1061,16 +1138,28 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         tokenizers,
         config,
         accelerator,
-        ("student",) if cached else None,
+        ("student",) if cached and not online_layers else None,
         encoders,
         n_unlabeled,
     )
     val_tok, eval_bs = val_loader.dataset, val_loader.batch_size
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
+    intermediate = None
+    if online_layers:
+        from kdistill.training.intermediate import setup_intermediate
+
+        intermediate = setup_intermediate(config, student, teacher, train_tok)
+        if intermediate.parameters():  # the projection learns with the student
+            optimizer.add_param_group(
+                {"params": intermediate.parameters(), "weight_decay": config.weight_decay}
+            )
     scheduler, total_steps = make_scheduler(optimizer, len(train_loader), config)
     student, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         student, optimizer, train_loader, val_loader, scheduler
     )
+    if intermediate is not None and intermediate.parameters():
+        # Prepared after the student: its checkpoints hold it (model_1), its saves do not.
+        intermediate.projection = accelerator.prepare(intermediate.projection)
     if teacher is not None:
         teacher.to(accelerator.device)
 
@@ -1095,6 +1184,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "total_optimizer_steps": total_steps,
                 "eval_batch_size": eval_bs,
                 "teacher_dtype": t_dtype_name if teacher is not None else None,
+                "intermediate": intermediate.describe() if intermediate is not None else None,
                 # Share of unlabelled rows per batch: --unlabeled-ratio, else the natural one.
                 "unlabeled_share": (
                     config.unlabeled_ratio
@@ -1118,7 +1208,9 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "class": type(accelerator.unwrap_model(student, keep_torch_compile=False)).__name__,
                 "parameters": n_student,
             },
-            "loss": KD_LOSS if teacher is not None else CE_LOSS,
+            "loss": (KD_LOSS + INTERMEDIATE_LOSS if intermediate else KD_LOSS)
+            if teacher is not None
+            else CE_LOSS,
             "command": sys.argv,
             "versions": library_versions(),
             "started": datetime.now().isoformat(timespec="seconds"),
@@ -1152,6 +1244,16 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         teacher_metrics = evaluate(
             teacher.logits, val_loader, accelerator, data.num_labels, "teacher eval"
         )
+    # T_cal (--teacher-calibration) and T (--temperature, maybe auto), on the validation logits.
+    t_cal, temperature = 1.0, config.temperature
+    if teacher is not None and (
+        config.teacher_calibration == "auto" or config.temperature == "auto"
+    ):
+        t_cal, temperature = resolve_teacher_temperatures(
+            config, teacher, val_logits if cached else None, val, val_loader, accelerator
+        )
+        if accelerator.is_main_process and checkpoint is None:
+            record_temperatures(partial_dir, t_cal, temperature, config)
     chance = chance_accuracy(list(val["label"]), data.num_labels)
     if teacher_metrics is not None:
         check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
@@ -1165,6 +1267,8 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             "val_macro_f1": metric("macro_f1"),
             "val_loss": metric("loss"),
             "val_rows": metric("n"),
+            "calibration_temperature": t_cal if config.teacher_calibration == "auto" else None,
+            "temperature": temperature if teacher is not None else None,
         },
         "chance_accuracy": chance,
         "epochs": [],
@@ -1185,11 +1289,13 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             data.num_labels,
             t_dtype_name,
         )
-        cache = cache.to(accelerator.device)
-        # Its logits are all the run needs from the teacher now: give its memory to the student.
-        teacher.to(torch.device("cpu"))
-        if accelerator.device.type == "cuda":
-            torch.cuda.empty_cache()
+        cache = cache.to(accelerator.device) / t_cal  # t_cal 1: the same tensor's values
+        if not online_layers:
+            # Its logits are all the run needs from the teacher now: give its memory to the
+            # student.
+            teacher.to(torch.device("cpu"))
+            if accelerator.device.type == "cuda":
+                torch.cuda.empty_cache()
 
         def teacher_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return cache.index_select(0, batch["row"])
@@ -1201,7 +1307,12 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
         def teacher_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             with accelerator.autocast():
-                return teacher.logits(batch)
+                logits = teacher.logits(batch)
+            return logits if t_cal == 1.0 else logits / t_cal
+
+    if intermediate is not None:
+        intermediate.calibration = t_cal
+        intermediate.bind(student, teacher, teacher_targets if cached else None)
 
     state = TrainState()
     # Reseed: what ran before (teacher evaluation or cache pass) must not shift dropout and
@@ -1294,11 +1405,12 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 optimizer,
                 scheduler,
                 accelerator,
-                config.temperature,
+                temperature,
                 config.alpha,
                 f"epoch {epoch}/{config.epochs}",
                 progress,
                 functools.partial(after_step, epoch, sampler, lr),
+                intermediate,
             )
             progress = None
             student.eval()  # dropout off: the numbers must be the model's, not one noisy draw
@@ -1345,6 +1457,8 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
                 "train/ce": stats["train_ce"],
                 "train/loss_labeled": stats["train_loss_labeled"],
                 "train/loss_unlabeled": stats["train_loss_unlabeled"],
+                "train/hidden": stats.get("train_hidden"),
+                "train/relation": stats.get("train_relation"),
                 "train/samples_per_second": stats["samples_per_second"],
                 "val/loss": metrics["loss"],
                 "val/accuracy": metrics["accuracy"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -244,6 +245,28 @@ class IntermediateLoss:
             self.relation_heads,
         )
         return out.logits, parts
+
+    def bind(
+        self,
+        student: Any,
+        teacher: Any,
+        cached_logits: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None,
+    ) -> None:
+        """The prepared (wrapped) student, the teacher, and where the loop's logits come from:
+        the cache's rows, or (None) the online pass this loss makes anyway."""
+        self._bound = (student, teacher, cached_logits)
+
+    def __call__(
+        self, batch: dict[str, torch.Tensor], temperature: float, alpha: float
+    ) -> tuple[torch.Tensor, DistillLoss]:
+        """The training loop's step: `loss` with the bound models."""
+        student, teacher, cached = self._bound
+        logits = cached(batch) if cached is not None else None
+        return self.loss(student, teacher, batch, temperature, alpha, logits)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """What trains besides the student (the projection): optimised and clipped with it."""
+        return list(self.projection.parameters())
 
     def close(self) -> None:
         for r in self._recorders or ():
