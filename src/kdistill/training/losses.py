@@ -132,8 +132,10 @@ class HiddenProjection(torch.nn.Module):
             for _ in range(pairs)
         )
 
-    def forward(self, index: int, states: torch.Tensor) -> torch.Tensor:
-        return self.maps[index](states)
+    def forward(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every pair's student states at once (one call per step, as DistributedDataParallel
+        expects of a wrapped module): states[k] (batch, seq, d_s) -> (batch, seq, d_t)."""
+        return [m(x) for m, x in zip(self.maps, states, strict=True)]
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -187,8 +189,8 @@ def hidden_state_loss(
             "hidden_state_loss needs the same number (>= 1) of student and teacher states"
         )
     losses = []
-    for k, (s, t) in enumerate(zip(student_states, teacher_states, strict=True)):
-        s = projection(k, s.float())
+    projected = projection([s.float() for s in student_states])
+    for s, t in zip(projected, teacher_states, strict=True):
         t = t.detach().float()
         if token_level:
             losses.append(_masked_mean(_state_distance(s, t, kind), student_mask.bool()))
