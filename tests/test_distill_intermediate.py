@@ -105,6 +105,8 @@ def test_teacher_calibration_and_auto_temperature_are_recorded(workdir, tiny_mod
         history["teacher"]["calibration_temperature"] == resolved["teacher_calibration_temperature"]
     )
     assert history["teacher"]["temperature"] == resolved["temperature"]
+    card = (run / "best_model" / "README.md").read_text()
+    assert "(auto)" in card and "T_cal" in card
     # Two tokenizers trained apart split the texts differently: mean-pooled states.
     assert resolved["intermediate"]["hidden_over"] == "mean-pooled states"
     assert resolved["intermediate"]["projection_parameters"] == 0  # both 64 wide

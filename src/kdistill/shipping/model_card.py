@@ -79,6 +79,20 @@ def _num(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _temperature_cell(config: dict[str, Any]) -> str:
+    """The KD temperature, with how it was chosen (--temperature auto) and the teacher's
+    calibration temperature when --teacher-calibration fitted one."""
+    resolved = config.get("resolved") or {}
+    t = config.get("temperature")
+    cell = (
+        f"{resolved['temperature']:.3g} (auto)"
+        if t == "auto" and resolved.get("temperature")
+        else str(t)
+    )
+    t_cal = resolved.get("teacher_calibration_temperature")
+    return cell + (f"; teacher logits calibrated by T_cal {t_cal:.3g}" if t_cal else "")
+
+
 def _count(n: int | None) -> str:
     if n is None:
         return "-"
@@ -241,7 +255,7 @@ def run_card(
         ["student", f"{student.get('class', '?')}, {_count(student.get('parameters'))} parameters"],
         ["teacher", teacher_cell],
         ["loss", loss_cell],
-        ["temperature T", str(config.get("temperature"))],
+        ["temperature T", _temperature_cell(config)],
         ["alpha", str(config.get("alpha"))],
         [
             "data",
