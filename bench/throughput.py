@@ -57,7 +57,8 @@ def minilm_path() -> str:
 
 
 def load_split(work: Path, split: str, rows: int | None):
-    from kdistill.data.prepare import load_prepared, subsample
+    from kdistill.data.prepare import load_prepared
+    from kdistill.data.sampling import subsample
 
     data = load_prepared(work / "data" / "bench")
     ds = data.splits[split]

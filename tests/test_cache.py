@@ -10,15 +10,15 @@ import torch
 from conftest import CLASSES
 
 from kdistill.cli import main
+from kdistill.data.model_files import load_tokenizer
 from kdistill.distill import (
     make_accelerator,
     make_loaders,
     pick_mixed_precision,
     pick_teacher_dtype,
 )
-from kdistill.students.load import load_teacher_classifier, load_tokenizer
 from kdistill.teachers import cache as kcache
-from kdistill.teachers.classifier import ClassifierTeacher
+from kdistill.teachers.classifier import ClassifierTeacher, load_teacher_classifier
 
 
 def quick(teacher, student, *extra):
@@ -59,7 +59,7 @@ def toy_texts(n=40):
 def teacher_and_data(tiny_models, key="qwen_teacher"):
     from datasets import Dataset
 
-    from kdistill.data.prepare import tokenize
+    from kdistill.data.batches import tokenize
 
     model, tok, columns = load_teacher_classifier(str(tiny_models[key]), CLASSES, False)
     teacher = ClassifierTeacher(model, tok, columns, str(tiny_models[key]))

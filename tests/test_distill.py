@@ -123,7 +123,7 @@ def test_saved_student_is_a_plain_classifier_whose_accuracy_matches_history(work
 def test_only_the_student_learns(workdir, tiny_models, monkeypatch, cache):
     """The teacher is frozen: its weights end bit-identical, and no grad reaches it."""
     distill_module = importlib.import_module("kdistill.distill")
-    from kdistill.students import load as models_module
+    from kdistill.teachers import classifier as models_module
 
     captured = {}
     load_teacher = models_module.load_teacher_classifier

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from kdistill.compare import Candidate, check_labels
+from kdistill.data.labels import map_labels
 from kdistill.errors import KdistillError
-from kdistill.students.load import map_labels
 
 RUSSIAN = {0: "Спорт", 1: "Политика", 2: "Экономика"}
 

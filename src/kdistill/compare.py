@@ -197,8 +197,7 @@ def weights_size(name: str) -> int:
 def load_student_model(candidate: Candidate, label_names: list[str], dtype: torch.dtype) -> Teacher:
     """A student loaded as a frozen classifier with its columns in the data set's class order,
     so it runs through exactly the same scoring and timing code as the teacher."""
-    from kdistill.students.load import load_teacher_classifier
-    from kdistill.teachers.classifier import ClassifierTeacher
+    from kdistill.teachers.classifier import ClassifierTeacher, load_teacher_classifier
 
     path = str(candidate.model_dir)
     try:
@@ -240,7 +239,7 @@ def score_model(
     (it times every model together, interleaved): the split's first rows one at a time, and its
     first throughput-batch-size rows as one batch, each model reading its own tokenisation of
     the same texts."""
-    from kdistill.data.prepare import tokenize
+    from kdistill.data.batches import tokenize
     from kdistill.teachers.cache import compute_teacher_logits
 
     wrapper.to(accelerator.device)
@@ -466,7 +465,7 @@ def _release(wrapper: Teacher) -> None:
 
 def compare(config: CompareConfig) -> Path:
     """The compare command. Returns the new comparison folder."""
-    from kdistill.data.prepare import subsample
+    from kdistill.data.sampling import subsample
     from kdistill.distill import library_versions, pick_teacher_dtype, start_command
     from kdistill.evaluation.metrics import measure_speeds
     from kdistill.evaluation.report import plot_comparison, write_html_report

@@ -341,7 +341,7 @@ def make_loaders(
     """
     from torch.utils.data import DataLoader
 
-    from kdistill.data.prepare import PairCollator, tokenize
+    from kdistill.data.batches import PairCollator, tokenize
 
     with accelerator.main_process_first():
         encoders = {**tokenizers, **(encoders or {})}
@@ -808,7 +808,7 @@ def note_resume(run_dir: Path, checkpoint: Path) -> None:
 
 def digest_rows(ds: Dataset) -> str:
     """The training rows (texts and labels, in order): a resume must train on the same ones."""
-    from kdistill.teachers.cache import texts_digest
+    from kdistill.data.digests import texts_digest
 
     rows = ds.select_columns(["text", "label"])[:]
     return texts_digest(
@@ -872,7 +872,7 @@ def teacher_record(config: DistillConfig, teacher: Teacher | None, dtype: str) -
     """config.json's teacher block; with no teacher (alpha 0) the same keys, None, and used
     false, so everything that parses a run's config reads it the same way."""
     from kdistill.students.load import count_parameters
-    from kdistill.teachers.prompt import few_shot_record
+    from kdistill.teachers.few_shot import few_shot_record
 
     if teacher is None:
         return {
@@ -926,8 +926,8 @@ def start_command(
     # Trainer's utilities (2.5 s of every command's start-up).
     from accelerate.utils import set_seed
 
+    from kdistill.data.model_files import quiet_transformers, set_load_policy
     from kdistill.data.prepare import load_for_training
-    from kdistill.students.load import quiet_transformers, set_load_policy
 
     quiet_transformers()
     # Safetensors only and no model code unless the flags ask: every load below reads this.
@@ -951,7 +951,7 @@ def start_command(
 
 
 def setup_run(config: DistillConfig | FinetuneConfig) -> RunSetup:
-    from kdistill.data.prepare import subsample
+    from kdistill.data.sampling import subsample
 
     check_tracker(getattr(config, "report_to", "none"))
     device, precision, accelerator, data = start_command(config, config.gradient_accumulation_steps)
@@ -988,7 +988,8 @@ def distill(config: DistillConfig) -> Path:
 def _distill(config: DistillConfig, created: list[Path]) -> Path:
     from accelerate.utils import set_seed
 
-    from kdistill.data.prepare import load_unlabeled, split_record, with_unlabeled
+    from kdistill.data.prepare import split_record
+    from kdistill.data.unlabeled import load_unlabeled, with_unlabeled
     from kdistill.evaluation.metrics import evaluate
     from kdistill.students.load import count_parameters, load_student
     from kdistill.teachers.classifier import load_teacher

@@ -26,7 +26,8 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     """Returns the report (also written to --output when given)."""
     import torch
 
-    from kdistill.data.prepare import subsample, tokenize
+    from kdistill.data.batches import tokenize
+    from kdistill.data.sampling import subsample
     from kdistill.distill import (
         chance_accuracy,
         library_versions,

@@ -95,7 +95,7 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
 
 def finetune_teacher(config: FinetuneConfig) -> Path:
     """Returns the saved teacher folder (model, tokenizer, teacher_eval.json)."""
-    from kdistill.data.prepare import dataset_name
+    from kdistill.data.sources import dataset_name
     from kdistill.distill import (
         apply_gradient_checkpointing,
         library_versions,

@@ -131,7 +131,7 @@ def peak_rss_mb() -> float:
 
 def sweep(config: SweepConfig) -> Path:
     """The sweep command. Returns the sweep directory."""
-    from kdistill.data.prepare import dataset_name
+    from kdistill.data.sources import dataset_name
     from kdistill.evaluation.report import plot_sweep_heatmap
 
     temperatures, alphas = config.temperature_list(), config.alpha_list()
@@ -383,7 +383,7 @@ def distill_seeds(config: DistillConfig) -> Path:
     """`distill --seeds`: one run per seed of one (T, alpha), in one folder
     <output-dir>/<dataset>_T<T>_A<alpha>_seeds_<stamp>/ with seeds.json (each seed's best
     validation accuracy, their mean and standard deviation). Returns that folder."""
-    from kdistill.data.prepare import dataset_name
+    from kdistill.data.sources import dataset_name
     from kdistill.distill import run_name
 
     values = {f.name: getattr(config, f.name) for f in fields(DistillConfig)}

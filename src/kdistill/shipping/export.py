@@ -306,7 +306,8 @@ def parity_rows(
     config: ExportConfig, model_dir: Path, run_dir: Path | None
 ) -> tuple[list[str], torch.Tensor, list[str], str]:
     """Texts, labels (in the data set's class order), class names and the data set's name."""
-    from kdistill.data.prepare import load_for_training, subsample
+    from kdistill.data.prepare import load_for_training
+    from kdistill.data.sampling import subsample
 
     dataset, data_dir = parity_source(config, model_dir, run_dir)
     data = load_for_training(
@@ -375,6 +376,7 @@ def time_all(
 def export(config: ExportConfig) -> Path:
     """The export command. Returns the export folder; raises (exit 2) after writing it when an
     exported model disagrees with the torch model too often."""
+    from kdistill.data.labels import map_labels
     from kdistill.distill import cpu_supports_bf16, library_versions
     from kdistill.shipping.model_card import write_export_card
     from kdistill.shipping.predict import (
@@ -383,7 +385,6 @@ def export(config: ExportConfig) -> Path:
         predict_logits,
         torch_predictor,
     )
-    from kdistill.students.load import map_labels
 
     require_onnx()
     model_dir, run_dir = resolve_source(config.model)

@@ -43,7 +43,7 @@ def _read_json(path: Path) -> Any:
 def hub_id(name: str | None) -> str | None:
     """`name` when it is a Hub repo id (org/name, not a local path), else None: the card's
     base_model and datasets must name Hub repos, and a local folder means nothing there."""
-    from kdistill.students.load import LOCAL_ROOTS  # data/, models/, outputs/: our own folders
+    from kdistill.data.model_paths import LOCAL_ROOTS  # data/, models/, outputs/: our own folders
 
     if not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         return None

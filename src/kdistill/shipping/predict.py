@@ -80,7 +80,7 @@ def resolve_model(given: str, flag: str = "--model") -> tuple[Path | str, str]:
             f"{flag} {given}: a file; pass a model folder, a distill run "
             "directory, an ONNX export folder or a .onnx file"
         )
-    from kdistill.students.load import check_model_path
+    from kdistill.data.model_paths import check_model_path
 
     return check_model_path(given, flag), "torch"  # a Hub id, or a one-line 'no such folder'
 
@@ -105,8 +105,8 @@ def load_torch_predictor(
 ) -> Predictor:
     """A transformers classifier in eval mode. One whose head was never trained is refused:
     from_pretrained would fill it with random weights and every prediction would be noise."""
-    from kdistill.students.load import (
-        _head_keys,
+    from kdistill.data.model_files import (
+        head_keys,
         load_classifier,
         load_tokenizer,
         quiet_transformers,
@@ -116,7 +116,7 @@ def load_torch_predictor(
     quiet_transformers()
     tokenizer = load_tokenizer(name, flag)
     model, info = load_classifier(name, flag)
-    fresh = _head_keys(model, info.get("missing_keys", [])) + _head_keys(
+    fresh = head_keys(model, info.get("missing_keys", [])) + head_keys(
         model, info.get("mismatched_keys", [])
     )
     if fresh:
@@ -158,8 +158,8 @@ def load_onnx_predictor(
 ) -> Predictor:
     """An exported model on onnxruntime's CPU provider; the class names and tokenizer come from
     the export folder (kdistill export writes the model's config.json and tokenizer beside it)."""
+    from kdistill.data.model_files import load_tokenizer
     from kdistill.shipping.export import onnx_forward, onnx_session
-    from kdistill.students.load import load_tokenizer
 
     folder = onnx_file.parent
     try:
@@ -220,7 +220,7 @@ def read_texts(path: Path, text_column: str, flag: str = "--input") -> list[str]
     training. A .txt file has one text per line; tabular files (CSV/TSV, JSONL/JSON, Parquet)
     read `text_column` (comma-separated columns are joined with '. ', as prepare-data does). A
     row without text is kept, as an empty text, so output rows line up with input rows."""
-    from kdistill.data.prepare import join_text
+    from kdistill.data.sources import join_text
 
     if not path.is_file():
         raise KdistillError(f"{flag} {path}: no such file")

@@ -157,8 +157,8 @@ def train_group(
 
 
 def _accelerator(config: SweepConfig, device: str, precision: str) -> Accelerator:
+    from kdistill.data.model_files import quiet_transformers, set_load_policy
     from kdistill.distill import make_accelerator
-    from kdistill.students.load import quiet_transformers, set_load_policy
 
     quiet_transformers()
     set_load_policy(config.allow_pickle, config.trust_remote_code)
@@ -296,7 +296,9 @@ def open_cohort(
 def load_cohort_data(config: DistillConfig) -> tuple[Any, Any, Any, Any]:
     """distill.setup_run's data, without its Accelerator: labelled data, train and validation
     subsamples, and the unlabelled rows (or None), all seeded by this cohort's seed."""
-    from kdistill.data.prepare import load_for_training, load_unlabeled, subsample
+    from kdistill.data.prepare import load_for_training
+    from kdistill.data.sampling import subsample
+    from kdistill.data.unlabeled import load_unlabeled
 
     data = load_for_training(
         config.dataset,
@@ -327,7 +329,7 @@ def load_cohort_data(config: DistillConfig) -> tuple[Any, Any, Any, Any]:
 
 
 def _with_unlabeled(train: Any, unlabeled: Any) -> Any:
-    from kdistill.data.prepare import with_unlabeled
+    from kdistill.data.unlabeled import with_unlabeled
 
     return with_unlabeled(train, unlabeled)
 
