@@ -82,6 +82,12 @@ def match_names(known: list[str], wanted: list[str], flag: str) -> list[int | No
     return out
 
 
+def unnamed(names: list[str]) -> bool:
+    """True when no label has a real name (LABEL_0, LABEL_1... or none at all): a model saved
+    without id2label, whose classes cannot be matched to any data set's by name."""
+    return all(GENERIC_LABEL.match(n) for n in names)
+
+
 def map_labels(teacher_id2label: dict[int, str], label_names: list[str], flag: str) -> list[int]:
     """For each data-set class, the teacher logit column with the same name.
 
@@ -91,7 +97,7 @@ def map_labels(teacher_id2label: dict[int, str], label_names: list[str], flag: s
     data-set class the teacher lacks is an error that lists the differences.
     """
     teacher = {int(i): str(n) for i, n in teacher_id2label.items()}
-    if all(GENERIC_LABEL.match(n) for n in teacher.values()):
+    if unnamed(list(teacher.values())):
         raise KdistillError(
             f"{flag}: the teacher's labels are unnamed "
             f"({', '.join(list(teacher.values())[:3])}...), "
