@@ -26,6 +26,7 @@ import torch
 
 from kdistill.config import PredictConfig
 from kdistill.errors import KdistillError
+from kdistill.shipping.onnx_runtime import onnx_forward, onnx_session
 from kdistill.training.runs import atomic_write_text
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def resolve_model(given: str, flag: str = "--model") -> tuple[Path | str, str]:
     if path.is_dir():
         # A run directory: its config.json is the run's, not a model's.
         if (path / "best_model").is_dir() and (
-            not (path / "config.json").is_file() or _is_run(path)
+            not (path / "config.json").is_file() or is_run_folder(path)
         ):
             path = path / "best_model"
         if (path / ONNX_FILE).is_file():
@@ -85,7 +86,8 @@ def resolve_model(given: str, flag: str = "--model") -> tuple[Path | str, str]:
     return check_model_path(given, flag), "torch"  # a Hub id, or a one-line 'no such folder'
 
 
-def _is_run(path: Path) -> bool:
+def is_run_folder(path: Path) -> bool:
+    """Whether `path` holds a distill run's config.json (a run directory, not a model folder)."""
     from kdistill.training.runs import is_run_config
 
     try:
@@ -158,7 +160,6 @@ def load_onnx_predictor(
 ) -> Predictor:
     """An exported model on onnxruntime's CPU provider; the class names and tokenizer come from
     the export folder (kdistill export writes the model's config.json and tokenizer beside it)."""
-    from kdistill.shipping.export import onnx_forward, onnx_session
     from kdistill.students.load import load_tokenizer
 
     folder = onnx_file.parent
