@@ -309,6 +309,7 @@ def _count(n: int) -> str:
 
 
 def _ci(values: list[float]) -> str:
+    """'[0.912,0.948]': an interval in the terminal table."""
     return f"[{values[0]:.3f},{values[1]:.3f}]"
 
 

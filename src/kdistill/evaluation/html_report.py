@@ -37,6 +37,7 @@ pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; }
 
 
 def _num(x: Any, fmt: str = "{:.2f}", scale: float = 1.0) -> str:
+    """A formatted number, '—' for a missing or NaN value (an untimed or unscored model)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     return fmt.format(x if scale == 1 else x * scale)
@@ -56,6 +57,7 @@ def _table(header: list[str], rows: list[list[str]], text_cols: int = 1) -> str:
 
 
 def _summary_rows(models: list[dict[str, Any]]) -> list[list[str]]:
+    """The summary table's cells per model: quality with intervals, faithfulness, speed, size."""
     rows = []
     for m in models:
         data = m.get("training_data") or {}
@@ -124,6 +126,7 @@ def _points(g: dict[str, Any], metric: str, what: str) -> str:
 
 
 def _gain_html(gain: dict[str, Any] | None) -> str:
+    """The distillation gain section: each fair student's gain, or why there is none."""
     if not gain:
         return ""
     base = html.escape(gain["baseline"])
@@ -149,6 +152,7 @@ def _gain_html(gain: dict[str, Any] | None) -> str:
 
 
 def _per_class_html(models: list[dict[str, Any]]) -> str:
+    """Per-class F1 of every model side by side: where the students lose to the teacher."""
     parts = ["<h2>Per-class scores</h2>"]
     for m in models:
         rows = [
@@ -170,6 +174,7 @@ def _per_class_html(models: list[dict[str, Any]]) -> str:
 
 
 def _figures_html(figures: dict[str, Path]) -> str:
+    """The figures inlined as base64 PNGs, so the page is one self-contained file."""
     parts = []
     for caption, fig_path in figures.items():
         fig_path = Path(fig_path)
@@ -185,6 +190,7 @@ def _figures_html(figures: dict[str, Path]) -> str:
 
 
 def _configs_html(models: list[dict[str, Any]]) -> str:
+    """Each run's resolved config.json, folded away: how every student was made."""
     parts = ["<h2>Run configurations</h2>"]
     for m in models:
         config = m.get("run_config")

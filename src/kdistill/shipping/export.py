@@ -64,6 +64,7 @@ def resolve_source(given: str) -> tuple[Path, Path | None]:
 
 
 def default_output(model_dir: Path, run_dir: Path | None) -> Path:
+    """Where an export goes without --output-dir: a run's onnx/, else beside the model folder."""
     if run_dir is not None and model_dir.name == "best_model":
         return run_dir / "onnx"
     return model_dir.with_name(f"{model_dir.name}-onnx")
@@ -276,12 +277,14 @@ def _timing_settings(config: ExportConfig, threads: int) -> dict[str, Any]:
 
 
 def _weights_bytes(folder: Path) -> int:
+    """The torch model's weight files on disk, the size the exports are compared with."""
     from kdistill.evaluation.scoring import weights_size
 
     return weights_size(str(folder))
 
 
 def _onnx_versions() -> dict[str, str]:
+    """The ONNX packages' versions, recorded beside torch's in the report."""
     import onnx
     import onnxruntime
 

@@ -192,6 +192,7 @@ def load_onnx_predictor(
 
 
 def _read_report(path: Path) -> dict[str, Any]:
+    """An export's export_report.json, {} when absent or unreadable (a hand-made ONNX folder)."""
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -202,6 +203,8 @@ def _read_report(path: Path) -> dict[str, Any]:
 def load_predictor(
     given: str, device: str = "auto", mixed_precision: str = "auto", flag: str = "--model"
 ) -> Predictor:
+    """Any model predict accepts (torch folder, run, ONNX export); a torch one on `device` (auto:
+    the best here) at `mixed_precision` (auto: bf16 where the device does it natively)."""
     from kdistill.distill import pick_device, pick_mixed_precision
 
     target, kind = resolve_model(given, flag)
