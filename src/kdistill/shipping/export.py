@@ -24,7 +24,7 @@ from kdistill.errors import KdistillError
 from kdistill.shipping.onnx_export import export_onnx, quantize_int8
 from kdistill.shipping.onnx_runtime import require_onnx
 from kdistill.shipping.parity import accuracy, parity, parity_rows, time_all
-from kdistill.shipping.predict import (
+from kdistill.shipping.predictor import (
     Predictor,
     is_run_folder,
     load_onnx_predictor,

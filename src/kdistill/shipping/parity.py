@@ -16,7 +16,7 @@ from kdistill.config import ExportConfig
 from kdistill.errors import KdistillError
 
 if TYPE_CHECKING:
-    from kdistill.shipping.predict import Predictor
+    from kdistill.shipping.predictor import Predictor
 
 
 def parity_source(config: ExportConfig, model_dir: Path, run_dir: Path | None) -> tuple[str, str]:
