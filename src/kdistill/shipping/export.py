@@ -140,17 +140,24 @@ def export(config: ExportConfig) -> Path:
         write_export_card(tmp, model_dir, report, target, None if failed else config.push_to_hub)
     logger.info("export written to %s:\n%s", target, format_report(report))
     if failed:
-        worst = min(report_parity[v]["agreement"] for v in failed)
-        raise KdistillError(
-            f"export refused: {', '.join(failed)} agrees with the torch model on "
-            f"{100 * worst:.2f}% of {len(texts)} rows, below --min-agreement "
-            f"{config.min_agreement}; see {target / REPORT_FILE}"
-        )
+        raise refusal(report, target)
     if config.push_to_hub:
         from kdistill.shipping.publish import push_folder
 
         push_folder(target, config.push_to_hub, private=not config.hub_public, what="ONNX export")
     return target
+
+
+def refusal(report: dict[str, Any], target: Path) -> KdistillError:
+    """The one-line error of an export whose files disagree with the torch model too often,
+    naming the worst agreement; its report stays in `target` to read."""
+    failed = report["failed"]
+    worst = min(report["parity"][v]["agreement"] for v in failed)
+    return KdistillError(
+        f"export refused: {', '.join(failed)} agrees with the torch model on "
+        f"{100 * worst:.2f}% of {report['rows']} rows, below --min-agreement "
+        f"{report['min_agreement']}; see {target / REPORT_FILE}"
+    )
 
 
 def label_columns(reference: Predictor, label_names: list[str]) -> list[int] | None:

@@ -29,7 +29,7 @@ from kdistill.shipping.cards import (
 from kdistill.training.runs import PARTIAL_SUFFIX
 
 if TYPE_CHECKING:
-    from huggingface_hub import ModelCard
+    from huggingface_hub import EvalResult, ModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +84,25 @@ def run_card(
     body.append(usage(repo_id or str(final_dir / which)))
     if labels:
         body.append("## Labels\n\n" + ", ".join(f"`{n}`" for n in labels))
-    metadata = {
+    return build_card(
+        _metadata(config.get("student_model"), data_id, labels, name, results),
+        "\n\n".join(body),
+    )
+
+
+def _metadata(
+    base: str | None,
+    data_id: str | None,
+    labels: list[str],
+    name: str,
+    results: list[EvalResult],
+) -> dict[str, Any]:
+    """The card's YAML: what the Hub indexes (base model and data set only when they are Hub
+    ids; the metrics as a model-index)."""
+    return {
         "library_name": "transformers",
         "pipeline_tag": "text-classification",
-        "base_model": hub_id(config.get("student_model")),
+        "base_model": hub_id(base),
         "datasets": [data_id] if data_id else None,
         "metrics": ["accuracy", "f1"],
         "tags": [*TAGS, "knowledge-distillation"],
@@ -95,7 +110,6 @@ def run_card(
         "model_name": name,
         "eval_results": results or None,
     }
-    return build_card(metadata, "\n\n".join(body))
 
 
 def _no_teacher(config: dict[str, Any]) -> bool:
