@@ -350,7 +350,7 @@ def test_alpha_zero_never_loads_or_runs_the_teacher(
     assert read_run(run)["status"] == "completed"
     card = run_card(run).text  # no teacher, so no teacher on the card
     assert "labels alone (`--alpha 0`)" in card and str(wrong_teacher) not in card
-    from kdistill.compare import baseline_problems
+    from kdistill.evaluation.gain import baseline_problems
 
     assert baseline_problems({"run_config": config}) == []  # a valid compare --baseline
 

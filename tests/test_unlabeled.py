@@ -295,7 +295,8 @@ def test_no_labels_at_all_trains_from_the_teacher_on_unlabelled_text(
         assert f.get_tensor("logits").shape == (96, len(CLASSES))
 
     # compare reads which data the student saw from the run's config.json.
-    from kdistill.compare import load_student_model, model_record, resolve_candidate
+    from kdistill.evaluation.candidates import resolve_candidate
+    from kdistill.evaluation.scoring import load_student_model, model_record
 
     candidate = resolve_candidate(str(run_dir), "student", "--student-model")
     wrapper = load_student_model(candidate, CLASSES, torch.float32)

@@ -111,7 +111,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
         classification_metrics,
         collect_logits,
     )
-    from kdistill.shipping.model_card import write_teacher_card
+    from kdistill.shipping.teacher_card import write_teacher_card
     from kdistill.students.load import load_student
 
     run = setup_run(config)
