@@ -467,7 +467,6 @@ def _release(wrapper: Teacher) -> None:
 def compare(config: CompareConfig) -> Path:
     """The compare command. Returns the new comparison folder."""
     from kdistill.data.prepare import subsample
-    from kdistill.distill import library_versions, pick_teacher_dtype, start_command
     from kdistill.evaluation.metrics import measure_speeds
     from kdistill.evaluation.report import plot_comparison, write_html_report
     from kdistill.from_run import (
@@ -479,6 +478,7 @@ def compare(config: CompareConfig) -> Path:
         teacher_model_for,
     )
     from kdistill.teachers.classifier import load_teacher
+    from kdistill.training.runtime import library_versions, pick_teacher_dtype, start_command
 
     started = datetime.now()
     # Everything that can be checked without loading a model fails first.

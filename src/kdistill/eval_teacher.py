@@ -27,12 +27,6 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     import torch
 
     from kdistill.data.prepare import subsample, tokenize
-    from kdistill.distill import (
-        chance_accuracy,
-        library_versions,
-        pick_teacher_dtype,
-        start_command,
-    )
     from kdistill.evaluation.metrics import (
         classification_metrics,
         per_class_accuracy,
@@ -48,6 +42,8 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     from kdistill.students.load import count_parameters
     from kdistill.teachers.cache import compute_teacher_logits
     from kdistill.teachers.classifier import load_teacher
+    from kdistill.teachers.guards import chance_accuracy
+    from kdistill.training.runtime import library_versions, pick_teacher_dtype, start_command
 
     # A distill run as --teacher-model: its teacher, asked as it taught, on the run's split.
     run = run_of(config.teacher_model, "--teacher-model")

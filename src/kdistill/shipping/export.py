@@ -375,7 +375,6 @@ def time_all(
 def export(config: ExportConfig) -> Path:
     """The export command. Returns the export folder; raises (exit 2) after writing it when an
     exported model disagrees with the torch model too often."""
-    from kdistill.distill import cpu_supports_bf16, library_versions
     from kdistill.shipping.model_card import write_export_card
     from kdistill.shipping.predict import (
         load_onnx_predictor,
@@ -384,6 +383,7 @@ def export(config: ExportConfig) -> Path:
         torch_predictor,
     )
     from kdistill.students.load import map_labels
+    from kdistill.training.runtime import cpu_supports_bf16, library_versions
 
     require_onnx()
     model_dir, run_dir = resolve_source(config.model)

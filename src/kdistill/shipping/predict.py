@@ -201,7 +201,7 @@ def _read_report(path: Path) -> dict[str, Any]:
 def load_predictor(
     given: str, device: str = "auto", mixed_precision: str = "auto", flag: str = "--model"
 ) -> Predictor:
-    from kdistill.distill import pick_device, pick_mixed_precision
+    from kdistill.training.runtime import pick_device, pick_mixed_precision
 
     target, kind = resolve_model(given, flag)
     if kind == "onnx":

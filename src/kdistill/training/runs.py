@@ -85,6 +85,10 @@ def format_float(x: float) -> str:
     return repr(float(x))
 
 
+def run_name(dataset: str, temperature: float, alpha: float) -> str:
+    return f"{dataset}_T{format_float(temperature)}_A{format_float(alpha)}"
+
+
 def new_run_dir(parent: Path, name: str, now: datetime | None = None) -> tuple[Path, Path]:
     """Reserve `<parent>/<name>_<YYYYMMDD_HHMMSS>` and create its `.partial` working folder.
 
