@@ -93,31 +93,7 @@ def make_loaders(
     val_tok = val_tok.add_column("row", list(range(len(val_tok))))
     keep = [c for c in train_tok.column_names if c != "text"]
     train_tokenizers = {p: tokenizers[p] for p in (train_prefixes or tuple(tokenizers))}
-    generator = torch.Generator().manual_seed(config.seed)
-    batching: dict[str, Any]
-    # Every training loader draws only from this generator (the sampler's shuffle and the
-    # loader's base seed), never from the global RNG that dropout uses: a resume sets its state
-    # at the start of the epoch and replays the order exactly.
-    if unlabeled_rows:
-        ratio = getattr(config, "unlabeled_ratio", None)
-        batching = {
-            "batch_sampler": MixedBatchSampler(
-                len(train_tok) - unlabeled_rows, unlabeled_rows, config.batch_size, ratio, generator
-            ),
-            "generator": generator,
-        }
-    elif getattr(config, "group_by_length", False):
-        lengths = [
-            len(ids)
-            for ids in train_tok.select_columns(["student_input_ids"])[:]["student_input_ids"]
-        ]
-        batching = {
-            "batch_size": config.batch_size,
-            "sampler": ShuffledLengthGroupedSampler(config.batch_size, lengths, generator),
-            "generator": generator,
-        }
-    else:
-        batching = {"batch_size": config.batch_size, "shuffle": True, "generator": generator}
+    batching = train_batching(train_tok, config, unlabeled_rows)
     train_loader = DataLoader(
         train_tok.with_format(columns=keep), collate_fn=PairCollator(train_tokenizers), **batching
     )
@@ -129,6 +105,32 @@ def make_loaders(
         collate_fn=PairCollator(tokenizers),
     )
     return train_loader, val_loader, train_tok
+
+
+def train_batching(
+    train_tok: Dataset, config: DistillConfig | FinetuneConfig, unlabeled_rows: int
+) -> dict[str, Any]:
+    """The training DataLoader's order: mixed labelled/unlabelled batches, length-grouped
+    batches, or plain shuffled ones.
+
+    Every training loader draws only from its own generator (the sampler's shuffle and the
+    loader's base seed), never from the global RNG that dropout uses: a resume sets its state
+    at the start of the epoch and replays the order exactly."""
+    generator = torch.Generator().manual_seed(config.seed)
+    if unlabeled_rows:
+        ratio = getattr(config, "unlabeled_ratio", None)
+        labeled = len(train_tok) - unlabeled_rows
+        sampler = MixedBatchSampler(labeled, unlabeled_rows, config.batch_size, ratio, generator)
+        return {"batch_sampler": sampler, "generator": generator}
+    if getattr(config, "group_by_length", False):
+        column = train_tok.select_columns(["student_input_ids"])[:]["student_input_ids"]
+        lengths = [len(ids) for ids in column]
+        return {
+            "batch_size": config.batch_size,
+            "sampler": ShuffledLengthGroupedSampler(config.batch_size, lengths, generator),
+            "generator": generator,
+        }
+    return {"batch_size": config.batch_size, "shuffle": True, "generator": generator}
 
 
 def digest_rows(ds: Dataset) -> str:
