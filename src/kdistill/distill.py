@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from kdistill.teachers.classifier import Teacher
+    from kdistill.training.loop import EpochProgress, Training
     from kdistill.training.records import TrainState
 
 logger = logging.getLogger(__name__)
@@ -116,15 +117,9 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     # Reseed: what ran before (teacher evaluation or cache pass) must not shift dropout and
     # shuffling, so the same seed trains the same student with or without a cache.
     set_seed(config.seed)
-    key, digest = history["teacher_cache"].get("key"), digest_rows(t.train_tok)
-    checkpoints = RunCheckpoints(
-        accelerator, partial_dir, t.student, digest, key, config.save_steps
+    checkpoints, first_epoch, progress, saved = start_checkpoints(
+        config, accelerator, t, partial_dir, checkpoint, history
     )
-    first_epoch, progress, saved = 1, None, {}
-    if checkpoint is not None:  # weights, optimizer, scheduler, RNG, and where the loop was
-        first_epoch, progress, saved = resume_training(
-            checkpoints, checkpoint, history, t.train_loader
-        )
     state, teacher_accuracy = checkpoints.state, (teacher_metrics or {}).get("accuracy")
     # A failure is written into history.json, so `kdistill runs` shows the run as crashed even
     # when the process goes on (a sweep, a notebook).
@@ -159,6 +154,26 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     summary = done_summary(state, teacher, teacher_accuracy, n_student)
     finish_run(config, accelerator, history, checkpoints, final_dir, summary)
     return final_dir
+
+
+def start_checkpoints(
+    config: DistillConfig,
+    accelerator: Accelerator,
+    t: Training,
+    partial_dir: Path,
+    checkpoint: Path | None,
+    history: dict[str, Any],
+) -> tuple[RunCheckpoints, int, EpochProgress | None, dict[str, Any]]:
+    """The run's checkpoints, and where the loop starts: (checkpoints, first epoch, progress
+    within it, the saved state). A resume restores weights, optimizer, scheduler, RNG and the
+    loop's position from `checkpoint`, after checking it is this run."""
+    key, digest = history["teacher_cache"].get("key"), digest_rows(t.train_tok)
+    checkpoints = RunCheckpoints(
+        accelerator, partial_dir, t.student, digest, key, config.save_steps
+    )
+    if checkpoint is None:
+        return checkpoints, 1, None, {}
+    return (checkpoints, *resume_training(checkpoints, checkpoint, history, t.train_loader))
 
 
 def start_run_dir(

@@ -150,13 +150,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     name = config.name or f"{dataset_name(config.model)}-{run.data.name}"
     target = Path(config.output_dir) / name
     if accelerator.is_main_process:
-        resolved = {
-            "mixed_precision": run.precision,
-            "device": str(accelerator.device),
-            "gradient_checkpointing": checkpointing,
-            "learning_rate": config.learning_rate,
-        }
-        report = teacher_report(config, run, epochs, calibration, resolved, start)
+        report = teacher_report(config, run, epochs, calibration, checkpointing, start)
         save_teacher(target, model, tokenizer, accelerator, report, config)
     accelerator.wait_for_everyone()
     if config.push_to_hub and accelerator.is_main_process:
@@ -221,7 +215,7 @@ def teacher_report(
     run: RunSetup,
     epochs: list[dict[str, Any]],
     calibration: dict[str, Any],
-    resolved: dict[str, Any],
+    checkpointing: bool,
     start: float,
 ) -> dict[str, Any]:
     """teacher_eval.json: the last epoch's validation numbers (what distill's teacher check will
@@ -237,7 +231,12 @@ def teacher_report(
         "epochs": epochs,
         "calibration": calibration,
         "config": config.to_dict(),
-        "resolved": resolved,
+        "resolved": {
+            "mixed_precision": run.precision,
+            "device": str(run.accelerator.device),
+            "gradient_checkpointing": checkpointing,
+            "learning_rate": config.learning_rate,
+        },
         "time_s": time.perf_counter() - start,
         "versions": library_versions(),
         "created": datetime.now().isoformat(timespec="seconds"),
