@@ -6,9 +6,14 @@ point of the stack trains on exactly the data order and random stream its run al
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import os
+import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +27,9 @@ from kdistill.training.lockstep import (
     rng_state,
     set_rng_state,
 )
-from kdistill.training.records import (
-    TrainState,
-    teacher_record,
-)
+from kdistill.training.records import CE_LOSS, TrainState, teacher_record
+from kdistill.training.runs import atomic_write_json, new_run_dir, run_name
+from kdistill.training.runtime import library_versions
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -325,3 +329,32 @@ def shared_config(
         "loss": "mean over rows of: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) "
         "+ (1 - alpha) * CE(s, label) for a labelled row, T^2 * KL for an unlabelled row",
     }
+
+
+def start_run(point: Point, cohort: Cohort, total_steps: int, students: int) -> None:
+    """The point's `.partial` run folder and its config.json, as distill writes them."""
+    shared = copy.deepcopy(cohort.resolved)
+    shared["resolved"]["total_optimizer_steps"] = total_steps
+    shared["resolved"]["lockstep"] = {"students": students, "seeds": None}
+    name = run_name(shared["data"]["name"], point.temperature, point.alpha)
+    point.final_dir, point.partial_dir = new_run_dir(Path(point.config.output_dir), name)
+    if point.alpha == 0.0:
+        shared["teacher"] = teacher_record(point.config, None, "")
+        shared["loss"] = CE_LOSS
+        shared["resolved"]["teacher_dtype"] = None
+    resolved = {
+        "kind": "distill",
+        **point.config.to_dict(),
+        **shared,
+        "command": sys.argv,
+        "versions": library_versions(),
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "process": {"pid": os.getpid(), "host": socket.gethostname()},
+    }
+    atomic_write_json(point.partial_dir / "config.json", resolved)
+    point.history = copy.deepcopy(cohort.history)
+    if point.alpha == 0.0:  # as distill: cross-entropy only, no teacher
+        keys = ("val_accuracy", "val_macro_f1", "val_loss", "val_rows")
+        point.history["teacher"] = {"used": False, **dict.fromkeys(keys)}
+        point.history["teacher_cache"] = {"mode": "none", "reason": "--alpha 0: no teacher"}
+    atomic_write_json(point.partial_dir / "history.json", point.history)

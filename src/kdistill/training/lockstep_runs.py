@@ -13,9 +13,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
-import socket
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -35,16 +32,19 @@ from kdistill.training.lockstep import (
     stacked_kd_loss,
     stacked_optimizer,
 )
-from kdistill.training.lockstep_cohort import Cohort, Point, group_accelerator, open_cohort
+from kdistill.training.lockstep_cohort import (
+    Cohort,
+    Point,
+    group_accelerator,
+    open_cohort,
+    start_run,
+)
 from kdistill.training.loop import MAX_GRAD_NORM, make_scheduler
 from kdistill.training.records import (
-    CE_LOSS,
     failure_recorded,
     save_training_curves,
-    teacher_record,
 )
-from kdistill.training.runs import atomic_write_json, finish_run_dir, new_run_dir, run_name
-from kdistill.training.runtime import library_versions
+from kdistill.training.runs import atomic_write_json, finish_run_dir
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -101,35 +101,6 @@ def train_group(
             if p.error is None:
                 finish_run(p, stack, c, accelerator)
     return points
-
-
-def start_run(point: Point, cohort: Cohort, total_steps: int, students: int) -> None:
-    """The point's `.partial` run folder and its config.json, as distill writes them."""
-    shared = copy.deepcopy(cohort.resolved)
-    shared["resolved"]["total_optimizer_steps"] = total_steps
-    shared["resolved"]["lockstep"] = {"students": students, "seeds": None}
-    name = run_name(shared["data"]["name"], point.temperature, point.alpha)
-    point.final_dir, point.partial_dir = new_run_dir(Path(point.config.output_dir), name)
-    if point.alpha == 0.0:
-        shared["teacher"] = teacher_record(point.config, None, "")
-        shared["loss"] = CE_LOSS
-        shared["resolved"]["teacher_dtype"] = None
-    resolved = {
-        "kind": "distill",
-        **point.config.to_dict(),
-        **shared,
-        "command": sys.argv,
-        "versions": library_versions(),
-        "started": datetime.now().isoformat(timespec="seconds"),
-        "process": {"pid": os.getpid(), "host": socket.gethostname()},
-    }
-    atomic_write_json(point.partial_dir / "config.json", resolved)
-    point.history = copy.deepcopy(cohort.history)
-    if point.alpha == 0.0:  # as distill: cross-entropy only, no teacher
-        keys = ("val_accuracy", "val_macro_f1", "val_loss", "val_rows")
-        point.history["teacher"] = {"used": False, **dict.fromkeys(keys)}
-        point.history["teacher_cache"] = {"mode": "none", "reason": "--alpha 0: no teacher"}
-    atomic_write_json(point.partial_dir / "history.json", point.history)
 
 
 def train_epochs(
