@@ -333,7 +333,7 @@ def cpu_description() -> str:
 
     import torch
 
-    from kdistill.distill import cpu_supports_bf16
+    from kdistill.training.runtime import cpu_supports_bf16
 
     cpuinfo = Path("/proc/cpuinfo")
     text = cpuinfo.read_text() if cpuinfo.is_file() else ""

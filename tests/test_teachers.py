@@ -356,7 +356,7 @@ def test_alpha_zero_never_loads_or_runs_the_teacher(
 
 
 def test_chance_is_the_better_of_uniform_and_majority():
-    from kdistill.distill import chance_accuracy, check_teacher_strength
+    from kdistill.teachers.guards import chance_accuracy, check_teacher_strength
 
     assert chance_accuracy([0, 1, 2, 3], 4) == 0.25
     assert chance_accuracy([0, 0, 0, 1], 4) == 0.75
@@ -377,13 +377,13 @@ def test_chance_is_the_better_of_uniform_and_majority():
     ],
 )
 def test_near_chance_is_measured_between_chance_and_a_perfect_score(caplog, accuracy, chance, near):
-    from kdistill.distill import check_teacher_strength
+    from kdistill.teachers.guards import check_teacher_strength
 
     caplog.set_level("INFO", logger="kdistill")
     check_teacher_strength(accuracy, chance, allow_weak=False)  # above chance: never refused
     warned = any("near chance" in r.getMessage() for r in caplog.records)
     assert warned == near
-    from kdistill.distill import NEAR_CHANCE_SKILL, skill_over_chance
+    from kdistill.teachers.guards import NEAR_CHANCE_SKILL, skill_over_chance
 
     assert (skill_over_chance(accuracy, chance) < NEAR_CHANCE_SKILL) == near
     # The refusal sits at skill 0, the same scale: at chance, refused; a hair above, not.

@@ -13,9 +13,9 @@ from conftest import CLASSES
 
 from kdistill.cli import main
 from kdistill.data.unlabeled import UNLABELED, load_unlabeled, with_unlabeled
-from kdistill.distill import MixedBatchSampler
 from kdistill.errors import KdistillError
 from kdistill.teachers import cache as kcache
+from kdistill.training.samplers import MixedBatchSampler
 
 
 @pytest.fixture()

@@ -115,7 +115,7 @@ def default_accelerator(teacher: Teacher, device: str) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from kdistill.distill import make_accelerator, pick_device
+    from kdistill.training.runtime import make_accelerator, pick_device
 
     if AcceleratorState._shared_state:
         return Accelerator()

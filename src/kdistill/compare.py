@@ -68,8 +68,8 @@ def check_output_dir(output_dir: str) -> None:
 def compare(config: CompareConfig) -> Path:
     """The compare command. Returns the new comparison folder."""
     from kdistill.data.sampling import subsample
-    from kdistill.distill import library_versions, pick_teacher_dtype, start_command
     from kdistill.from_run import Run, check_same_split, data_config, run_of, teacher_model_for
+    from kdistill.training.runtime import library_versions, pick_teacher_dtype, start_command
 
     started = datetime.now()
     # Everything that can be checked without loading a model fails first.

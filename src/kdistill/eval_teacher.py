@@ -35,14 +35,10 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     """Returns the report (also written to --output when given)."""
     import torch
 
-    from kdistill.distill import (
-        chance_accuracy,
-        library_versions,
-        pick_teacher_dtype,
-        start_command,
-    )
     from kdistill.from_run import check_same_split, data_config, run_of, teacher_model_for
     from kdistill.students.load import count_parameters
+    from kdistill.teachers.guards import chance_accuracy
+    from kdistill.training.runtime import library_versions, pick_teacher_dtype, start_command
 
     # A distill run as --teacher-model: its teacher, asked as it taught, on the run's split.
     run = run_of(config.teacher_model, "--teacher-model")

@@ -255,7 +255,7 @@ def lockstep_plan(config: SweepConfig, students: int) -> tuple[int | None, str |
     if reason is not None:
         return _no_lockstep(config, f"{reason} is not supported in lockstep")
     try:
-        from kdistill.distill import pick_device
+        from kdistill.training.runtime import pick_device
 
         device = pick_device(config.device)
         fit, each = students_that_fit(config, 2, device)
@@ -384,7 +384,7 @@ def distill_seeds(config: DistillConfig) -> Path:
     <output-dir>/<dataset>_T<T>_A<alpha>_seeds_<stamp>/ with seeds.json (each seed's best
     validation accuracy, their mean and standard deviation). Returns that folder."""
     from kdistill.data.sources import dataset_name
-    from kdistill.distill import run_name
+    from kdistill.training.runs import run_name
 
     values = {f.name: getattr(config, f.name) for f in fields(DistillConfig)}
     values.update(temperature=str(config.temperature), alpha=str(config.alpha))

@@ -89,8 +89,8 @@ def check_output_dir(target: Path, model_dir: Path) -> None:
 def export(config: ExportConfig) -> Path:
     """The export command. Returns the export folder; raises (exit 2) after writing it when an
     exported model disagrees with the torch model too often."""
-    from kdistill.distill import cpu_supports_bf16, library_versions
     from kdistill.shipping.export_card import write_export_card
+    from kdistill.training.runtime import cpu_supports_bf16, library_versions
 
     require_onnx()
     model_dir, run_dir = resolve_source(config.model)

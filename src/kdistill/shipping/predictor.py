@@ -73,7 +73,7 @@ def resolve_model(given: str, flag: str = "--model") -> tuple[Path | str, str]:
             f"{flag} {given}: a file; pass a model folder, a distill run "
             "directory, an ONNX export folder or a .onnx file"
         )
-    from kdistill.students.load import check_model_path
+    from kdistill.data.model_paths import check_model_path
 
     return check_model_path(given, flag), "torch"  # a Hub id, or a one-line 'no such folder'
 
@@ -99,8 +99,13 @@ def load_torch_predictor(
 ) -> Predictor:
     """A transformers classifier in eval mode. One whose head was never trained is refused:
     from_pretrained would fill it with random weights and every prediction would be noise."""
-    from kdistill.data.model_files import head_keys, quiet_transformers
-    from kdistill.students.load import load_classifier, load_tokenizer, set_pad_token
+    from kdistill.data.model_files import (
+        head_keys,
+        load_classifier,
+        load_tokenizer,
+        quiet_transformers,
+        set_pad_token,
+    )
 
     quiet_transformers()
     tokenizer = load_tokenizer(name, flag)
@@ -147,7 +152,7 @@ def load_onnx_predictor(
 ) -> Predictor:
     """An exported model on onnxruntime's CPU provider; the class names and tokenizer come from
     the export folder (kdistill export writes the model's config.json and tokenizer beside it)."""
-    from kdistill.students.load import load_tokenizer
+    from kdistill.data.model_files import load_tokenizer
 
     folder = onnx_file.parent
     try:
@@ -192,7 +197,7 @@ def load_predictor(
 ) -> Predictor:
     """Any model predict accepts (torch folder, run, ONNX export); a torch one on `device` (auto:
     the best here) at `mixed_precision` (auto: bf16 where the device does it natively)."""
-    from kdistill.distill import pick_device, pick_mixed_precision
+    from kdistill.training.runtime import pick_device, pick_mixed_precision
 
     target, kind = resolve_model(given, flag)
     if kind == "onnx":

@@ -85,6 +85,10 @@ def format_float(x: float) -> str:
     return repr(float(x))
 
 
+def run_name(dataset: str, temperature: float, alpha: float) -> str:
+    return f"{dataset}_T{format_float(temperature)}_A{format_float(alpha)}"
+
+
 def new_run_dir(parent: Path, name: str, now: datetime | None = None) -> tuple[Path, Path]:
     """Reserve `<parent>/<name>_<YYYYMMDD_HHMMSS>` and create its `.partial` working folder.
 
@@ -201,6 +205,45 @@ def _basename(model: Any) -> str | None:
     return Path(str(model).rstrip("/")).name if model else None
 
 
+def _config_cells(config: dict[str, Any]) -> dict[str, Any]:
+    """A `kdistill runs` row's cells that config.json holds."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    student = _basename(config.get("student_model"))
+    if student and config.get("student_layers"):
+        student += f" layers {config['student_layers']}"
+    elif student and config.get("student_num_layers"):
+        student += f" {config['student_num_layers']} layers"
+    return {
+        "dataset": data.get("name") or config.get("dataset"),
+        "teacher": _basename(config.get("teacher_model")),
+        "student": student,
+        "temperature": _number(config.get("temperature")),
+        "alpha": _number(config.get("alpha")),
+        "epochs_total": config.get("epochs"),
+        "started": config.get("started"),
+    }
+
+
+def _history_cells(history: dict[str, Any]) -> dict[str, Any]:
+    """A `kdistill runs` row's cells that history.json holds: the best epoch and progress."""
+    epochs = [e for e in history.get("epochs") or [] if isinstance(e, dict)]
+    scored = [e for e in epochs if _number(e.get("val_accuracy")) is not None]
+    # history.json records the best epoch; a crashed run's may predate that key.
+    best = history.get("best") if isinstance(history.get("best"), dict) else {}
+    if best.get("epoch") is None and scored:
+        top = max(scored, key=lambda e: e["val_accuracy"])
+        best = {"epoch": top.get("epoch"), "val_accuracy": top["val_accuracy"]}
+    at_best = next((e for e in epochs if e.get("epoch") == best.get("epoch")), {})
+    duration = history.get("total_time_s", epochs[-1].get("wall_time_s") if epochs else None)
+    return {
+        "best_val_accuracy": _number(best.get("val_accuracy")),
+        "best_epoch": best.get("epoch"),
+        "best_val_macro_f1": _number(at_best.get("val_macro_f1")),
+        "epochs_done": len(epochs),
+        "duration_s": _number(duration),
+    }
+
+
 def read_run(run_dir: Path) -> dict[str, Any]:
     """One row of `kdistill runs`: what the run's config.json and history.json say, and its
     status. Never raises for a damaged run: it is listed as "unreadable" with the reason."""
@@ -227,38 +270,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         config, history = _read_json(run_dir / "config.json"), _read_json(run_dir / "history.json")
         if not isinstance(config, dict) or not isinstance(history, dict | None):
             raise ValueError(f"{run_dir}: config.json or history.json is not a JSON object")
-        data = config.get("data") if isinstance(config.get("data"), dict) else {}
-        student = _basename(config.get("student_model"))
-        if student and config.get("student_layers"):
-            student += f" layers {config['student_layers']}"
-        elif student and config.get("student_num_layers"):
-            student += f" {config['student_num_layers']} layers"
-        row.update(
-            dataset=data.get("name") or config.get("dataset"),
-            teacher=_basename(config.get("teacher_model")),
-            student=student,
-            temperature=_number(config.get("temperature")),
-            alpha=_number(config.get("alpha")),
-            epochs_total=config.get("epochs"),
-            started=config.get("started"),
-        )
+        row.update(_config_cells(config))
         history = history or {}
-        epochs = [e for e in history.get("epochs") or [] if isinstance(e, dict)]
-        scored = [e for e in epochs if _number(e.get("val_accuracy")) is not None]
-        # history.json records the best epoch; a crashed run's may predate that key.
-        best = history.get("best") if isinstance(history.get("best"), dict) else {}
-        if best.get("epoch") is None and scored:
-            top = max(scored, key=lambda e: e["val_accuracy"])
-            best = {"epoch": top.get("epoch"), "val_accuracy": top["val_accuracy"]}
-        at_best = next((e for e in epochs if e.get("epoch") == best.get("epoch")), {})
-        duration = history.get("total_time_s", epochs[-1].get("wall_time_s") if epochs else None)
-        row.update(
-            best_val_accuracy=_number(best.get("val_accuracy")),
-            best_epoch=best.get("epoch"),
-            best_val_macro_f1=_number(at_best.get("val_macro_f1")),
-            epochs_done=len(epochs),
-            duration_s=_number(duration),
-        )
+        row.update(_history_cells(history))
     except (ValueError, AttributeError, TypeError) as e:
         logger.warning("listed as unreadable: %s", e)
         row["error"] = str(e)
