@@ -32,7 +32,8 @@ from kdistill.evaluation.scoring import (
     release,
     score_model,
 )
-from kdistill.training.runs import atomic_write_json, finish_run_dir, new_run_dir
+from kdistill.files import atomic_write_json
+from kdistill.training.runs import finish_run_dir, new_run_dir
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

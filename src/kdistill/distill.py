@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.config import DistillConfig
+from kdistill.files import atomic_write_json
 from kdistill.teachers.guards import chance_accuracy, check_teacher_strength
 from kdistill.training.checkpoint import CHECKPOINTS, save_model
 from kdistill.training.loaders import (
@@ -54,7 +55,7 @@ from kdistill.training.records import (
     write_epoch,
 )
 from kdistill.training.resume import RunCheckpoints, open_run_dir, resume_training
-from kdistill.training.runs import atomic_write_json, discard_unstarted, finish_run_dir, run_name
+from kdistill.training.runs import discard_unstarted, finish_run_dir, run_name
 from kdistill.training.runtime import (
     RunSetup,
     pick_teacher_dtype,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdistill.config import EvalTeacherConfig
 from kdistill.errors import KdistillError
-from kdistill.training.runs import atomic_write_json
+from kdistill.files import atomic_write_json
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdistill.config import FinetuneConfig
 from kdistill.errors import KdistillError
-from kdistill.training.runs import atomic_dir, atomic_write_json
+from kdistill.files import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
     import torch

@@ -83,7 +83,7 @@ def run_of(path: str, flag: str) -> Run | None:
     a student may be evaluated as a teacher in its own right)."""
     import json
 
-    from kdistill.training.runs import is_run_config
+    from kdistill.files import is_run_config
 
     try:
         config = json.loads((Path(path).expanduser() / "config.json").read_text(encoding="utf-8"))

@@ -29,7 +29,8 @@ from typing import Any
 
 from kdistill.config import DistillConfig, SweepConfig
 from kdistill.errors import KdistillError
-from kdistill.training.runs import atomic_write_json, finish_run_dir, format_float, new_run_dir
+from kdistill.files import atomic_write_json
+from kdistill.training.runs import finish_run_dir, format_float, new_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -298,8 +299,8 @@ def train_lockstep(
     group_dir: Path,
     json_path: Path,
 ) -> None:
+    from kdistill.sweep_lockstep import train_group
     from kdistill.training.lockstep import CannotStack
-    from kdistill.training.lockstep_runs import train_group
 
     logger.info(
         "== lockstep: %d students (%s)",

@@ -164,10 +164,11 @@ def run_history(
 def save_trainer_run(trainer: Trainer, dataset: str) -> Path:
     """DistillationTrainer.save_run: the files `kdistill distill` writes, from the Trainer's,
     in a `.partial` folder renamed when complete."""
+    from kdistill.files import atomic_write_json
     from kdistill.shipping.model_card import write_run_cards
     from kdistill.training.checkpoint import save_model
     from kdistill.training.records import save_training_curves
-    from kdistill.training.runs import atomic_write_json, finish_run_dir, new_run_dir, run_name
+    from kdistill.training.runs import finish_run_dir, new_run_dir, run_name
 
     args = trainer.args
     if trainer.processing_class is None:

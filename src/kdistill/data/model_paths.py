@@ -93,7 +93,7 @@ def gguf_to_folder(gguf: Path, flag: str) -> Path:
         ) from e
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kdistill.training.runs import atomic_dir
+    from kdistill.files import atomic_dir
 
     logger.info("%s: dequantising to %s (once; later loads reuse it)", gguf.name, target)
     try:

@@ -28,7 +28,7 @@ from kdistill.data.sources import (
 )
 from kdistill.data.unlabeled import UNLABELED_FILE, UNLABELED_LABELS_FILE, UNLABELED_SPLIT
 from kdistill.errors import KdistillError
-from kdistill.training.runs import atomic_dir, atomic_write_json
+from kdistill.files import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
     from datasets import Dataset

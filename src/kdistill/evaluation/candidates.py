@@ -14,7 +14,7 @@ from typing import Any
 
 from kdistill.config import CompareConfig
 from kdistill.errors import KdistillError
-from kdistill.training.runs import is_run_config
+from kdistill.files import is_run_config
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.evaluation.plotting import colour
-from kdistill.training.runs import atomic_write_text
+from kdistill.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

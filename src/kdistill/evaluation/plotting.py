@@ -13,7 +13,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from kdistill.training.runs import atomic_write_bytes
+from kdistill.files import atomic_write_bytes
 
 ROLE_COLOURS = {"teacher": "#3b6ea8", "student": "#e07b39", "baseline": "#8a8a8a"}
 DPI = 110

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdistill.training.runs import atomic_write_text
+from kdistill.files import atomic_write_text
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCard

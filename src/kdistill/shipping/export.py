@@ -21,6 +21,7 @@ import torch
 
 from kdistill.config import ExportConfig
 from kdistill.errors import KdistillError
+from kdistill.files import atomic_dir, atomic_write_json
 from kdistill.shipping.onnx_export import export_onnx, quantize_int8
 from kdistill.shipping.onnx_runtime import require_onnx
 from kdistill.shipping.parity import accuracy, parity, parity_rows, time_all
@@ -32,7 +33,6 @@ from kdistill.shipping.predictor import (
     predict_logits,
     torch_predictor,
 )
-from kdistill.training.runs import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
 

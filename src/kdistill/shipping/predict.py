@@ -24,8 +24,8 @@ import torch
 
 from kdistill.config import PredictConfig
 from kdistill.errors import KdistillError
+from kdistill.files import atomic_write_text
 from kdistill.shipping.predictor import load_predictor, predict_logits
-from kdistill.training.runs import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -80,7 +80,7 @@ def resolve_model(given: str, flag: str = "--model") -> tuple[Path | str, str]:
 
 def is_run_folder(path: Path) -> bool:
     """Whether `path` holds a distill run's config.json (a run directory, not a model folder)."""
-    from kdistill.training.runs import is_run_config
+    from kdistill.files import is_run_config
 
     try:
         return is_run_config(json.loads((path / "config.json").read_text()))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.training.runs import atomic_dir, atomic_write_json
+from kdistill.files import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

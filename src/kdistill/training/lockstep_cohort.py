@@ -21,6 +21,7 @@ import torch
 
 from kdistill.config import DistillConfig, SweepConfig
 from kdistill.data.prepare import split_record
+from kdistill.files import atomic_write_json
 from kdistill.training.loaders import make_loaders
 from kdistill.training.lockstep import (
     CannotStack,
@@ -28,7 +29,7 @@ from kdistill.training.lockstep import (
     set_rng_state,
 )
 from kdistill.training.records import CE_LOSS, TrainState, teacher_record
-from kdistill.training.runs import atomic_write_json, new_run_dir, run_name
+from kdistill.training.runs import new_run_dir, run_name
 from kdistill.training.runtime import library_versions
 
 if TYPE_CHECKING:

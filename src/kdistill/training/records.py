@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdistill.errors import KdistillError, RunStopped
-from kdistill.training.runs import atomic_write_json
+from kdistill.files import atomic_write_json
 from kdistill.training.runtime import library_versions
 
 if TYPE_CHECKING:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdistill.errors import KdistillError, RunStopped
+from kdistill.files import atomic_write_json
 from kdistill.training.checkpoint import (
     GracefulStop,
     latest_checkpoint,
@@ -30,7 +31,7 @@ from kdistill.training.checkpoint import (
 )
 from kdistill.training.loop import EpochProgress
 from kdistill.training.records import TrainState
-from kdistill.training.runs import PARTIAL_SUFFIX, atomic_write_json, new_run_dir, process_alive
+from kdistill.training.runs import PARTIAL_SUFFIX, new_run_dir, process_alive
 from kdistill.training.samplers import restore_sampler, sampler_state
 
 if TYPE_CHECKING:

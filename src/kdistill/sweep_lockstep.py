@@ -22,6 +22,7 @@ import torch
 
 from kdistill.config import SweepConfig
 from kdistill.errors import KdistillError
+from kdistill.files import atomic_write_json
 from kdistill.training.checkpoint import save_model
 from kdistill.training.lockstep import (
     CannotStack,
@@ -44,7 +45,7 @@ from kdistill.training.records import (
     failure_recorded,
     save_training_curves,
 )
-from kdistill.training.runs import atomic_write_json, finish_run_dir
+from kdistill.training.runs import finish_run_dir
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
