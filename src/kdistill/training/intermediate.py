@@ -280,8 +280,9 @@ def cut_layers(config: DistillConfig) -> tuple[list[int] | None, int | None]:
         return None, None
     from transformers import AutoConfig
 
+    from kdistill.data.model_files import hf_kwargs
+    from kdistill.data.model_paths import check_model_path
     from kdistill.students.layers import resolve_layers
-    from kdistill.students.load import check_model_path, hf_kwargs
 
     source = AutoConfig.from_pretrained(
         check_model_path(config.student_model, "--student-model"), **hf_kwargs()
