@@ -216,16 +216,26 @@ class TeacherOptions(LoadOptions):
         "classification head and prompt for a causal LM.",
         choices=["auto", "classifier", "prompt"],
     )
-    prompt_template: str | None = _opt(
+    prompt_template: str | list[str] | None = _opt(
         None,
         "Prompt teacher: the text before the label word, with a {text} slot and an optional "
-        "{labels} slot (default: a prompt listing the classes, ending 'Category:').",
+        "{labels} slot (default: a prompt listing the classes, ending 'Category:'). Repeat the "
+        "flag for a prompt ensemble: one member per template.",
+        repeat=True,
     )
-    label_words: str | None = _opt(
+    label_words: str | list[str] | None = _opt(
         None,
         "Prompt teacher: words the LLM should say for each class, as "
         "'EducationalInstitution=School,MeanOfTransportation=Vehicle' or a JSON file (default: "
-        "the class names split into words).",
+        "the class names split into words). Repeat the flag for a prompt ensemble: one member "
+        "per word set (and per --prompt-template).",
+        repeat=True,
+    )
+    teacher_weights: str | None = _opt(
+        None,
+        "Teacher ensemble: comma-separated weights, one per member (each --teacher-model, times "
+        "each --prompt-template x --label-words set), combined as normalise(sum_k w_k log p_k), "
+        "weights scaled to sum 1 (default: equal).",
     )
     few_shot: int = _opt(0, "Prompt teacher: K stratified training examples shown in the prompt.")
     chat_template: bool = _opt(
@@ -270,11 +280,17 @@ class TeacherOptions(LoadOptions):
             self.teacher_batch_size >= 1,
             f"--teacher-batch-size must be >= 1 (got {self.teacher_batch_size})",
         )
-        if self.prompt_template is not None:
+        templates = self.prompt_template
+        for template in templates if isinstance(templates, list) else [templates]:
             _check(
-                "{text}" in self.prompt_template,
+                template is None or "{text}" in template,
                 "--prompt-template must contain the {text} slot where the example goes",
             )
+        if self.teacher_weights is not None:
+            from kdistill.teachers.ensemble import parse_weights
+
+            n = len(self.teacher_weights.split(","))
+            parse_weights(self.teacher_weights, n)  # numbers, >= 0; the count is checked at load
 
 
 @dataclass
@@ -289,7 +305,9 @@ class DistillConfig(TeacherOptions):
     teacher_model: str = _opt(
         "models/DeepSeek-R1-Distill-Qwen-1.5B",
         "Teacher: a local folder, Hub id or .gguf file: a classifier trained on these labels, or a "
-        "causal LM used as a prompt teacher (see --teacher-mode).",
+        "causal LM used as a prompt teacher (see --teacher-mode). Several, comma-separated or "
+        "the flag repeated: a teacher ensemble (see --teacher-weights).",
+        repeat="join",
     )
     student_model: str = _opt(
         "Qwen/Qwen2.5-0.5B",
@@ -582,7 +600,9 @@ class EvalTeacherConfig(TeacherOptions):
     teacher_model: str = _opt(
         "models/DeepSeek-R1-Distill-Qwen-1.5B",
         "Teacher: a local folder, Hub id or .gguf file (classifier or causal LM), or a distill "
-        "run directory: its teacher, asked as it taught (prompt, few-shot examples), on its split.",
+        "run directory: its teacher, asked as it taught (prompt, few-shot examples), on its split. "
+        "Several, comma-separated or the flag repeated: a teacher ensemble, each member reported.",
+        repeat="join",
     )
     dataset: str = _opt("dbpedia", "Prepared data, or anything prepare-data accepts.")
     split: str = _opt(
@@ -599,6 +619,15 @@ class EvalTeacherConfig(TeacherOptions):
         "distill's --temperature.",
     )
     output: str | None = _opt(None, "Also write the report as JSON to this file.")
+    teacher_cache: str = _opt(
+        "auto",
+        "Teacher logits on disk, as distill's: auto reuses a matching entry, disk also saves "
+        "(an ensemble per member), off neither.",
+        choices=["auto", "off", "disk"],
+    )
+    teacher_cache_dir: str | None = _opt(
+        None, "Folder of the disk cache (default: $KDISTILL_CACHE or ~/.cache/kdistill)."
+    )
     seed: int = _opt(42, "Seed for subsampling and few-shot examples.")
     device: str = _opt(
         "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]

@@ -1132,8 +1132,11 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
     # With a cache, the validation logits are cached too: a sweep evaluates the teacher once.
     teacher_metrics: dict[str, Any] | None = None  # None: no teacher (alpha 0)
-    if cached:
+    # An ensemble is scored member by member as well, which needs every member's logits.
+    ensemble = teacher is not None and teacher.mode == "ensemble"
+    if cached or ensemble:
         from kdistill.evaluation.metrics import classification_metrics
+        from kdistill.teachers.cache import teacher_logits_for
 
         val_logits, _ = teacher_logits_for(
             config.teacher_cache,
@@ -1165,6 +1168,15 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             "val_macro_f1": metric("macro_f1"),
             "val_loss": metric("loss"),
             "val_rows": metric("n"),
+            **(
+                {
+                    "members": teacher.member_metrics(
+                        torch.tensor(list(val["label"])), data.num_labels
+                    )
+                }
+                if ensemble
+                else {}
+            ),
         },
         "chance_accuracy": chance,
         "epochs": [],

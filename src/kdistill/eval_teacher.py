@@ -46,7 +46,7 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         teacher_model_for,
     )
     from kdistill.students.load import count_parameters
-    from kdistill.teachers.cache import compute_teacher_logits
+    from kdistill.teachers.cache import teacher_logits_for
     from kdistill.teachers.classifier import load_teacher
 
     # A distill run as --teacher-model: its teacher, asked as it taught, on the run's split.
@@ -80,8 +80,15 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     encoded = tokenize(rows, {"teacher": teacher}, config.max_length)
-    logits = compute_teacher_logits(
-        teacher, encoded, config.teacher_batch_size, accelerator, data.num_labels
+    logits, cache_record = teacher_logits_for(
+        config.teacher_cache,
+        teacher,
+        encoded,
+        list(rows["text"]),
+        config,
+        accelerator,
+        data.num_labels,
+        dtype_name,
     )
     elapsed = time.perf_counter() - start
     labels = torch.tensor(list(rows["label"]))
@@ -104,6 +111,11 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         "per_class": per_class_accuracy(logits, labels, data.label_names),
         "temperatures": [soft_target_stats(logits, labels, t) for t in config.temperature_list()],
         "max_entropy": math.log(data.num_labels),
+        # An ensemble: each member's scores and the ensemble's, on the same rows.
+        "members": (
+            teacher.member_metrics(labels, data.num_labels) if teacher.mode == "ensemble" else None
+        ),
+        "teacher_cache": cache_record,
         "time_s": elapsed,
         "rows_per_second": len(rows) / max(elapsed, 1e-9),
         "device": str(accelerator.device),
@@ -130,6 +142,13 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for name, c in report["per_class"].items():
         lines.append(f"{name:<28}{c['accuracy']:>10.4f}{c['n']:>7}")
+    if report.get("members"):
+        lines += ["", f"{'ensemble member':<60}{'weight':>7}{'accuracy':>10}{'macro-F1':>10}"]
+        for m in report["members"]:
+            lines.append(
+                f"{m['member'][:60]:<60}{m['weight']:>7.3g}{m['accuracy']:>10.4f}"
+                f"{m['macro_f1']:>10.4f}"
+            )
     lines += ["", f"{'T':>5}{'ECE':>9}{'entropy':>10}   (max entropy {report['max_entropy']:.3f})"]
     for t in report["temperatures"]:
         lines.append(f"{t['temperature']:>5g}{t['ece']:>9.4f}{t['mean_entropy']:>10.4f}")
