@@ -4,7 +4,7 @@ checks ranges so a bad value fails before any model is loaded, with one line nam
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from kdistill.errors import KdistillError
@@ -444,6 +444,14 @@ class DistillConfig(TeacherOptions):
     )
     push_to_hub: str | None = _opt(None, PUSH_HELP + " distill pushes best_model/.")
     hub_public: bool = _opt(False, HUB_PUBLIC_HELP)
+    no_label_recipe: str = _opt(
+        "auto",
+        "With no labelled training rows (a transfer set taught by the teacher alone): auto trains "
+        "with the recipe measured to let the student reach its teacher (NO_LABEL_RECIPE: "
+        "--temperature 1, --epochs 10, --lr-scheduler constant), each where its flag is left at "
+        "its default; off keeps the flags as given.",
+        choices=["auto", "off"],
+    )
     seeds: str | None = _opt(
         None,
         "Comma-separated seeds, e.g. 1,2,3: one run per seed (each as --seed would train it), "
@@ -741,6 +749,8 @@ class SweepConfig(DistillConfig):
         values.update(
             temperature=temperature, alpha=alpha, output_dir=output_dir or self.output_dir
         )
+        # A grid's temperatures are chosen, not defaults: the no-label recipe keeps off them.
+        values["no_label_recipe"] = "off"
         if seed is not None:  # one run of --seeds: it is the run --seed <seed> makes
             values.update(seed=seed, seeds=None)
         return DistillConfig(**values)
@@ -988,3 +998,26 @@ class ExportConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The no-label path (bench/no_labels.py, README "No labels"): a calibrated prompt teacher is
+# already flat, T=3 flattens it to near-uniform targets, and a short run with a decaying
+# learning rate leaves the student far below its teacher.
+NO_LABEL_RECIPE = {"temperature": 1.0, "epochs": 10, "lr_scheduler": "constant"}
+
+
+def no_label_recipe(config: DistillConfig, labeled_rows: int) -> tuple[DistillConfig, dict]:
+    """`config` with NO_LABEL_RECIPE applied when the run has no labelled training rows and
+    --no-label-recipe is auto: each value replaces a field left at its default (a flag given
+    with another value wins). Returns the config and what changed ({field: (old, new)})."""
+    if labeled_rows > 0 or config.no_label_recipe == "off" or not config.unlabeled_data:
+        return config, {}
+    defaults = {f.name: f.default for f in fields(DistillConfig)}
+    changes = {
+        name: (getattr(config, name), value)
+        for name, value in NO_LABEL_RECIPE.items()
+        if getattr(config, name) == defaults[name] and value != defaults[name]
+    }
+    if not changes:
+        return config, {}
+    return replace(config, **{k: new for k, (_, new) in changes.items()}), changes

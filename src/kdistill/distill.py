@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill import __version__
-from kdistill.config import DistillConfig
+from kdistill.config import DistillConfig, no_label_recipe
 from kdistill.errors import KdistillError, RunStopped
 from kdistill.training.checkpoint import (
     CHECKPOINTS,
@@ -1018,6 +1018,14 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         logger.info("%s: %d unlabelled rows", config.unlabeled_data, len(unlabeled))
     n_unlabeled = len(unlabeled) if unlabeled is not None else 0
     check_training_rows(config.dataset, len(train), n_unlabeled, config)
+    config, changes = no_label_recipe(config, len(train))
+    if changes:
+        logger.info(
+            "no labelled rows: the no-label recipe sets %s (--no-label-recipe off keeps the flags)",
+            ", ".join(
+                f"--{k.replace('_', '-')} {new} (not {old})" for k, (old, new) in changes.items()
+            ),
+        )
 
     # ---- models: teacher frozen in eval mode, student with a fresh head for these classes
     t_dtype, t_dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
