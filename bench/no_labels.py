@@ -181,6 +181,9 @@ def main() -> None:
     )
     parser.add_argument("--skip-off", action="store_true", help="Skip the prefix-cache timing.")
     parser.add_argument("--only", default="a,a-old,c,b", help="Rows to run, in this order.")
+    parser.add_argument(
+        "--table-only", action="store_true", help="Print the table of the rows already run."
+    )
     args = parser.parse_args()
     work = Path(args.work)
     data = prepare(work)
@@ -197,15 +200,19 @@ def main() -> None:
         # temperature and epochs as the no-label defaults.
         "c": ("oneshot", [*smol, "--few-shot", "14"], ["--alpha", "0.5", *NO_LABEL_FLAGS]),
     }
-    results_path = work / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for key in [k.strip() for k in args.only.split(",") if k.strip()]:
+    # One file per row, so rows can run in separate processes (`--only a` and `--only c`).
+    for key in [k.strip() for k in args.only.split(",") if k.strip() and not args.table_only]:
         name, teacher, student = rows[key]
         print(f"({key}) ...", flush=True)
         # a-old reuses (a)'s cached teacher logits: nothing of the teacher to time again.
         ns = argparse.Namespace(**{**vars(args), "skip_off": args.skip_off or key == "a-old"})
-        results[key] = teacher_row(work, key, data[name], teacher, student, ns)
-        results_path.write_text(json.dumps(results, indent=2))
+        row = teacher_row(work, key, data[name], teacher, student, ns)
+        (work / f"result-{key}.json").write_text(json.dumps(row, indent=2))
+    results = {
+        key: json.loads((work / f"result-{key}.json").read_text())
+        for key in rows
+        if (work / f"result-{key}.json").is_file()
+    }
     print_table(results, args)
 
 
