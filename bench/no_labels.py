@@ -49,7 +49,7 @@ SECOND_TEMPLATE = (
     "Choose the category of the text from: {labels}.\n\nText: {text}\nThe category is:"
 )
 # The recipe of bench/few_labels.py (c), which reached 45% of its teacher.
-OLD_RECIPE = ["--no-label-recipe", "off", "--temperature", "3", "--epochs", "3"]
+OLD_RECIPE = ["--no-label-recipe", "off", "--alpha", "1", "--temperature", "3", "--epochs", "3"]
 # distill's no-label recipe (config.NO_LABEL_RECIPE), spelt out for (c): with 14 labelled rows
 # distill does not apply it by itself.
 NO_LABEL_FLAGS = ["--temperature", "1", "--epochs", "10", "--lr-scheduler", "constant"]

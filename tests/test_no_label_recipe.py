@@ -10,7 +10,7 @@ from kdistill.config import NO_LABEL_RECIPE, DistillConfig, no_label_recipe
 
 
 def test_the_rule_applies_to_defaults_only_and_only_without_labels():
-    base = DistillConfig(unlabeled_data="data/x/unlabeled.parquet", alpha=1.0)
+    base = DistillConfig(unlabeled_data="data/x/unlabeled.parquet")
     resolved, changes = no_label_recipe(base, labeled_rows=0)
     assert {k: getattr(resolved, k) for k in NO_LABEL_RECIPE} == NO_LABEL_RECIPE
     assert changes["temperature"] == (3.0, NO_LABEL_RECIPE["temperature"])
@@ -53,8 +53,6 @@ def test_distill_records_the_recipe_it_trained_with(
             "--mixed-precision",
             "no",
             "--allow-weak-teacher",
-            "--alpha",
-            "1",
             "--unlabeled-data",
             f"data/{dataset}/unlabeled.parquet",
             "--output-dir",
@@ -65,9 +63,11 @@ def test_distill_records_the_recipe_it_trained_with(
         (run,) = Path(out).iterdir()
         return json.loads((run / "config.json").read_text())
 
-    no_labels = distill("toy0")
+    no_labels = distill("toy0")  # no --alpha: the recipe's 1, which a run without labels needs
+    assert no_labels["alpha"] == 1.0
     assert no_labels["temperature"] == NO_LABEL_RECIPE["temperature"]
     assert no_labels["lr_scheduler"] == NO_LABEL_RECIPE["lr_scheduler"]
     assert no_labels["epochs"] == 1
-    assert distill("toy0", "--no-label-recipe", "off")["temperature"] == 3.0
+    off = distill("toy0", "--no-label-recipe", "off", "--alpha", "1")
+    assert off["temperature"] == 3.0
     assert distill("toy")["temperature"] == 3.0  # labelled rows: the flags as given

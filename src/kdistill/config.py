@@ -447,9 +447,9 @@ class DistillConfig(TeacherOptions):
     no_label_recipe: str = _opt(
         "auto",
         "With no labelled training rows (a transfer set taught by the teacher alone): auto trains "
-        "with the recipe measured to let the student reach its teacher (NO_LABEL_RECIPE: "
-        "--temperature 1, --epochs 10, --lr-scheduler constant), each where its flag is left at "
-        "its default; off keeps the flags as given.",
+        "with the recipe measured to let the student reach its teacher (--alpha 1, --temperature "
+        "1, --epochs 10, --lr-scheduler constant), each where its flag is left at its default; "
+        "off keeps the flags as given.",
         choices=["auto", "off"],
     )
     seeds: str | None = _opt(
@@ -1003,7 +1003,7 @@ class ExportConfig:
 # The no-label path (bench/no_labels.py, README "No labels"): a calibrated prompt teacher is
 # already flat, T=3 flattens it to near-uniform targets, and a short run with a decaying
 # learning rate leaves the student far below its teacher.
-NO_LABEL_RECIPE = {"temperature": 1.0, "epochs": 10, "lr_scheduler": "constant"}
+NO_LABEL_RECIPE = {"alpha": 1.0, "temperature": 1.0, "epochs": 10, "lr_scheduler": "constant"}
 
 
 def no_label_recipe(config: DistillConfig, labeled_rows: int) -> tuple[DistillConfig, dict]:

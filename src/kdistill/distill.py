@@ -1017,8 +1017,8 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         warn_unlabeled_overlap(unlabeled, data)
         logger.info("%s: %d unlabelled rows", config.unlabeled_data, len(unlabeled))
     n_unlabeled = len(unlabeled) if unlabeled is not None else 0
-    check_training_rows(config.dataset, len(train), n_unlabeled, config)
     config, changes = no_label_recipe(config, len(train))
+    check_training_rows(config.dataset, len(train), n_unlabeled, config)
     if changes:
         logger.info(
             "no labelled rows: the no-label recipe sets %s (--no-label-recipe off keeps the flags)",
