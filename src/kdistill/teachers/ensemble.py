@@ -312,14 +312,13 @@ def ensemble_logits_for(
     combined. The record lists each member's."""
     from datasets import Dataset
 
-    from kdistill.data.prepare import tokenize
     from kdistill.teachers.cache import teacher_logits_for
 
     start = time.perf_counter()
-    rows = Dataset.from_dict({"text": texts, "label": [0] * len(texts)})
     outs, records = [], []
     for member in teacher.members:
-        encoded = tokenize(rows, {"teacher": member}, config.max_length)
+        ids = member.encode(texts, config.max_length)["input_ids"]  # the member's own inputs
+        encoded = Dataset.from_dict({"text": texts, "teacher_input_ids": ids})
         logits, record = teacher_logits_for(
             mode, member, encoded, texts, config, accelerator, num_labels, precision
         )
