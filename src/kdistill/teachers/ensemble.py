@@ -257,7 +257,8 @@ def load_ensemble(
     """One member per model, and per prompt model one per (template, label-words) set. The
     variants of one LLM share its loaded weights."""
     from kdistill.teachers.classifier import load_teacher
-    from kdistill.teachers.prompt import PromptTeacher, parse_label_words
+    from kdistill.teachers.label_words import parse_label_words
+    from kdistill.teachers.prompt import PromptTeacher
 
     templates = as_list(options.prompt_template)
     word_sets = as_list(options.label_words)
