@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.api import teacher_logits as compute_teacher_logits
+from kdistill.data.labels import unnamed
 from kdistill.errors import KdistillError
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def student_label_names(model: torch.nn.Module) -> list[str]:
     config = getattr(model, "config", None)
     id2label = getattr(config, "id2label", None) or {}
     names = [str(id2label[k]) for k in sorted(id2label, key=int)]
-    if not names or all(n.startswith("LABEL_") for n in names):
+    if unnamed(names):
         raise KdistillError(
             "the student's config.id2label has no class names; load it with "
             "num_labels, id2label and label2id for the data set's classes"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,12 +114,12 @@ def check_labels(candidate: Candidate, label_names: list[str]) -> None:
     """A student must be a classifier over exactly the data set's classes (by name, in any
     order, matched by `kdistill.data.labels.match_names`); one trained on other labels cannot be
     scored against these, whatever its accuracy."""
-    from kdistill.data.labels import match_names
+    from kdistill.data.labels import match_names, unnamed
 
     cfg = read_json(candidate.model_dir / "config.json") or {}
     id2label = cfg.get("id2label") or {}
     names = [str(id2label[k]) for k in sorted(id2label, key=int)]
-    if not names or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+    if unnamed(names):
         raise KdistillError(
             f"{candidate.flag} {candidate.given}: its classes are unnamed "
             f"({', '.join(names[:3]) or 'none'}), so it is not a classifier "
