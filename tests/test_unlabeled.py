@@ -223,7 +223,8 @@ def test_no_labels_and_alpha_below_one_is_refused_in_one_line(workdir, tiny_mode
         "--unlabeled-data",
         "data/toy0/unlabeled.parquet",
     )
-    line = error_line(args, capsys)  # --alpha 0.7 by default
+    # --alpha left at its default is the no-label recipe's 1; one given below 1 is refused.
+    line = error_line([*args, "--alpha", "0.5"], capsys)
     assert (
         "--dataset toy0 has no labelled training rows, so the cross-entropy term "
         "(1 - alpha) has nothing to learn from; pass --alpha 1 or labelled data"

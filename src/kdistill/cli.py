@@ -59,14 +59,39 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         default = f.default
         shown = "" if default is None else f" (default: {default})"
+        repeat = f.metadata.get("repeat")
         parser.add_argument(
             flag,
             type=conv,
             default=default,
+            **({"action": _Repeated, "join": repeat == "join"} if repeat else {}),
             choices=f.metadata.get("choices"),
             metavar=None if f.metadata.get("choices") else f.name.upper(),
             help=help_text + shown,
         )
+
+
+class _Repeated(argparse.Action):
+    """A flag that may be given several times (ensemble members): once, its value; several
+    times, the values as a list, or joined with commas where the flag takes a comma list."""
+
+    def __init__(self, *args: Any, join: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.join = join
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        seen = getattr(namespace, f"_given_{self.dest}", False)
+        setattr(namespace, f"_given_{self.dest}", True)
+        if not seen:
+            setattr(namespace, self.dest, values)
+            return
+        before = getattr(namespace, self.dest)
+        if self.join:
+            setattr(namespace, self.dest, f"{before},{values}")
+        else:
+            setattr(
+                namespace, self.dest, [*(before if isinstance(before, list) else [before]), values]
+            )
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:

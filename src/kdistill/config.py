@@ -4,7 +4,7 @@ checks ranges so a bad value fails before any model is loaded, with one line nam
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from kdistill.errors import KdistillError
@@ -216,16 +216,26 @@ class TeacherOptions(LoadOptions):
         "classification head and prompt for a causal LM.",
         choices=["auto", "classifier", "prompt"],
     )
-    prompt_template: str | None = _opt(
+    prompt_template: str | list[str] | None = _opt(
         None,
         "Prompt teacher: the text before the label word, with a {text} slot and an optional "
-        "{labels} slot (default: a prompt listing the classes, ending 'Category:').",
+        "{labels} slot (default: a prompt listing the classes, ending 'Category:'). Repeat the "
+        "flag for a prompt ensemble: one member per template.",
+        repeat=True,
     )
-    label_words: str | None = _opt(
+    label_words: str | list[str] | None = _opt(
         None,
         "Prompt teacher: words the LLM should say for each class, as "
         "'EducationalInstitution=School,MeanOfTransportation=Vehicle' or a JSON file (default: "
-        "the class names split into words).",
+        "the class names split into words). Repeat the flag for a prompt ensemble: one member "
+        "per word set (and per --prompt-template).",
+        repeat=True,
+    )
+    teacher_weights: str | None = _opt(
+        None,
+        "Teacher ensemble: comma-separated weights, one per member (each --teacher-model, times "
+        "each --prompt-template x --label-words set), combined as normalise(sum_k w_k log p_k), "
+        "weights scaled to sum 1 (default: equal).",
     )
     few_shot: int = _opt(0, "Prompt teacher: K stratified training examples shown in the prompt.")
     chat_template: bool = _opt(
@@ -270,11 +280,17 @@ class TeacherOptions(LoadOptions):
             self.teacher_batch_size >= 1,
             f"--teacher-batch-size must be >= 1 (got {self.teacher_batch_size})",
         )
-        if self.prompt_template is not None:
+        templates = self.prompt_template
+        for template in templates if isinstance(templates, list) else [templates]:
             _check(
-                "{text}" in self.prompt_template,
+                template is None or "{text}" in template,
                 "--prompt-template must contain the {text} slot where the example goes",
             )
+        if self.teacher_weights is not None:
+            from kdistill.teachers.ensemble import parse_weights
+
+            n = len(self.teacher_weights.split(","))
+            parse_weights(self.teacher_weights, n)  # numbers, >= 0; the count is checked at load
 
 
 @dataclass
@@ -291,7 +307,9 @@ class DistillConfig(TeacherOptions):
     teacher_model: str = _opt(
         "models/DeepSeek-R1-Distill-Qwen-1.5B",
         "Teacher: a local folder, Hub id or .gguf file: a classifier trained on these labels, or a "
-        "causal LM used as a prompt teacher (see --teacher-mode).",
+        "causal LM used as a prompt teacher (see --teacher-mode). Several, comma-separated or "
+        "the flag repeated: a teacher ensemble (see --teacher-weights).",
+        repeat="join",
     )
     student_model: str = _opt(
         "Qwen/Qwen2.5-0.5B",
@@ -464,6 +482,14 @@ class DistillConfig(TeacherOptions):
     )
     push_to_hub: str | None = _opt(None, PUSH_HELP + " distill pushes best_model/.")
     hub_public: bool = _opt(False, HUB_PUBLIC_HELP)
+    no_label_recipe: str = _opt(
+        "auto",
+        "With no labelled training rows (a transfer set taught by the teacher alone): auto trains "
+        "with the recipe measured to let the student reach its teacher (--alpha 1, --temperature "
+        "1, --epochs 10, --lr-scheduler constant), each where its flag is left at its default; "
+        "off keeps the flags as given.",
+        choices=["auto", "off"],
+    )
     seeds: str | None = _opt(
         None,
         "Comma-separated seeds, e.g. 1,2,3: one run per seed (each as --seed would train it), "
@@ -669,7 +695,9 @@ class EvalTeacherConfig(TeacherOptions):
     teacher_model: str = _opt(
         "models/DeepSeek-R1-Distill-Qwen-1.5B",
         "Teacher: a local folder, Hub id or .gguf file (classifier or causal LM), or a distill "
-        "run directory: its teacher, asked as it taught (prompt, few-shot examples), on its split.",
+        "run directory: its teacher, asked as it taught (prompt, few-shot examples), on its split. "
+        "Several, comma-separated or the flag repeated: a teacher ensemble, each member reported.",
+        repeat="join",
     )
     dataset: str = _opt("dbpedia", "Prepared data, or anything prepare-data accepts.")
     split: str = _opt(
@@ -686,6 +714,15 @@ class EvalTeacherConfig(TeacherOptions):
         "distill's --temperature.",
     )
     output: str | None = _opt(None, "Also write the report as JSON to this file.")
+    teacher_cache: str = _opt(
+        "auto",
+        "Teacher logits on disk, as distill's: auto reuses a matching entry, disk also saves "
+        "(an ensemble per member), off neither.",
+        choices=["auto", "off", "disk"],
+    )
+    teacher_cache_dir: str | None = _opt(
+        None, "Folder of the disk cache (default: $KDISTILL_CACHE or ~/.cache/kdistill)."
+    )
     seed: int = _opt(42, "Seed for subsampling and few-shot examples.")
     device: str = _opt(
         "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
@@ -799,6 +836,8 @@ class SweepConfig(DistillConfig):
         values.update(
             temperature=temperature, alpha=alpha, output_dir=output_dir or self.output_dir
         )
+        # A grid's temperatures are chosen, not defaults: the no-label recipe keeps off them.
+        values["no_label_recipe"] = "off"
         if seed is not None:  # one run of --seeds: it is the run --seed <seed> makes
             values.update(seed=seed, seeds=None)
         return DistillConfig(**values)
@@ -1046,3 +1085,26 @@ class ExportConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The no-label path (bench/no_labels.py, README "No labels"): a calibrated prompt teacher is
+# already flat, T=3 flattens it to near-uniform targets, and a short run with a decaying
+# learning rate leaves the student far below its teacher.
+NO_LABEL_RECIPE = {"alpha": 1.0, "temperature": 1.0, "epochs": 10, "lr_scheduler": "constant"}
+
+
+def no_label_recipe(config: DistillConfig, labeled_rows: int) -> tuple[DistillConfig, dict]:
+    """`config` with NO_LABEL_RECIPE applied when the run has no labelled training rows and
+    --no-label-recipe is auto: each value replaces a field left at its default (a flag given
+    with another value wins). Returns the config and what changed ({field: (old, new)})."""
+    if labeled_rows > 0 or config.no_label_recipe == "off" or not config.unlabeled_data:
+        return config, {}
+    defaults = {f.name: f.default for f in fields(DistillConfig)}
+    changes = {
+        name: (getattr(config, name), value)
+        for name, value in NO_LABEL_RECIPE.items()
+        if getattr(config, name) == defaults[name] and value != defaults[name]
+    }
+    if not changes:
+        return config, {}
+    return replace(config, **{k: new for k, (_, new) in changes.items()}), changes

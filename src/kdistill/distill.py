@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kdistill.config import DistillConfig
+from kdistill.config import DistillConfig, no_label_recipe
 from kdistill.files import atomic_write_json
 from kdistill.teachers.guards import chance_accuracy, check_teacher_strength
 from kdistill.training.checkpoint import CHECKPOINTS, save_model
@@ -99,6 +99,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     from accelerate.utils import set_seed
 
     run = setup_run(config)  # device, precision, a fresh Accelerator, the seed, the data
+    config = with_no_label_recipe(config, len(run.train))
     accelerator = run.accelerator
     unlabeled = load_transfer_set(config, run)
     teacher, t_dtype = load_frozen_teacher(config, run)
@@ -212,6 +213,20 @@ def start_run_dir(
 
 
 # --------------------------------------------------------------------------- data, teacher, student
+
+
+def with_no_label_recipe(config: DistillConfig, labeled_rows: int) -> DistillConfig:
+    """With no labelled training rows, the no-label recipe (`config.NO_LABEL_RECIPE`) in place
+    of the flags left at their defaults; said in the log."""
+    config, changes = no_label_recipe(config, labeled_rows)
+    if changes:
+        logger.info(
+            "no labelled rows: the no-label recipe sets %s (--no-label-recipe off keeps the flags)",
+            ", ".join(
+                f"--{k.replace('_', '-')} {new} (not {old})" for k, (old, new) in changes.items()
+            ),
+        )
+    return config
 
 
 def load_transfer_set(config: DistillConfig, run: RunSetup) -> Dataset | None:

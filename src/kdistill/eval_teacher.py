@@ -51,7 +51,9 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     teacher = load_run_teacher(config, teacher_model, runs, data, dtype)
     teacher.to(accelerator.device)
 
-    logits, elapsed = teacher_logits(teacher, rows, config, accelerator, data.num_labels)
+    logits, elapsed, cache_record = teacher_logits(
+        teacher, rows, config, accelerator, data.num_labels, dtype_name
+    )
     labels = torch.tensor(list(rows["label"]))
     chance = chance_accuracy(labels.tolist(), data.num_labels)
     report: dict[str, Any] = {
@@ -64,6 +66,11 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         "split": config.split,
         "rows": len(rows),
         **quality(logits, labels, data.label_names, chance, config.temperature_list()),
+        # An ensemble: each member's scores and the ensemble's, on the same rows.
+        "members": (
+            teacher.member_metrics(labels, data.num_labels) if teacher.mode == "ensemble" else None
+        ),
+        "teacher_cache": cache_record,
         "time_s": elapsed,
         "rows_per_second": len(rows) / max(elapsed, 1e-9),
         "device": str(accelerator.device),
@@ -123,18 +130,21 @@ def teacher_logits(
     config: EvalTeacherConfig,
     accelerator: Accelerator,
     num_labels: int,
-) -> tuple[torch.Tensor, float]:
-    """(len(rows), num_labels) logits from one length-sorted pass (distill's logit cache's), and
-    the seconds it took, tokenising included."""
+    precision: str,
+) -> tuple[torch.Tensor, float, dict[str, Any]]:
+    """(len(rows), num_labels) logits from one length-sorted pass (distill's logit cache's,
+    read or written as --teacher-cache says; an ensemble's member by member), the seconds it
+    took, tokenising included, and the cache's record."""
     from kdistill.data.batches import tokenize
-    from kdistill.teachers.cache import compute_teacher_logits
+    from kdistill.teachers.cache import teacher_logits_for
 
     start = time.perf_counter()
     encoded = tokenize(rows, {"teacher": teacher}, config.max_length)
-    logits = compute_teacher_logits(
-        teacher, encoded, config.teacher_batch_size, accelerator, num_labels
+    texts = list(rows["text"])
+    logits, record = teacher_logits_for(
+        config.teacher_cache, teacher, encoded, texts, config, accelerator, num_labels, precision
     )
-    return logits, time.perf_counter() - start
+    return logits, time.perf_counter() - start, record
 
 
 def quality(
@@ -180,6 +190,13 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for name, c in report["per_class"].items():
         lines.append(f"{name:<28}{c['accuracy']:>10.4f}{c['n']:>7}")
+    if report.get("members"):
+        lines += ["", f"{'ensemble member':<60}{'weight':>7}{'accuracy':>10}{'macro-F1':>10}"]
+        for m in report["members"]:
+            lines.append(
+                f"{m['member'][:60]:<60}{m['weight']:>7.3g}{m['accuracy']:>10.4f}"
+                f"{m['macro_f1']:>10.4f}"
+            )
     lines += ["", f"{'T':>5}{'ECE':>9}{'entropy':>10}   (max entropy {report['max_entropy']:.3f})"]
     for t in report["temperatures"]:
         lines.append(f"{t['temperature']:>5g}{t['ece']:>9.4f}{t['mean_entropy']:>10.4f}")

@@ -202,7 +202,13 @@ def teacher_logits_for(
     """Resolve --teacher-cache (auto, memory, disk) into logits plus a record for history.json.
 
     auto: a matching disk entry is reused when there is one, else the logits stay in memory.
+    An ensemble caches each member under the member's own key.
     """
+    if teacher.mode == "ensemble":
+        from kdistill.teachers.ensemble import ensemble_logits_for
+
+        args = (mode, teacher, texts, config, accelerator, num_labels, precision)
+        return ensemble_logits_for(*args)
     key = make_key(teacher, texts, config.max_length, precision, accelerator.mixed_precision)
     cache_dir = Path(config.teacher_cache_dir) if config.teacher_cache_dir else default_cache_dir()
     path = cache_dir / f"{key.digest}.safetensors"

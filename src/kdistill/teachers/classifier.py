@@ -170,6 +170,11 @@ def load_teacher(
     """The teacher `options` describe, frozen, in eval mode. `examples` (the training split,
     `text` and `label` columns) is where few-shot examples come from; it is read only then.
     `shots` (a run's recorded examples) are shown instead of picking new ones."""
+    from kdistill.teachers.ensemble import is_ensemble, load_ensemble
+
+    if is_ensemble(options, name):  # several models, templates or label-word sets
+        args = (options, name, label_names, dtype, examples, max_length, seed, shots)
+        return load_ensemble(*args)
     path = check_model_path(name, "--teacher-model")
     mode = resolve_mode(options.teacher_mode, path)
     if mode == "classifier":

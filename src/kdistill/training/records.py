@@ -205,6 +205,8 @@ def new_history(teacher_metrics: dict[str, Any] | None, chance: float) -> dict[s
             "val_macro_f1": metric("macro_f1"),
             "val_loss": metric("loss"),
             "val_rows": metric("n"),
+            # A teacher ensemble: each member's validation scores and the ensemble's.
+            **({"members": metric("members")} if metric("members") else {}),
         },
         "chance_accuracy": chance,
         "epochs": [],

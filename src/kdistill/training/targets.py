@@ -37,7 +37,9 @@ def evaluate_teacher(
     if teacher is None:
         return None
     num_labels = run.data.num_labels
-    if config.teacher_cache == "off":
+    # An ensemble is scored member by member as well, which needs every member's logits.
+    ensemble = teacher.mode == "ensemble"
+    if config.teacher_cache == "off" and not ensemble:
         return evaluate(teacher.logits, val_loader, run.accelerator, num_labels, "teacher eval")
     val_logits, _ = teacher_logits_for(
         config.teacher_cache,
@@ -49,7 +51,11 @@ def evaluate_teacher(
         num_labels,
         t_dtype,
     )
-    return classification_metrics(val_logits, torch.tensor(list(run.val["label"])), num_labels)
+    labels = torch.tensor(list(run.val["label"]))
+    metrics = classification_metrics(val_logits, labels, num_labels)
+    if ensemble:
+        metrics["members"] = teacher.member_metrics(labels, num_labels)
+    return metrics
 
 
 def make_teacher_targets(
