@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdistill.config import EvalTeacherConfig
 from kdistill.errors import KdistillError
+from kdistill.evaluation.members import member_metrics
 from kdistill.files import atomic_write_json
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         **quality(logits, labels, data.label_names, chance, config.temperature_list()),
         # An ensemble: each member's scores and the ensemble's, on the same rows.
         "members": (
-            teacher.member_metrics(labels, data.num_labels) if teacher.mode == "ensemble" else None
+            member_metrics(teacher, labels, data.num_labels) if teacher.mode == "ensemble" else None
         ),
         "teacher_cache": cache_record,
         "time_s": elapsed,

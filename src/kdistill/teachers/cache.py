@@ -208,7 +208,7 @@ def teacher_logits_for(
         from kdistill.teachers.ensemble import ensemble_logits_for
 
         args = (mode, teacher, texts, config, accelerator, num_labels, precision)
-        return ensemble_logits_for(*args)
+        return ensemble_logits_for(teacher_logits_for, *args)
     key = make_key(teacher, texts, config.max_length, precision, accelerator.mixed_precision)
     cache_dir = Path(config.teacher_cache_dir) if config.teacher_cache_dir else default_cache_dir()
     path = cache_dir / f"{key.digest}.safetensors"

@@ -174,7 +174,7 @@ def load_teacher(
 
     if is_ensemble(options, name):  # several models, templates or label-word sets
         args = (options, name, label_names, dtype, examples, max_length, seed, shots)
-        return load_ensemble(*args)
+        return load_ensemble(load_teacher, *args)
     path = check_model_path(name, "--teacher-model")
     mode = resolve_mode(options.teacher_mode, path)
     if mode == "classifier":

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -197,28 +198,6 @@ class EnsembleTeacher:
         outs = [m.logits(self.member_batch(m, texts, device)) for m in self.members]
         return combine(outs, self.weights)
 
-    def member_metrics(self, labels: torch.Tensor, num_labels: int) -> list[dict[str, Any]]:
-        """Accuracy, macro-F1 and loss of each member and of the ensemble, from the latest
-        cached pass (whose rows `labels` label)."""
-        from kdistill.evaluation.metrics import classification_metrics
-
-        if not self.member_logits:
-            return []
-        rows = []
-        parts = [*zip(self.members, self.weights, self.member_logits, strict=True)]
-        for m, w, z in parts:
-            metrics = classification_metrics(z, labels, num_labels)
-            rows.append({"member": member_label(m), "weight": w, **_scores(metrics)})
-        ensemble = classification_metrics(
-            combine(self.member_logits, self.weights), labels, num_labels
-        )
-        rows.append({"member": "ensemble", "weight": sum(self.weights), **_scores(ensemble)})
-        return rows
-
-
-def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics.get(k) for k in ("accuracy", "macro_f1", "loss")}
-
 
 def member_label(teacher: Teacher) -> str:
     """A short description of a member: its model's file name, and for a prompt teacher what
@@ -245,6 +224,7 @@ def member_record(teacher: Teacher) -> dict[str, Any]:
 
 
 def load_ensemble(
+    load_member: Callable[..., Teacher],
     options: TeacherOptions,
     name: str | list[str],
     label_names: list[str],
@@ -255,8 +235,8 @@ def load_ensemble(
     shots: list[tuple[str, int]] | None = None,
 ) -> EnsembleTeacher:
     """One member per model, and per prompt model one per (template, label-words) set. The
-    variants of one LLM share its loaded weights."""
-    from kdistill.teachers.classifier import load_teacher
+    variants of one LLM share its loaded weights. `load_member` loads one teacher
+    (`teachers.classifier.load_teacher`, passed in so this module does not import its caller)."""
     from kdistill.teachers.label_words import parse_label_words
     from kdistill.teachers.prompt import PromptTeacher
 
@@ -267,7 +247,7 @@ def load_ensemble(
         single = dataclasses.replace(
             options, prompt_template=templates[0], label_words=word_sets[0]
         )
-        first = load_teacher(
+        first = load_member(
             single, model_name, label_names, dtype, examples, max_length, seed, shots
         )
         members.append(first)
@@ -300,6 +280,7 @@ def load_ensemble(
 
 
 def ensemble_logits_for(
+    member_logits_for: Callable[..., tuple[torch.Tensor, dict[str, Any]]],
     mode: str,
     teacher: EnsembleTeacher,
     texts: list[str],
@@ -310,17 +291,16 @@ def ensemble_logits_for(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """`teachers.cache.teacher_logits_for` for an ensemble: each member's logits through the
     cache under the member's own key (its own pass over `texts`, tokenised its own way), then
-    combined. The record lists each member's."""
+    combined. The record lists each member's. `member_logits_for` is
+    `teachers.cache.teacher_logits_for`, passed in by it."""
     from datasets import Dataset
-
-    from kdistill.teachers.cache import teacher_logits_for
 
     start = time.perf_counter()
     outs, records = [], []
     for member in teacher.members:
         ids = member.encode(texts, config.max_length)["input_ids"]  # the member's own inputs
         encoded = Dataset.from_dict({"text": texts, "teacher_input_ids": ids})
-        logits, record = teacher_logits_for(
+        logits, record = member_logits_for(
             mode, member, encoded, texts, config, accelerator, num_labels, precision
         )
         outs.append(logits)

@@ -31,6 +31,7 @@ def evaluate_teacher(
 ) -> dict[str, Any] | None:
     """The teacher's validation metrics; None without a teacher (alpha 0). With a cache, the
     validation logits are cached too: a sweep evaluates the teacher once."""
+    from kdistill.evaluation.members import member_metrics
     from kdistill.evaluation.metrics import classification_metrics, evaluate
     from kdistill.teachers.cache import teacher_logits_for
 
@@ -54,7 +55,7 @@ def evaluate_teacher(
     labels = torch.tensor(list(run.val["label"]))
     metrics = classification_metrics(val_logits, labels, num_labels)
     if ensemble:
-        metrics["members"] = teacher.member_metrics(labels, num_labels)
+        metrics["members"] = member_metrics(teacher, labels, num_labels)
     return metrics
 
 
