@@ -4,14 +4,12 @@
 import pytest
 import torch
 
-from kdistill.training.losses import (
+from kdistill.training.layer_losses import (
     HiddenProjection,
-    IntermediateStates,
     attention_relation_loss,
-    distill_loss,
     hidden_state_loss,
-    kd_loss,
 )
+from kdistill.training.losses import IntermediateStates, distill_loss, kd_loss
 
 
 def _g(seed: int = 0) -> torch.Generator:

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.errors import KdistillError
+from kdistill.training.layer_losses import HiddenProjection
 from kdistill.training.layer_map import LayerPair, format_layer_map, resolve_layer_map
-from kdistill.training.losses import DistillLoss, HiddenProjection, IntermediateStates, distill_loss
+from kdistill.training.losses import DistillLoss, IntermediateStates, distill_loss
 
 if TYPE_CHECKING:
     from kdistill.config import DistillConfig
