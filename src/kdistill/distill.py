@@ -29,15 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kdistill.config import DistillConfig, no_label_recipe
+from kdistill.config import DistillConfig
 from kdistill.files import atomic_write_json
 from kdistill.teachers.guards import chance_accuracy, check_teacher_strength
 from kdistill.training.checkpoint import CHECKPOINTS, save_model
+from kdistill.training.intermediate import setup_intermediate_losses
 from kdistill.training.loaders import (
-    check_training_rows,
     digest_rows,
+    load_transfer_set,
     make_loaders,
-    warn_unlabeled_overlap,
+    with_no_label_recipe,
 )
 from kdistill.training.loop import (
     apply_gradient_checkpointing,
@@ -49,7 +50,6 @@ from kdistill.training.records import (
     failure_recorded,
     new_history,
     record_epoch,
-    record_temperatures,
     resolved_config,
     save_training_curves,
     tracker_scalars,
@@ -64,7 +64,7 @@ from kdistill.training.runtime import (
     start_tracking,
 )
 from kdistill.training.samplers import sampler_state
-from kdistill.training.targets import evaluate_teacher, make_teacher_targets
+from kdistill.training.targets import evaluate_teacher, make_teacher_targets, resolve_temperatures
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -114,20 +114,13 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     )
 
     # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
-    teacher_metrics = evaluate_teacher(config, run, teacher, t.val_loader, t.val_tok, t_dtype)
-    chance = chance_accuracy(list(run.val["label"]), run.data.num_labels)
-    if teacher_metrics is not None:
-        check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
-    history = new_history(teacher_metrics, chance)
+    teacher_metrics, history = check_teacher(config, run, teacher, t, t_dtype)
     record_dir = partial_dir if checkpoint is None else None  # a resume has it recorded
     t_cal, temperature = resolve_temperatures(config, run, teacher, t, record_dir, history)
     teacher_targets = make_teacher_targets(
         config, run, teacher, t.train_tok, t_dtype, history, t_cal, intermediate is not None
     )
-    if intermediate is not None:  # its step makes the online teacher pass; logits maybe cached
-        intermediate.calibration = t_cal
-        cached = config.teacher_cache != "off"
-        intermediate.bind(t.student, teacher, teacher_targets if cached else None)
+    bind_intermediate(intermediate, config, t.student, teacher, teacher_targets, t_cal)
 
     # Reseed: what ran before (teacher evaluation or cache pass) must not shift dropout and
     # shuffling, so the same seed trains the same student with or without a cache.
@@ -144,15 +137,12 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             lr = saved["learning_rate"] if progress else t.scheduler.get_last_lr()[0]
             sampler, desc = sampler_state(t.train_loader), f"epoch {epoch}/{config.epochs}"
             after_step = functools.partial(checkpoints.after_step, epoch, sampler, lr)
+            step = (t.optimizer, t.scheduler, accelerator, temperature, config.alpha)
             stats = train_one_epoch(
                 t.student,
                 teacher_targets,
                 t.train_loader,
-                t.optimizer,
-                t.scheduler,
-                accelerator,
-                temperature,
-                config.alpha,
+                *step,
                 desc,
                 progress,
                 after_step,
@@ -170,6 +160,35 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     summary = done_summary(state, teacher, teacher_accuracy, n_student)
     finish_run(config, accelerator, history, checkpoints, final_dir, summary)
     return final_dir
+
+
+def check_teacher(
+    config: DistillConfig, run: RunSetup, teacher: Teacher | None, t: Training, t_dtype: str
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The teacher's validation metrics (None without a teacher) and the run's new history;
+    a teacher near chance stops the run unless --allow-weak-teacher."""
+    teacher_metrics = evaluate_teacher(config, run, teacher, t.val_loader, t.val_tok, t_dtype)
+    chance = chance_accuracy(list(run.val["label"]), run.data.num_labels)
+    if teacher_metrics is not None:
+        check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
+    return teacher_metrics, new_history(teacher_metrics, chance)
+
+
+def bind_intermediate(
+    intermediate: IntermediateLoss | None,
+    config: DistillConfig,
+    student: torch.nn.Module,
+    teacher: Teacher | None,
+    teacher_targets: Any,
+    t_cal: float,
+) -> None:
+    """Hidden-state and relation losses: their step makes the online teacher pass (the logits
+    may still come from the cache)."""
+    if intermediate is None:
+        return
+    intermediate.calibration = t_cal
+    cached = config.teacher_cache != "off"
+    intermediate.bind(student, teacher, teacher_targets if cached else None)
 
 
 def start_checkpoints(
@@ -213,45 +232,6 @@ def start_run_dir(
 
 
 # --------------------------------------------------------------------------- data, teacher, student
-
-
-def with_no_label_recipe(config: DistillConfig, labeled_rows: int) -> DistillConfig:
-    """With no labelled training rows, the no-label recipe (`config.NO_LABEL_RECIPE`) in place
-    of the flags left at their defaults; said in the log."""
-    config, changes = no_label_recipe(config, labeled_rows)
-    if changes:
-        logger.info(
-            "no labelled rows: the no-label recipe sets %s (--no-label-recipe off keeps the flags)",
-            ", ".join(
-                f"--{k.replace('_', '-')} {new} (not {old})" for k, (old, new) in changes.items()
-            ),
-        )
-    return config
-
-
-def load_transfer_set(config: DistillConfig, run: RunSetup) -> Dataset | None:
-    """--unlabeled-data: text the student learns from the teacher alone (a transfer set), placed
-    after the labelled rows. None without it, or with --alpha 0 (nothing to learn there)."""
-    from kdistill.data.unlabeled import load_unlabeled
-
-    unlabeled = None
-    if config.unlabeled_data and config.alpha <= 0:
-        logger.warning(
-            "--alpha 0 trains on the labels alone: the --unlabeled-data rows have no "
-            "labels and nothing to learn from, so they are not used"
-        )
-    elif config.unlabeled_data:
-        unlabeled = load_unlabeled(
-            config.unlabeled_data,
-            config.unlabeled_text_column,
-            config.max_unlabeled_samples,
-            config.seed,
-        )
-        warn_unlabeled_overlap(unlabeled, run.data)
-        logger.info("%s: %d unlabelled rows", config.unlabeled_data, len(unlabeled))
-    n_unlabeled = len(unlabeled) if unlabeled is not None else 0
-    check_training_rows(config.dataset, len(run.train), n_unlabeled, config)
-    return unlabeled
 
 
 def load_frozen_teacher(config: DistillConfig, run: RunSetup) -> tuple[Teacher | None, str]:
@@ -330,40 +310,6 @@ def make_run_loaders(
 
 
 # --------------------------------------------------------------------------- the teacher
-
-
-def setup_intermediate_losses(
-    config: DistillConfig, student: torch.nn.Module, teacher: Teacher | None, train_tok: Dataset
-) -> IntermediateLoss | None:
-    """--hidden-loss / --attention-loss: the layer map, projection and hooks; None when the
-    loss reads logits only (or there is no teacher, alpha 0)."""
-    if teacher is None or not config.uses_intermediate():
-        return None
-    from kdistill.training.intermediate import setup_intermediate
-
-    return setup_intermediate(config, student, teacher, train_tok)
-
-
-def resolve_temperatures(
-    config: DistillConfig,
-    run: RunSetup,
-    teacher: Teacher | None,
-    t: Training,
-    record_dir: Path | None,
-    history: dict[str, Any],
-) -> tuple[float, float | str]:
-    """(T_cal, T): --teacher-calibration and --temperature (maybe auto) chosen on validation,
-    recorded in history.json and, for a new run, config.json. (1, --temperature) when neither
-    asks for it."""
-    if teacher is None or (config.teacher_calibration == "off" and config.temperature != "auto"):
-        return 1.0, config.temperature
-    from kdistill.training.targets import teacher_temperatures_for
-
-    t_cal, temperature = teacher_temperatures_for(config, run, teacher, t.val_loader)
-    calibrated = t_cal if config.teacher_calibration == "auto" else None
-    main = run.accelerator.is_main_process
-    record_temperatures(record_dir if main else None, history, calibrated, temperature)
-    return t_cal, temperature
 
 
 # --------------------------------------------------------------------------- each epoch

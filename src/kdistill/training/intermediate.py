@@ -23,6 +23,14 @@ from kdistill.training.losses import DistillLoss, IntermediateStates, distill_lo
 
 if TYPE_CHECKING:
     from kdistill.config import DistillConfig
+from typing import TYPE_CHECKING
+
+from kdistill.config import DistillConfig
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from kdistill.teachers.classifier import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -328,3 +336,14 @@ def setup_intermediate(
             record["projection_parameters"],
         )
     return inter
+
+
+def setup_intermediate_losses(
+    config: DistillConfig, student: torch.nn.Module, teacher: Teacher | None, train_tok: Dataset
+) -> IntermediateLoss | None:
+    """--hidden-loss / --attention-loss: the layer map, projection and hooks; None when the
+    loss reads logits only (or there is no teacher, alpha 0)."""
+    if teacher is None or not config.uses_intermediate():
+        return None
+
+    return setup_intermediate(config, student, teacher, train_tok)

@@ -19,6 +19,19 @@ if TYPE_CHECKING:
 
     from kdistill.config import DistillConfig, FinetuneConfig
     from kdistill.data.prepare import LabelledData
+from typing import TYPE_CHECKING
+
+from kdistill.config import DistillConfig, no_label_recipe
+from kdistill.training.runtime import (
+    RunSetup,
+)
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from datasets import Dataset
+    from torch.utils.data import DataLoader
+    from transformers import PreTrainedTokenizerBase
+
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +154,42 @@ def digest_rows(ds: Dataset) -> str:
     return texts_digest(
         [f"{label}\t{text}" for text, label in zip(rows["text"], rows["label"], strict=True)]
     )
+
+
+def with_no_label_recipe(config: DistillConfig, labeled_rows: int) -> DistillConfig:
+    """With no labelled training rows, the no-label recipe (`config.NO_LABEL_RECIPE`) in place
+    of the flags left at their defaults; said in the log."""
+    config, changes = no_label_recipe(config, labeled_rows)
+    if changes:
+        logger.info(
+            "no labelled rows: the no-label recipe sets %s (--no-label-recipe off keeps the flags)",
+            ", ".join(
+                f"--{k.replace('_', '-')} {new} (not {old})" for k, (old, new) in changes.items()
+            ),
+        )
+    return config
+
+
+def load_transfer_set(config: DistillConfig, run: RunSetup) -> Dataset | None:
+    """--unlabeled-data: text the student learns from the teacher alone (a transfer set), placed
+    after the labelled rows. None without it, or with --alpha 0 (nothing to learn there)."""
+    from kdistill.data.unlabeled import load_unlabeled
+
+    unlabeled = None
+    if config.unlabeled_data and config.alpha <= 0:
+        logger.warning(
+            "--alpha 0 trains on the labels alone: the --unlabeled-data rows have no "
+            "labels and nothing to learn from, so they are not used"
+        )
+    elif config.unlabeled_data:
+        unlabeled = load_unlabeled(
+            config.unlabeled_data,
+            config.unlabeled_text_column,
+            config.max_unlabeled_samples,
+            config.seed,
+        )
+        warn_unlabeled_overlap(unlabeled, run.data)
+        logger.info("%s: %d unlabelled rows", config.unlabeled_data, len(unlabeled))
+    n_unlabeled = len(unlabeled) if unlabeled is not None else 0
+    check_training_rows(config.dataset, len(run.train), n_unlabeled, config)
+    return unlabeled

@@ -17,6 +17,23 @@ if TYPE_CHECKING:
     from kdistill.teachers.classifier import Teacher
     from kdistill.training.loop import TeacherLogits
     from kdistill.training.runtime import RunSetup
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kdistill.config import DistillConfig
+from kdistill.training.records import (
+    record_temperatures,
+)
+from kdistill.training.runtime import (
+    RunSetup,
+)
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from torch.utils.data import DataLoader
+
+    from kdistill.teachers.classifier import Teacher
+    from kdistill.training.loop import Training
 
 logger = logging.getLogger(__name__)
 
@@ -138,4 +155,25 @@ def teacher_temperatures_for(
         temperature,
         " (auto: soft targets at half the uniform entropy)" if config.temperature == "auto" else "",
     )
+    return t_cal, temperature
+
+
+def resolve_temperatures(
+    config: DistillConfig,
+    run: RunSetup,
+    teacher: Teacher | None,
+    t: Training,
+    record_dir: Path | None,
+    history: dict[str, Any],
+) -> tuple[float, float | str]:
+    """(T_cal, T): --teacher-calibration and --temperature (maybe auto) chosen on validation,
+    recorded in history.json and, for a new run, config.json. (1, --temperature) when neither
+    asks for it."""
+    if teacher is None or (config.teacher_calibration == "off" and config.temperature != "auto"):
+        return 1.0, config.temperature
+
+    t_cal, temperature = teacher_temperatures_for(config, run, teacher, t.val_loader)
+    calibrated = t_cal if config.teacher_calibration == "auto" else None
+    main = run.accelerator.is_main_process
+    record_temperatures(record_dir if main else None, history, calibrated, temperature)
     return t_cal, temperature
