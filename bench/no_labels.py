@@ -240,7 +240,7 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
         timing = (
             f"{on:>10.2f}{off:>11.2f}{off / on:>9.2f}x"
             if on and off
-            else f"{'(cached)':>10}{'':>11}{'':>10}"
+            else f"{'-':>10}{'-':>11}{'-':>10}"  # not timed in this run (--off-rows 0)
         )
         print(
             f"{label:<28}{r['transfer_rows']:>6}{r['temperature']:>5g}{r['epochs']:>4}"
