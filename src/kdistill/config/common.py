@@ -33,14 +33,14 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
-def _lr_scheduler_opt() -> Any:
+def _lr_scheduler_opt(default: str = "linear", why: str = "") -> Any:
     """--lr-scheduler, the same flag for distill and finetune-teacher (each dataclass needs a
     field of its own)."""
     return _opt(
-        "linear",
+        default,
         "Learning-rate schedule after the --warmup-ratio warm-up, by transformers' names: linear "
         "(decay to 0), cosine, cosine_with_restarts, polynomial, constant_with_warmup, "
-        "inverse_sqrt, or constant (no warm-up either).",
+        "inverse_sqrt, or constant (no warm-up either)." + why,
         choices=LR_SCHEDULERS,
     )
 

@@ -123,7 +123,16 @@ class DistillConfig(TeacherOptions):
     learning_rate: float = _opt(5e-5, "Peak learning rate of AdamW (warm-up, then --lr-scheduler).")
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
-    lr_scheduler: str = _lr_scheduler_opt()
+    lr_scheduler: str = _lr_scheduler_opt(
+        "constant_with_warmup",
+        " Distillation's default holds the peak after the warm-up: on short runs a decay to 0 "
+        "leaves the student undertrained (bench/intermediate.py, README).",
+    )
+    head_learning_rate_scale: float = _opt(
+        1.0,
+        "The student's classification head (new, random weights) learns at --learning-rate "
+        "times this; the pretrained body at --learning-rate.",
+    )
     seed: int = _opt(42, "Seed for sampling, shuffling and the student's new head.")
     output_dir: str = _opt(
         "outputs/student_soft_distill",
@@ -239,6 +248,10 @@ class DistillConfig(TeacherOptions):
             "--resume and --resume-from: pass one of them, not both",
         )
         _check(0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1] (got {self.alpha})")
+        _check(
+            self.head_learning_rate_scale > 0,
+            f"--head-learning-rate-scale must be > 0 (got {self.head_learning_rate_scale})",
+        )
         self._check_teacher_losses()
         _check_training(self)
         self._check_teacher()
