@@ -334,6 +334,22 @@ def test_optimizer_is_fused_and_spares_biases_and_norms(tiny_models):
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_head_learning_rate_scale_speeds_up_only_the_new_head(tiny_models):
+    """--head-learning-rate-scale: the parameters outside the base model (the classifier) get
+    lr * scale, in their own decay and no-decay groups; the body keeps lr."""
+    from kdistill.distill import make_optimizer
+    from kdistill.students.load import load_student
+
+    model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
+    opt = make_optimizer(model, 1e-3, 0.01, head_lr_scale=10.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lrs = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs["classifier.weight"] == lrs["classifier.bias"] == pytest.approx(1e-2)
+    assert {lr for n, lr in lrs.items() if not n.startswith("classifier.")} == {1e-3}
+    assert len(lrs) == len(list(model.parameters()))
+    assert opt.param_groups[0]["lr"] == 1e-3  # the body's lr is the one logged
+
+
 def test_student_cut_to_fewer_layers_trains_and_saves_the_reduced_config(
     workdir, tiny_models, trained_teacher
 ):

@@ -342,6 +342,11 @@ class DistillConfig(TeacherOptions):
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
     lr_scheduler: str = _lr_scheduler_opt()
+    head_learning_rate_scale: float = _opt(
+        1.0,
+        "The student's classification head (new, random weights) learns at --learning-rate "
+        "times this; the pretrained body at --learning-rate.",
+    )
     seed: int = _opt(42, "Seed for sampling, shuffling and the student's new head.")
     output_dir: str = _opt(
         "outputs/student_soft_distill",
@@ -443,6 +448,10 @@ class DistillConfig(TeacherOptions):
         )
         _check(self.temperature > 0, f"--temperature must be > 0 (got {self.temperature})")
         _check(0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1] (got {self.alpha})")
+        _check(
+            self.head_learning_rate_scale > 0,
+            f"--head-learning-rate-scale must be > 0 (got {self.head_learning_rate_scale})",
+        )
         _check_training(self)
         self._check_teacher()
         _check(

@@ -201,22 +201,35 @@ class TrainState:
     best_accuracy: float = -1.0
 
 
-def make_optimizer(model: PreTrainedModel, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW without decay on biases and norm weights, as BERT and the Trainer do."""
-    decay, no_decay = [], []
+def make_optimizer(
+    model: PreTrainedModel, lr: float, weight_decay: float, head_lr_scale: float = 1.0
+) -> torch.optim.Optimizer:
+    """AdamW without decay on biases and norm weights, as BERT and the Trainer do. The head
+    (every parameter outside the base model: `classifier`, `score`) learns at lr * head_lr_scale:
+    it starts from random weights while the body it reads from is pretrained."""
+    prefix = model.base_model_prefix + "."
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        no_decay = p.ndim < 2 or "norm" in name.lower()
+        head = head_lr_scale != 1.0 and not name.startswith(prefix)
+        groups.setdefault((head, no_decay), []).append(p)
+    params = [p for ps in groups.values() for p in ps]
+    # Sorted: body before head, decay before no decay (param_groups[0] is the body's lr).
+    param_groups = [
+        {
+            "params": ps,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr": lr * head_lr_scale if head else lr,
+        }
+        for (head, no_decay), ps in sorted(groups.items())
     ]
     # torch's default AdamW on CPU is a Python loop over tensors (a third of a bert-tiny step
     # here); the fused kernel does the update in one pass on CPU and CUDA.
     device = next(model.parameters()).device.type
-    fused = device in ("cpu", "cuda") and all(p.is_floating_point() for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+    fused = device in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(param_groups, lr=lr, fused=fused or None)
 
 
 class ShuffledLengthGroupedSampler(torch.utils.data.Sampler[int]):
@@ -1066,7 +1079,9 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         n_unlabeled,
     )
     val_tok, eval_bs = val_loader.dataset, val_loader.batch_size
-    optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
+    optimizer = make_optimizer(
+        student, config.learning_rate, config.weight_decay, config.head_learning_rate_scale
+    )
     scheduler, total_steps = make_scheduler(optimizer, len(train_loader), config)
     student, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         student, optimizer, train_loader, val_loader, scheduler
