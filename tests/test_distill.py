@@ -454,20 +454,21 @@ def test_lr_scheduler_picks_transformers_schedule_after_the_warm_up():
     assert 0.0 < cosine[-1] < 0.01
 
 
-def test_a_constant_schedule_keeps_the_peak_learning_rate_in_history(workdir, tiny_models):
+def test_the_default_schedule_keeps_the_peak_learning_rate_in_history(workdir, tiny_models):
+    """distill's default holds the peak after the warm-up (no decay to 0: short runs lost 10
+    points to it); finetune-teacher keeps linear decay."""
+    from kdistill.config import FinetuneConfig
+
     run = run_distill(
         seed_quick_test(
-            tiny_models["bert_teacher"],
-            tiny_models["bert_student"],
-            "--lr-scheduler",
-            "constant",
-            "--learning-rate",
-            "2e-4",
+            tiny_models["bert_teacher"], tiny_models["bert_student"], "--learning-rate", "2e-4"
         )
     )
     history = json.loads((run / "history.json").read_text())
-    assert [e["learning_rate"] for e in history["epochs"]] == [2e-4, 2e-4]
-    assert json.loads((run / "config.json").read_text())["lr_scheduler"] == "constant"
+    # one step an epoch here: the first is the warm-up; linear would end at 0
+    assert [e["learning_rate"] for e in history["epochs"]] == [0.0, 2e-4]
+    assert json.loads((run / "config.json").read_text())["lr_scheduler"] == "constant_with_warmup"
+    assert FinetuneConfig().lr_scheduler == "linear"
 
 
 def test_fit_temperature_recovers_the_scale_an_overconfident_model_added():

@@ -28,14 +28,14 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
-def _lr_scheduler_opt() -> Any:
+def _lr_scheduler_opt(default: str = "linear", why: str = "") -> Any:
     """--lr-scheduler, the same flag for distill and finetune-teacher (each dataclass needs a
     field of its own)."""
     return _opt(
-        "linear",
+        default,
         "Learning-rate schedule after the --warmup-ratio warm-up, by transformers' names: linear "
         "(decay to 0), cosine, cosine_with_restarts, polynomial, constant_with_warmup, "
-        "inverse_sqrt, or constant (no warm-up either).",
+        "inverse_sqrt, or constant (no warm-up either)." + why,
         choices=LR_SCHEDULERS,
     )
 
@@ -341,7 +341,11 @@ class DistillConfig(TeacherOptions):
     learning_rate: float = _opt(5e-5, "Peak learning rate of AdamW (warm-up, then --lr-scheduler).")
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
-    lr_scheduler: str = _lr_scheduler_opt()
+    lr_scheduler: str = _lr_scheduler_opt(
+        "constant_with_warmup",
+        " Distillation's default holds the peak after the warm-up: on short runs a decay to 0 "
+        "leaves the student undertrained (bench/intermediate.py, README).",
+    )
     head_learning_rate_scale: float = _opt(
         1.0,
         "The student's classification head (new, random weights) learns at --learning-rate "
