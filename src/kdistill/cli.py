@@ -51,7 +51,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in ordered:
         flag = "--" + f.name.replace("_", "-")
         conv, is_bool = _field_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
+        # argparse %-formats help text: "95%" in compare's help broke `compare --help`.
+        help_text = f.metadata.get("help", "").replace("%", "%%")
         if is_bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
