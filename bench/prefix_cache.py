@@ -71,6 +71,7 @@ def padded(ids: list[list[int]], rows: list[int], pad: int, left: bool) -> dict[
 def run_setting(model, tokenizer, names, texts, labels, shots, args) -> list[dict]:
     """The three ways on one prompt setting; one result dict per way."""
     import kdistill.teachers.prompt as pt
+    import kdistill.teachers.prompt_scoring as scoring
 
     settings = pt.PromptSettings(few_shot=shots, chat=args.chat_template, max_text_tokens=128)
     teachers = {
@@ -87,16 +88,16 @@ def run_setting(model, tokenizer, names, texts, labels, shots, args) -> list[dic
     ids = teachers["prefix off"].encode(texts, 128)["input_ids"]
     seconds = dict.fromkeys(WAYS, 0.0)
     logits = {way: torch.empty((len(texts), len(names))) for way in WAYS}
-    packed = pt.packed_continuations
+    packed = scoring.packed_continuations
     for rows in batches_of(ids, args.batch_size):
         batch = padded(ids, rows, tokenizer.pad_token_id, tokenizer.padding_side == "left")
         for way, teacher in teachers.items():
             # main's scoring: the per-class cache copies, as before the packed continuations.
-            pt.packed_continuations = (lambda *a: None) if way == "main's scoring" else packed
+            scoring.packed_continuations = (lambda *a: None) if way == "main's scoring" else packed
             start = time.perf_counter()
             logits[way][rows] = teacher.logits(batch)
             seconds[way] += time.perf_counter() - start
-    pt.packed_continuations = packed
+    scoring.packed_continuations = packed
     prefix = teachers["prefix on"]._prefix
     out = []
     for way in WAYS:
@@ -124,8 +125,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from kdistill.students.load import check_model_path
-    from kdistill.teachers.prompt import PromptSettings, load_prompt_teacher, pick_few_shot
+    from kdistill.data.model_paths import check_model_path
+    from kdistill.teachers.few_shot import pick_few_shot
+    from kdistill.teachers.prompt import PromptSettings, load_prompt_teacher
 
     rows, rest, names = load_rows(DATA_CSV, args.rows, args.seed)
     path = check_model_path(smollm2_gguf(), "--teacher-model")  # dequantised once, then cached

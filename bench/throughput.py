@@ -57,7 +57,8 @@ def minilm_path() -> str:
 
 
 def load_split(work: Path, split: str, rows: int | None):
-    from kdistill.data.prepare import load_prepared, subsample
+    from kdistill.data.prepare import load_prepared
+    from kdistill.data.sampling import subsample
 
     data = load_prepared(work / "data" / "bench")
     ds = data.splits[split]
@@ -332,7 +333,7 @@ def cpu_description() -> str:
 
     import torch
 
-    from kdistill.distill import cpu_supports_bf16
+    from kdistill.training.runtime import cpu_supports_bf16
 
     cpuinfo = Path("/proc/cpuinfo")
     text = cpuinfo.read_text() if cpuinfo.is_file() else ""

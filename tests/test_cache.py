@@ -10,15 +10,11 @@ import torch
 from conftest import CLASSES
 
 from kdistill.cli import main
-from kdistill.distill import (
-    make_accelerator,
-    make_loaders,
-    pick_mixed_precision,
-    pick_teacher_dtype,
-)
-from kdistill.students.load import load_teacher_classifier, load_tokenizer
+from kdistill.data.model_files import load_tokenizer
 from kdistill.teachers import cache as kcache
-from kdistill.teachers.classifier import ClassifierTeacher
+from kdistill.teachers.classifier import ClassifierTeacher, load_teacher_classifier
+from kdistill.training.loaders import make_loaders
+from kdistill.training.runtime import make_accelerator, pick_mixed_precision, pick_teacher_dtype
 
 
 def quick(teacher, student, *extra):
@@ -59,7 +55,7 @@ def toy_texts(n=40):
 def teacher_and_data(tiny_models, key="qwen_teacher"):
     from datasets import Dataset
 
-    from kdistill.data.prepare import tokenize
+    from kdistill.data.batches import tokenize
 
     model, tok, columns = load_teacher_classifier(str(tiny_models[key]), CLASSES, False)
     teacher = ClassifierTeacher(model, tok, columns, str(tiny_models[key]))
@@ -255,12 +251,12 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch(tiny_models):
 
 
 def test_mixed_precision_auto_on_cpu(monkeypatch):
-    distill_module = importlib.import_module("kdistill.distill")
+    runtime = importlib.import_module("kdistill.training.runtime")
     from kdistill.errors import KdistillError
 
-    monkeypatch.setattr(distill_module, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
     assert pick_mixed_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(distill_module, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
     assert pick_mixed_precision("auto", "cpu") == "no"
     assert pick_mixed_precision("auto", "mps") == "no"
     assert pick_mixed_precision("no", "cpu") == "no"

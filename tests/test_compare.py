@@ -541,7 +541,7 @@ def gain_models():
 def test_gain_only_against_a_fair_cross_entropy_baseline():
     import torch as t
 
-    from kdistill.compare import add_intervals, distillation_gain
+    from kdistill.evaluation.gain import add_intervals, distillation_gain
 
     models, preds, y = gain_models()
     for m in models:
@@ -592,8 +592,9 @@ def test_a_baseline_that_saw_the_teacher_gives_no_gain(tmp_path, change, problem
     the terminal table and the HTML report."""
     import torch as t
 
-    from kdistill.compare import add_intervals, distillation_gain, format_summary
-    from kdistill.evaluation.report import write_html_report
+    from kdistill.compare import format_summary
+    from kdistill.evaluation.gain import add_intervals, distillation_gain
+    from kdistill.evaluation.html_report import write_html_report
 
     models, preds, y = gain_models()
     ce = models[-1]

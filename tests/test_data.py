@@ -7,35 +7,37 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from kdistill.config import PrepareDataConfig
 from kdistill.data import prepare as kdata
+from kdistill.data import sampling as ksampling
+from kdistill.data import sources as ksources
 from kdistill.errors import KdistillError
 
 
 def test_stratified_indices_keep_class_proportions():
     labels = [0] * 600 + [1] * 300 + [2] * 100
-    idx = kdata.stratified_indices(labels, 100, seed=0)
+    idx = ksampling.stratified_indices(labels, 100, seed=0)
     assert len(idx) == 100 and len(set(idx)) == 100
     assert Counter(labels[i] for i in idx) == {0: 60, 1: 30, 2: 10}
     assert idx == sorted(idx)
-    assert idx != kdata.stratified_indices(labels, 100, seed=1)  # the seed matters
-    assert idx == kdata.stratified_indices(labels, 100, seed=0)  # and is reproducible
+    assert idx != ksampling.stratified_indices(labels, 100, seed=1)  # the seed matters
+    assert idx == ksampling.stratified_indices(labels, 100, seed=0)  # and is reproducible
 
 
 def test_stratified_indices_give_every_class_a_row():
     labels = [0] * 97 + [1] * 2 + [2]
-    idx = kdata.stratified_indices(labels, 10, seed=0)
+    idx = ksampling.stratified_indices(labels, 10, seed=0)
     assert set(labels[i] for i in idx) == {0, 1, 2} and len(idx) == 10
 
 
 def test_stratified_sampling_needs_one_row_per_class():
     with pytest.raises(KdistillError, match="--max-train-samples 3 is smaller than the 4 classes"):
-        kdata.stratified_indices([0, 1, 2, 3] * 10, 3, 0, "--max-train-samples")
+        ksampling.stratified_indices([0, 1, 2, 3] * 10, 3, 0, "--max-train-samples")
 
 
 def test_validation_split_is_stratified_and_disjoint():
     ds = Dataset.from_dict(
         {"text": [f"t{i}" for i in range(500)], "label": [i % 5 for i in range(500)]}
     )
-    train, val = kdata.split_off_validation(ds, 0.2, seed=42)
+    train, val = ksampling.split_off_validation(ds, 0.2, seed=42)
     assert len(val) == 100 and len(train) == 400
     assert Counter(val["label"]) == {c: 20 for c in range(5)}
     assert not set(train["text"]) & set(val["text"])
@@ -159,7 +161,7 @@ def test_empty_and_header_only_files(tmp_path):
 
 def test_unknown_dataset_name():
     with pytest.raises(KdistillError, match="no such file or folder"):
-        kdata.load_source("no_such_dataset_here")
+        ksources.load_source("no_such_dataset_here")
 
 
 def test_dbpedia_alias_joins_title_and_content(monkeypatch):
@@ -352,7 +354,7 @@ def test_train_data_and_test_data_files_keep_test_out_of_training(tmp_path):
     ],
 )
 def test_split_of_file_reads_name_tokens(name, split):
-    assert kdata.split_of_file(name) == split
+    assert ksources.split_of_file(name) == split
 
 
 def test_prefixed_and_sharded_split_files(tmp_path):
@@ -430,7 +432,7 @@ def test_hub_split_without_labels_is_dropped_with_a_warning(monkeypatch, caplog)
         )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    with caplog.at_level("WARNING", logger="kdistill.data.prepare"):
+    with caplog.at_level("WARNING", logger="kdistill.data.labels"):
         data = kdata.build("nyu-mll/glue-sst2", "sentence", None, 0.2, 0)
     assert set(data.splits) == {"train", "validation"}
     assert len(data.splits["train"]) == 40 and len(data.splits["validation"]) == 10

@@ -17,7 +17,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdistill.data import prepare as kdata
+from kdistill.data import labels as klabels
+from kdistill.data import sources as ksources
 from kdistill.errors import KdistillError
 
 # pandas' default missing-value markers: a CSV cell that is exactly one of these is missing.
@@ -110,7 +111,7 @@ def cell(value: str, fmt: str) -> str | None:
 def expected(rows: list[tuple[str, str]], fmt: str) -> tuple[list[str], list[tuple[str, str]]]:
     """(class names, kept rows as (stripped text, label)) the loader should give."""
     labels = [cell(y, fmt) for _, y in rows]
-    names = kdata.sort_class_names({y for y in labels if y is not None})
+    names = klabels.sort_class_names({y for y in labels if y is not None})
     kept = [
         (cell(t, fmt).strip(), y)
         for (t, _), y in zip(rows, labels, strict=True)
@@ -120,8 +121,8 @@ def expected(rows: list[tuple[str, str]], fmt: str) -> tuple[list[str], list[tup
 
 
 def load(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    raw, _ = kdata.load_source(str(path))
-    splits, names = kdata.to_labelled(raw, ["text"], "label", f"--dataset {path}")
+    raw, _ = ksources.load_source(str(path))
+    splits, names = klabels.to_labelled(raw, ["text"], "label", f"--dataset {path}")
     train = splits["train"]
     return names, [(t, names[y]) for t, y in zip(train["text"], train["label"], strict=True)]
 
@@ -150,6 +151,6 @@ def test_a_missing_class_label_is_dropped_not_read_as_the_last_class():
 
     features = Features({"text": Value("string"), "label": ClassLabel(names=["x", "y"])})
     ds = Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, -1]}, features=features)
-    splits, names = kdata.to_labelled({"train": ds}, ["text"], "label", "--dataset t")
+    splits, names = klabels.to_labelled({"train": ds}, ["text"], "label", "--dataset t")
     assert names == ["x", "y"] and splits["train"]["text"] == ["a", "b"]
     assert splits["train"]["label"] == [0, 1]

@@ -123,7 +123,7 @@ def test_saved_student_is_a_plain_classifier_whose_accuracy_matches_history(work
 def test_only_the_student_learns(workdir, tiny_models, monkeypatch, cache):
     """The teacher is frozen: its weights end bit-identical, and no grad reaches it."""
     distill_module = importlib.import_module("kdistill.distill")
-    from kdistill.students import load as models_module
+    from kdistill.teachers import classifier as models_module
 
     captured = {}
     load_teacher = models_module.load_teacher_classifier
@@ -302,24 +302,24 @@ def test_runs_with_different_precision_in_one_process(workdir, tiny_models):
 
 
 def test_gradient_checkpointing_auto_follows_the_student_size(tiny_models, monkeypatch):
-    distill_module = importlib.import_module("kdistill.distill")
+    loop = importlib.import_module("kdistill.training.loop")
     from kdistill.students.load import load_student
 
     model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
-    assert distill_module.apply_gradient_checkpointing(model, "auto") is False
+    assert loop.apply_gradient_checkpointing(model, "auto") is False
     assert not model.is_gradient_checkpointing
-    assert distill_module.apply_gradient_checkpointing(model, "off") is False
-    monkeypatch.setattr(distill_module, "CHECKPOINTING_MIN_PARAMS", 1000)
-    assert distill_module.apply_gradient_checkpointing(model, "auto") is True
+    assert loop.apply_gradient_checkpointing(model, "off") is False
+    monkeypatch.setattr(loop, "CHECKPOINTING_MIN_PARAMS", 1000)
+    assert loop.apply_gradient_checkpointing(model, "auto") is True
     assert model.is_gradient_checkpointing
     fresh, _ = load_student(str(tiny_models["qwen_lm"]), CLASSES, seed=0)
-    assert distill_module.apply_gradient_checkpointing(fresh, "on") is True
+    assert loop.apply_gradient_checkpointing(fresh, "on") is True
     assert fresh.is_gradient_checkpointing and fresh.config.use_cache is False
 
 
 def test_optimizer_is_fused_and_spares_biases_and_norms(tiny_models):
-    from kdistill.distill import make_optimizer
     from kdistill.students.load import load_student
+    from kdistill.training.loop import make_optimizer
 
     model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
     opt = make_optimizer(model, 1e-3, 0.01)
@@ -337,8 +337,8 @@ def test_optimizer_is_fused_and_spares_biases_and_norms(tiny_models):
 def test_head_learning_rate_scale_speeds_up_only_the_new_head(tiny_models):
     """--head-learning-rate-scale: the parameters outside the base model (the classifier) get
     lr * scale, in their own decay and no-decay groups; the body keeps lr."""
-    from kdistill.distill import make_optimizer
     from kdistill.students.load import load_student
+    from kdistill.training.loop import make_optimizer
 
     model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
     opt = make_optimizer(model, 1e-3, 0.01, head_lr_scale=10.0)
@@ -396,7 +396,7 @@ def test_student_layer_flags_are_checked(workdir, tiny_models, capsys):
 def test_nan_loss_stops_with_one_line_and_the_run_shows_as_crashed(
     workdir, tiny_models, monkeypatch, capsys
 ):
-    kd = importlib.import_module("kdistill.distill")
+    kd = importlib.import_module("kdistill.training.loop")  # where the step calls the loss
     from kdistill.training.runs import list_runs
 
     real = kd.kd_loss
@@ -430,13 +430,13 @@ def test_lr_scheduler_picks_transformers_schedule_after_the_warm_up():
     optimiser steps, then follows its own shape."""
     from kdistill.config import DistillConfig
 
-    distill = importlib.import_module("kdistill.distill")
+    loop = importlib.import_module("kdistill.training.loop")
 
     def lrs(name: str) -> list[float]:
         param = torch.nn.Parameter(torch.zeros(1))
         optimizer = torch.optim.SGD([param], lr=1.0)
         config = DistillConfig(lr_scheduler=name, epochs=2, warmup_ratio=0.1)
-        scheduler, total = distill.make_scheduler(optimizer, 10, config)  # 10 batches an epoch
+        scheduler, total = loop.make_scheduler(optimizer, 10, config)  # 10 batches an epoch
         assert total == 20
         out = []
         for _ in range(total):

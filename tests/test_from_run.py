@@ -12,6 +12,7 @@ from conftest import write_toy_csv
 from kdistill import compare as kcompare
 from kdistill.cli import main
 from kdistill.data import prepare as kdata
+from kdistill.data import sampling as ksampling
 from kdistill.teachers import cache
 
 RUN_SEED = 1  # distill's; the other commands' default --seed is 42
@@ -48,7 +49,7 @@ def test_distill_records_the_shots_and_the_split(prompt_run):
     assert record["k"] == 2 and record["seed"] == RUN_SEED and len(record["rows"]) == 2
     # Whole texts, from the subsampled train the student saw.
     train = run_split(prompt_run).splits["train"]
-    picked_from = kdata.subsample(train, 40, RUN_SEED, "--max-train-samples")
+    picked_from = ksampling.subsample(train, 40, RUN_SEED, "--max-train-samples")
     assert {t for t, _ in record["rows"]} <= set(picked_from["text"])
     split = config["data"]["split"]
     assert split["seed"] == RUN_SEED and split["train_rows"] == len(train)

@@ -729,7 +729,7 @@ def test_cutting_a_long_text_before_tokenising_keeps_its_tokens(tiny_models):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from kdistill.data.prepare import MIN_CHARS_KEPT, tokenize
+    from kdistill.data.batches import MIN_CHARS_KEPT, tokenize
 
     tok = AutoTokenizer.from_pretrained(tiny_models["bert_teacher"])
     text = "species bird of the family, " * (3 * MIN_CHARS_KEPT // 28)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from kdistill.compare import Candidate, check_labels
+from kdistill.data.labels import map_labels
 from kdistill.errors import KdistillError
-from kdistill.students.load import map_labels
+from kdistill.evaluation.candidates import Candidate, check_labels
 
 RUSSIAN = {0: "Спорт", 1: "Политика", 2: "Экономика"}
 

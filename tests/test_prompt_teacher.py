@@ -14,15 +14,13 @@ import torch
 from conftest import CLASSES, make_texts
 
 from kdistill.errors import KdistillError
+from kdistill.teachers.few_shot import pick_few_shot
+from kdistill.teachers.label_words import check_template, default_label_word, parse_label_words
 from kdistill.teachers.prompt import (
     CONTENT_FREE,
     PromptSettings,
     PromptTeacher,
-    check_template,
-    default_label_word,
     load_prompt_teacher,
-    parse_label_words,
-    pick_few_shot,
 )
 
 CHAT_TEMPLATE = (
@@ -165,7 +163,9 @@ def test_continuations_in_one_forward_or_in_chunks(lm, monkeypatch, packed):
     """Packed: the words of several tokens share one forward over one cache (a 4D mask keeps
     them apart); repeated (attention without custom masks): the cache is copied per class."""
     if not packed:
-        monkeypatch.setattr("kdistill.teachers.prompt.packed_continuations", lambda *a: None)
+        monkeypatch.setattr(
+            "kdistill.teachers.prompt_scoring.packed_continuations", lambda *a: None
+        )
     teacher = make_teacher(lm, calibrate=False, label_words=MIXED)
     batch = batch_of(teacher, TEXTS)
     expected = direct_batch(teacher, TEXTS)

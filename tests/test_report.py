@@ -13,12 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdistill.evaluation.report import (
-    plot_comparison,
-    plot_sweep_heatmap,
-    plot_training_curves,
-    write_html_report,
-)
+from kdistill.evaluation.comparison_figure import plot_comparison
+from kdistill.evaluation.html_report import write_html_report
+from kdistill.evaluation.report import plot_sweep_heatmap, plot_training_curves
 
 DBPEDIA = [
     "Album",

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Runs distill like `kdistill`, with every training step slowed to STEP_DELAY seconds.
 DRIVER = """\
 import importlib, os, sys, time
-kd = importlib.import_module("kdistill.distill")  # not kdistill.distill: the function
+kd = importlib.import_module("kdistill.training.loop")  # the step calls kd_loss from here
 from kdistill.cli import main
 
 real = kd.kd_loss
@@ -202,7 +202,7 @@ def test_sigterm_sets_the_stop_flag_and_a_second_sigint_stops_at_once():
 
 
 def test_nan_loss_keeps_the_last_checkpoint_and_the_best_model(setup, monkeypatch, capsys):
-    kd = importlib.import_module("kdistill.distill")
+    kd = importlib.import_module("kdistill.training.loop")
 
     real = kd.kd_loss
     steps_per_epoch = 24  # 96 rows, batch 4
@@ -264,8 +264,8 @@ def test_nan_loss_keeps_the_last_checkpoint_and_the_best_model(setup, monkeypatc
 def test_nan_message_names_fp16_overflow_under_fp16():
     from types import SimpleNamespace
 
-    from kdistill.distill import check_finite
     from kdistill.errors import KdistillError
+    from kdistill.training.loop import check_finite
 
     accelerator = SimpleNamespace(num_processes=1, mixed_precision="fp16")
     optimizer = SimpleNamespace(param_groups=[{"lr": 5e-5}])

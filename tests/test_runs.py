@@ -11,9 +11,8 @@ from conftest import write_toy_csv
 
 from kdistill.cli import main
 from kdistill.config import RunsConfig
+from kdistill.files import atomic_dir, atomic_write_json
 from kdistill.training.runs import (
-    atomic_dir,
-    atomic_write_json,
     finish_run_dir,
     format_duration,
     list_runs,

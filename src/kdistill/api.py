@@ -71,7 +71,7 @@ def load_teacher(
     `teacher_attention_mask`; `teacher.encode(texts, max_length)` makes those inputs.
     """
     from kdistill.config import TeacherOptions
-    from kdistill.students.load import quiet_transformers, set_load_policy
+    from kdistill.data.model_files import quiet_transformers, set_load_policy
     from kdistill.teachers.classifier import load_teacher as load
 
     _one_of(mode, MODES, "mode")
@@ -115,7 +115,7 @@ def default_accelerator(teacher: Teacher, device: str) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from kdistill.distill import make_accelerator, pick_device
+    from kdistill.training.runtime import make_accelerator, pick_device
 
     if AcceleratorState._shared_state:
         return Accelerator()
@@ -147,7 +147,7 @@ def teacher_logits(
     """
     from datasets import Dataset
 
-    from kdistill.data.prepare import tokenize
+    from kdistill.data.batches import tokenize
     from kdistill.teachers.cache import teacher_logits_for
 
     _one_of(cache, CACHE_MODES, "cache")

@@ -13,11 +13,20 @@ import math
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdistill.config import EvalTeacherConfig
 from kdistill.errors import KdistillError
-from kdistill.training.runs import atomic_write_json
+from kdistill.files import atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from datasets import Dataset
+
+    from kdistill.data.prepare import LabelledData
+    from kdistill.from_run import Run
+    from kdistill.teachers.classifier import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -26,28 +35,10 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     """Returns the report (also written to --output when given)."""
     import torch
 
-    from kdistill.data.prepare import subsample, tokenize
-    from kdistill.distill import (
-        chance_accuracy,
-        library_versions,
-        pick_teacher_dtype,
-        start_command,
-    )
-    from kdistill.evaluation.metrics import (
-        classification_metrics,
-        per_class_accuracy,
-        soft_target_stats,
-    )
-    from kdistill.from_run import (
-        check_same_split,
-        data_config,
-        run_of,
-        run_teacher,
-        teacher_model_for,
-    )
+    from kdistill.from_run import check_same_split, data_config, run_of, teacher_model_for
     from kdistill.students.load import count_parameters
-    from kdistill.teachers.cache import compute_teacher_logits
-    from kdistill.teachers.classifier import load_teacher
+    from kdistill.teachers.guards import chance_accuracy
+    from kdistill.training.runtime import library_versions, pick_teacher_dtype, start_command
 
     # A distill run as --teacher-model: its teacher, asked as it taught, on the run's split.
     run = run_of(config.teacher_model, "--teacher-model")
@@ -55,37 +46,13 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     teacher_model = teacher_model_for(config, run, [])
     _device, precision, accelerator, data = start_command(data_config(config, runs))
     check_same_split(data, runs)
-    if config.split not in data.splits:
-        raise KdistillError(
-            f"--split {config.split}: {data.name} has no such split (it has "
-            f"{', '.join(data.splits)})"
-        )
-    rows = subsample(data.splits[config.split], config.max_samples, config.seed, "--max-samples")
-    if len(rows) == 0:
-        raise KdistillError(f"--split {config.split}: {data.name}'s {config.split} split is empty")
-    train = data.splits["train"]
+    rows = split_rows(config, data)
     dtype, dtype_name = pick_teacher_dtype(config.teacher_dtype, precision)
-    chosen = run_teacher(config, teacher_model, runs, data.label_names, train)
-    teacher = load_teacher(
-        chosen.options,
-        chosen.model,
-        data.label_names,
-        dtype,
-        train,
-        chosen.max_length or config.max_length,
-        config.seed,
-        chosen.shots,
-    )
+    teacher = load_run_teacher(config, teacher_model, runs, data, dtype)
     teacher.to(accelerator.device)
 
-    start = time.perf_counter()
-    encoded = tokenize(rows, {"teacher": teacher}, config.max_length)
-    logits = compute_teacher_logits(
-        teacher, encoded, config.teacher_batch_size, accelerator, data.num_labels
-    )
-    elapsed = time.perf_counter() - start
+    logits, elapsed = teacher_logits(teacher, rows, config, accelerator, data.num_labels)
     labels = torch.tensor(list(rows["label"]))
-    metrics = classification_metrics(logits, labels, data.num_labels)
     chance = chance_accuracy(labels.tolist(), data.num_labels)
     report: dict[str, Any] = {
         "teacher": teacher_model,
@@ -96,14 +63,7 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         "dataset": data.name,
         "split": config.split,
         "rows": len(rows),
-        "accuracy": metrics["accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "loss": metrics["loss"],
-        "chance_accuracy": chance,
-        "weak": metrics["accuracy"] <= chance,
-        "per_class": per_class_accuracy(logits, labels, data.label_names),
-        "temperatures": [soft_target_stats(logits, labels, t) for t in config.temperature_list()],
-        "max_entropy": math.log(data.num_labels),
+        **quality(logits, labels, data.label_names, chance, config.temperature_list()),
         "time_s": elapsed,
         "rows_per_second": len(rows) / max(elapsed, 1e-9),
         "device": str(accelerator.device),
@@ -117,7 +77,97 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
     return report
 
 
+def split_rows(config: EvalTeacherConfig, data: LabelledData) -> Dataset:
+    """The --split rows to score (--max-samples of them); a missing or empty split is refused."""
+    from kdistill.data.sampling import subsample
+
+    if config.split not in data.splits:
+        raise KdistillError(
+            f"--split {config.split}: {data.name} has no such split (it has "
+            f"{', '.join(data.splits)})"
+        )
+    rows = subsample(data.splits[config.split], config.max_samples, config.seed, "--max-samples")
+    if len(rows) == 0:
+        raise KdistillError(f"--split {config.split}: {data.name}'s {config.split} split is empty")
+    return rows
+
+
+def load_run_teacher(
+    config: EvalTeacherConfig,
+    teacher_model: str,
+    runs: list[Run],
+    data: LabelledData,
+    dtype: torch.dtype,
+) -> Teacher:
+    """The teacher as the run (if one was given) asked it, else as the flags say."""
+    from kdistill.from_run import run_teacher
+    from kdistill.teachers.classifier import load_teacher
+
+    train = data.splits["train"]
+    chosen = run_teacher(config, teacher_model, runs, data.label_names, train)
+    return load_teacher(
+        chosen.options,
+        chosen.model,
+        data.label_names,
+        dtype,
+        train,
+        chosen.max_length or config.max_length,
+        config.seed,
+        chosen.shots,
+    )
+
+
+def teacher_logits(
+    teacher: Teacher,
+    rows: Dataset,
+    config: EvalTeacherConfig,
+    accelerator: Accelerator,
+    num_labels: int,
+) -> tuple[torch.Tensor, float]:
+    """(len(rows), num_labels) logits from one length-sorted pass (distill's logit cache's), and
+    the seconds it took, tokenising included."""
+    from kdistill.data.batches import tokenize
+    from kdistill.teachers.cache import compute_teacher_logits
+
+    start = time.perf_counter()
+    encoded = tokenize(rows, {"teacher": teacher}, config.max_length)
+    logits = compute_teacher_logits(
+        teacher, encoded, config.teacher_batch_size, accelerator, num_labels
+    )
+    return logits, time.perf_counter() - start
+
+
+def quality(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_names: list[str],
+    chance: float,
+    temperatures: list[float],
+) -> dict[str, Any]:
+    """Accuracy, macro-F1 and loss against chance (weak: at or below it, which distill refuses),
+    per-class accuracy, and the softened targets' ECE and entropy at each temperature."""
+    from kdistill.evaluation.metrics import (
+        classification_metrics,
+        per_class_accuracy,
+        soft_target_stats,
+    )
+
+    metrics = classification_metrics(logits, labels, len(label_names))
+    return {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "loss": metrics["loss"],
+        "chance_accuracy": chance,
+        "weak": metrics["accuracy"] <= chance,
+        "per_class": per_class_accuracy(logits, labels, label_names),
+        "temperatures": [soft_target_stats(logits, labels, t) for t in temperatures],
+        "max_entropy": math.log(len(label_names)),
+    }
+
+
 def format_report(report: dict[str, Any]) -> str:
+    """The table printed after eval-teacher: overall scores against chance, per class, then the
+    softened targets per temperature (to choose --temperature)."""
     lines = [
         f"teacher {report['teacher']} ({report['mode']}, {report['parameters'] / 1e6:.1f}M "
         f"parameters) on {report['dataset']}/{report['split']}: {report['rows']} rows in "

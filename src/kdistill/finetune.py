@@ -12,14 +12,19 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kdistill.config import FinetuneConfig
 from kdistill.errors import KdistillError
-from kdistill.training.runs import atomic_dir, atomic_write_json
+from kdistill.files import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from transformers import PreTrainedTokenizerBase
+
+    from kdistill.training.runtime import RunSetup
 
 logger = logging.getLogger(__name__)
 
@@ -95,41 +100,33 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
 
 def finetune_teacher(config: FinetuneConfig) -> Path:
     """Returns the saved teacher folder (model, tokenizer, teacher_eval.json)."""
-    from kdistill.data.prepare import dataset_name
-    from kdistill.distill import (
+    from kdistill.data.sources import dataset_name
+    from kdistill.evaluation.metrics import calibration_report
+    from kdistill.students.load import load_student
+    from kdistill.training.loaders import make_loaders
+    from kdistill.training.loop import (
         apply_gradient_checkpointing,
-        library_versions,
-        make_loaders,
         make_optimizer,
         make_scheduler,
-        setup_run,
-        student_inputs,
         train_one_epoch,
     )
-    from kdistill.evaluation.metrics import (
-        calibration_report,
-        classification_metrics,
-        collect_logits,
-    )
-    from kdistill.shipping.model_card import write_teacher_card
-    from kdistill.students.load import load_student
+    from kdistill.training.runtime import setup_run
 
     run = setup_run(config)
-    device, precision, accelerator = run.device, run.precision, run.accelerator
-    data, train, val = run.data, run.train, run.val
-    if len(train) == 0:
+    accelerator = run.accelerator
+    if len(run.train) == 0:
         raise KdistillError(
             f"--dataset {config.dataset} has no labelled training rows, and a "
             "teacher is fine-tuned on labels; prepare it with a --labeled-fraction "
             "above 0"
         )
-    model, tokenizer = load_student(config.model, data.label_names, config.seed)
-    checkpointing = apply_gradient_checkpointing(model, config.gradient_checkpointing, device)
+    model, tokenizer = load_student(config.model, run.data.label_names, config.seed)
+    checkpointing = apply_gradient_checkpointing(model, config.gradient_checkpointing, run.device)
     if config.method == "lora":
         model = apply_lora(model, config)
     # The "student" prefix names the inputs of the model being trained.
     train_loader, val_loader, _ = make_loaders(
-        train, val, {"student": tokenizer}, config, accelerator
+        run.train, run.val, {"student": tokenizer}, config, accelerator
     )
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler, _ = make_scheduler(optimizer, len(train_loader), config)
@@ -140,42 +137,68 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     start = time.perf_counter()
     epochs = []
     for epoch in range(1, config.epochs + 1):
-        stats = train_one_epoch(
-            model,
-            None,
-            train_loader,
-            optimizer,
-            scheduler,
-            accelerator,
-            1.0,
-            0.0,
-            f"fine-tune {epoch}/{config.epochs}",
-        )
-        model.eval()
-        logits, labels = collect_logits(
-            lambda b: model(**student_inputs(b)).logits, val_loader, accelerator, "validation"
-        )
-        metrics = classification_metrics(logits, labels, data.num_labels)
-        epochs.append(
-            {
-                "epoch": epoch,
-                **stats,
-                "val_accuracy": metrics["accuracy"],
-                "val_macro_f1": metrics["macro_f1"],
-                "val_loss": metrics["loss"],
-            }
-        )
-        logger.info(
-            "epoch %d: loss %.4f, val acc %.4f, macro-F1 %.4f",
-            epoch,
-            stats["train_loss"],
-            metrics["accuracy"],
-            metrics["macro_f1"],
-        )
+        desc = f"fine-tune {epoch}/{config.epochs}"
+        args = (optimizer, scheduler, accelerator, 1.0, 0.0, desc)  # no teacher: plain CE
+        stats = train_one_epoch(model, None, train_loader, *args)
+        logits, labels = validation_logits(model, val_loader, accelerator)
+        epochs.append(epoch_record(epoch, stats, logits, labels, run.data.num_labels))
 
     # How sure the teacher is when right decides what its soft targets teach: a flat softmax
     # at T=1 carries little beyond the argmax.
     calibration = calibration_report(logits, labels)
+    log_calibration(calibration)
+    name = config.name or f"{dataset_name(config.model)}-{run.data.name}"
+    target = Path(config.output_dir) / name
+    if accelerator.is_main_process:
+        report = teacher_report(config, run, epochs, calibration, checkpointing, start)
+        save_teacher(target, model, tokenizer, accelerator, report, config)
+    accelerator.wait_for_everyone()
+    if config.push_to_hub and accelerator.is_main_process:
+        from kdistill.shipping.publish import push_folder
+
+        push_folder(target, config.push_to_hub, not config.hub_public, what="teacher")
+    return target
+
+
+def validation_logits(
+    model: torch.nn.Module, val_loader: DataLoader, accelerator: Accelerator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (rows, num_labels), labels (rows,)) with dropout off, gathered from every
+    process: calibration reads the last epoch's."""
+    from kdistill.evaluation.metrics import collect_logits
+    from kdistill.training.loop import student_inputs
+
+    model.eval()
+    return collect_logits(
+        lambda b: model(**student_inputs(b)).logits, val_loader, accelerator, "validation"
+    )
+
+
+def epoch_record(
+    epoch: int, stats: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor, num_labels: int
+) -> dict[str, Any]:
+    """teacher_eval.json's line for an epoch, logged."""
+    from kdistill.evaluation.metrics import classification_metrics
+
+    metrics = classification_metrics(logits, labels, num_labels)
+    logger.info(
+        "epoch %d: loss %.4f, val acc %.4f, macro-F1 %.4f",
+        epoch,
+        stats["train_loss"],
+        metrics["accuracy"],
+        metrics["macro_f1"],
+    )
+    return {
+        "epoch": epoch,
+        **stats,
+        "val_accuracy": metrics["accuracy"],
+        "val_macro_f1": metrics["macro_f1"],
+        "val_loss": metrics["loss"],
+    }
+
+
+def log_calibration(calibration: dict[str, Any]) -> None:
+    """One line on how sure the teacher is when right: its soft targets depend on it."""
     logger.info(
         "teacher calibration on validation: ECE %.3f, NLL %.3f at T=1; fitted temperature %.3f "
         "gives ECE %.3f, NLL %.3f",
@@ -185,39 +208,56 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
         calibration["ece_calibrated"],
         calibration["nll_calibrated"],
     )
-    name = config.name or f"{dataset_name(config.model)}-{data.name}"
-    target = Path(config.output_dir) / name
-    if accelerator.is_main_process:
-        with atomic_dir(target) as tmp:
-            merged(accelerator.unwrap_model(model, keep_torch_compile=False)).save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            report = {
-                "val_accuracy": epochs[-1]["val_accuracy"],
-                "val_macro_f1": epochs[-1]["val_macro_f1"],
-                "val_rows": len(val),
-                "train_rows": len(train),
-                "label_names": data.label_names,
-                "epochs": epochs,
-                "calibration": calibration,
-                "config": config.to_dict(),
-                "resolved": {
-                    "mixed_precision": precision,
-                    "device": str(accelerator.device),
-                    "gradient_checkpointing": checkpointing,
-                    "learning_rate": config.learning_rate,
-                },
-                "time_s": time.perf_counter() - start,
-                "versions": library_versions(),
-                "created": datetime.now().isoformat(timespec="seconds"),
-            }
-            atomic_write_json(tmp / "teacher_eval.json", report)
-            write_teacher_card(tmp, target, report, config.push_to_hub)
-        logger.info(
-            "teacher saved to %s (validation accuracy %.4f)", target, epochs[-1]["val_accuracy"]
-        )
-    accelerator.wait_for_everyone()
-    if config.push_to_hub and accelerator.is_main_process:
-        from kdistill.shipping.publish import push_folder
 
-        push_folder(target, config.push_to_hub, not config.hub_public, what="teacher")
-    return target
+
+def teacher_report(
+    config: FinetuneConfig,
+    run: RunSetup,
+    epochs: list[dict[str, Any]],
+    calibration: dict[str, Any],
+    checkpointing: bool,
+    start: float,
+) -> dict[str, Any]:
+    """teacher_eval.json: the last epoch's validation numbers (what distill's teacher check will
+    see), every epoch, the calibration, and the config."""
+    from kdistill.training.runtime import library_versions
+
+    return {
+        "val_accuracy": epochs[-1]["val_accuracy"],
+        "val_macro_f1": epochs[-1]["val_macro_f1"],
+        "val_rows": len(run.val),
+        "train_rows": len(run.train),
+        "label_names": run.data.label_names,
+        "epochs": epochs,
+        "calibration": calibration,
+        "config": config.to_dict(),
+        "resolved": {
+            "mixed_precision": run.precision,
+            "device": str(run.accelerator.device),
+            "gradient_checkpointing": checkpointing,
+            "learning_rate": config.learning_rate,
+        },
+        "time_s": time.perf_counter() - start,
+        "versions": library_versions(),
+        "created": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def save_teacher(
+    target: Path,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+    report: dict[str, Any],
+    config: FinetuneConfig,
+) -> None:
+    """Model (LoRA merged), tokenizer, teacher_eval.json and card into a temporary folder,
+    renamed to `target` when complete. Main process only."""
+    from kdistill.shipping.teacher_card import write_teacher_card
+
+    with atomic_dir(target) as tmp:
+        merged(accelerator.unwrap_model(model, keep_torch_compile=False)).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "teacher_eval.json", report)
+        write_teacher_card(tmp, target, report, config.push_to_hub)
+    logger.info("teacher saved to %s (validation accuracy %.4f)", target, report["val_accuracy"])

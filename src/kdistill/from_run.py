@@ -83,7 +83,7 @@ def run_of(path: str, flag: str) -> Run | None:
     a student may be evaluated as a teacher in its own right)."""
     import json
 
-    from kdistill.training.runs import is_run_config
+    from kdistill.files import is_run_config
 
     try:
         config = json.loads((Path(path).expanduser() / "config.json").read_text(encoding="utf-8"))
@@ -182,6 +182,7 @@ def check_same_split(data: LabelledData, runs: list[Run]) -> None:
 
 
 def same_model(a: str | None, b: str | None) -> bool:
+    """Two model flags name one model: the same resolved folder, or the same Hub id."""
     if a is None or b is None:
         return False
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
@@ -259,7 +260,7 @@ def run_shots(run: Run, label_names: list[str], train: Dataset) -> list[tuple[st
     """The few-shot examples the run's prompt teacher showed: as recorded in its config.json,
     or (runs from before they were recorded) picked again as distill picked them, from train
     after --max-train-samples with the run's seed."""
-    from kdistill.teachers.prompt import pick_few_shot, shots_from_record
+    from kdistill.teachers.few_shot import pick_few_shot, shots_from_record
 
     k = int(run.config.get("few_shot") or 0)
     if (run.config.get("teacher") or {}).get("mode") != "prompt" or k == 0:
@@ -267,7 +268,7 @@ def run_shots(run: Run, label_names: list[str], train: Dataset) -> list[tuple[st
     record = (run.config.get("teacher") or {}).get("few_shot")
     if record:
         return shots_from_record(record, label_names, run.where)
-    from kdistill.data.prepare import subsample
+    from kdistill.data.sampling import subsample
 
     seed = int(run.config.get("seed", 42))
     rows = subsample(train, run.config.get("max_train_samples"), seed, "--max-train-samples")

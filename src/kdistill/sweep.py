@@ -29,7 +29,8 @@ from typing import Any
 
 from kdistill.config import DistillConfig, SweepConfig
 from kdistill.errors import KdistillError
-from kdistill.training.runs import atomic_write_json, finish_run_dir, format_float, new_run_dir
+from kdistill.files import atomic_write_json
+from kdistill.training.runs import finish_run_dir, format_float, new_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def peak_rss_mb() -> float:
 
 def sweep(config: SweepConfig) -> Path:
     """The sweep command. Returns the sweep directory."""
-    from kdistill.data.prepare import dataset_name
+    from kdistill.data.sources import dataset_name
     from kdistill.evaluation.report import plot_sweep_heatmap
 
     temperatures, alphas = config.temperature_list(), config.alpha_list()
@@ -255,7 +256,7 @@ def lockstep_plan(config: SweepConfig, students: int) -> tuple[int | None, str |
     if reason is not None:
         return _no_lockstep(config, f"{reason} is not supported in lockstep")
     try:
-        from kdistill.distill import pick_device
+        from kdistill.training.runtime import pick_device
 
         device = pick_device(config.device)
         fit, each = students_that_fit(config, 2, device)
@@ -298,8 +299,8 @@ def train_lockstep(
     group_dir: Path,
     json_path: Path,
 ) -> None:
+    from kdistill.sweep_lockstep import train_group
     from kdistill.training.lockstep import CannotStack
-    from kdistill.training.lockstep_runs import train_group
 
     logger.info(
         "== lockstep: %d students (%s)",
@@ -383,8 +384,8 @@ def distill_seeds(config: DistillConfig) -> Path:
     """`distill --seeds`: one run per seed of one (T, alpha), in one folder
     <output-dir>/<dataset>_T<T>_A<alpha>_seeds_<stamp>/ with seeds.json (each seed's best
     validation accuracy, their mean and standard deviation). Returns that folder."""
-    from kdistill.data.prepare import dataset_name
-    from kdistill.distill import run_name
+    from kdistill.data.sources import dataset_name
+    from kdistill.training.runs import run_name
 
     values = {f.name: getattr(config, f.name) for f in fields(DistillConfig)}
     values.update(temperature=str(config.temperature), alpha=str(config.alpha))

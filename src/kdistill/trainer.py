@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from kdistill.api import CACHE_MODES, DTYPES, MODES, Teacher, load_teacher
+from kdistill.api import CACHE_MODES, DTYPES, MODES, load_teacher
 from kdistill.api import teacher_logits as compute_teacher_logits
 from kdistill.errors import KdistillError
+from kdistill.teachers.classifier import Teacher
 from kdistill.trainer_run import save_trainer_run, student_label_names
 from kdistill.training.losses import kd_loss
 

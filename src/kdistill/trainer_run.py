@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.api import teacher_logits as compute_teacher_logits
+from kdistill.data.labels import unnamed
 from kdistill.errors import KdistillError
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from kdistill.trainer import DistillationTrainer
+    # A DistillationTrainer, typed as its base: trainer.py imports this module, not back.
+    from transformers import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ def student_label_names(model: torch.nn.Module) -> list[str]:
     config = getattr(model, "config", None)
     id2label = getattr(config, "id2label", None) or {}
     names = [str(id2label[k]) for k in sorted(id2label, key=int)]
-    if not names or all(n.startswith("LABEL_") for n in names):
+    if unnamed(names):
         raise KdistillError(
             "the student's config.id2label has no class names; load it with "
             "num_labels, id2label and label2id for the data set's classes"
@@ -44,7 +46,7 @@ def label_column(ds: Dataset) -> list[int]:
 
 
 def validation_metrics(
-    trainer: DistillationTrainer, n_labels: int
+    trainer: Trainer, n_labels: int
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(student, teacher) accuracy, macro-F1 and loss on eval_dataset's labelled rows, measured
     now; None where there is no eval_dataset (or, for the teacher, no text or teacher)."""
@@ -76,11 +78,11 @@ def validation_metrics(
     return student, metrics(t_logits, torch.tensor(label_column(ds)))
 
 
-def run_config(trainer: DistillationTrainer, dataset: str, val_rows: int | None) -> dict[str, Any]:
+def run_config(trainer: Trainer, dataset: str, val_rows: int | None) -> dict[str, Any]:
     """config.json of a distill run, with the fields `kdistill runs`, compare and the model
     card read, and the TrainingArguments in full."""
-    from kdistill.distill import library_versions
     from kdistill.students.load import count_parameters
+    from kdistill.training.runtime import library_versions
 
     args, teacher = trainer.args, trainer.teacher
     student = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
@@ -132,7 +134,7 @@ def run_config(trainer: DistillationTrainer, dataset: str, val_rows: int | None)
 
 
 def run_history(
-    trainer: DistillationTrainer, val: dict[str, Any] | None, teacher: dict[str, Any] | None
+    trainer: Trainer, val: dict[str, Any] | None, teacher: dict[str, Any] | None
 ) -> dict[str, Any]:
     """history.json: one epoch record, the saved student's, and the Trainer's own log."""
     log = trainer.state.log_history
@@ -160,12 +162,14 @@ def run_history(
     }
 
 
-def save_trainer_run(trainer: DistillationTrainer, dataset: str) -> Path:
+def save_trainer_run(trainer: Trainer, dataset: str) -> Path:
     """DistillationTrainer.save_run: the files `kdistill distill` writes, from the Trainer's,
     in a `.partial` folder renamed when complete."""
-    from kdistill.distill import run_name, save_model, save_training_curves
+    from kdistill.files import atomic_write_json
     from kdistill.shipping.model_card import write_run_cards
-    from kdistill.training.runs import atomic_write_json, finish_run_dir, new_run_dir
+    from kdistill.training.checkpoint import save_model
+    from kdistill.training.records import save_training_curves
+    from kdistill.training.runs import finish_run_dir, new_run_dir, run_name
 
     args = trainer.args
     if trainer.processing_class is None:

@@ -21,20 +21,13 @@ WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 
 
 def local_name(repo_id: str) -> str:
+    """The folder a repo downloads into: its last part, as the seed's script named it."""
     return repo_id.rstrip("/").split("/")[-1]
 
 
 def download_model(config: DownloadConfig) -> Path:
     """Resumable: files already complete in the target are skipped, partial ones continued."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     try:  # before anything touches the disk or the network
@@ -46,16 +39,37 @@ def download_model(config: DownloadConfig) -> Path:
         ) from e
     target = Path(config.output_dir) / local_name(config.model)
     ignore = OTHER_FRAMEWORKS + ([] if config.allow_pickle else PICKLE_PATTERNS)
-    offline_hint = (
-        "download it on a machine with internet (kdistill download-model or huggingface-cli "
-        "download), copy the folder here and pass its path, e.g. --teacher-model "
-        f"{target}"
-    )
     logger.info(
         "downloading %s%s into %s",
         config.model,
         f"@{config.revision}" if config.revision else "",
         target,
+    )
+    path = _snapshot(config, target, ignore)
+    weights = [p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
+    if not weights and not config.allow_pickle:
+        raise KdistillError(
+            f"--model {config.model}: the repo has no safetensors weights; pass --allow-pickle to "
+            "download its pickle weights (only from a source you trust)"
+        )
+    return path
+
+
+def _snapshot(config: DownloadConfig, target: Path, ignore: list[str]) -> Path:
+    """snapshot_download into `target`, its failures as one line that says what to do."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline_hint = (
+        "download it on a machine with internet (kdistill download-model or huggingface-cli "
+        "download), copy the folder here and pass its path, e.g. --teacher-model "
+        f"{target}"
     )
     try:
         path = snapshot_download(
@@ -79,11 +93,4 @@ def download_model(config: DownloadConfig) -> Path:
         raise KdistillError(f"cannot reach the Hugging Face Hub; {offline_hint}") from e
     except OSError as e:  # connection errors from the HTTP client are OSError subclasses
         raise KdistillError(f"cannot reach the Hugging Face Hub ({e}); {offline_hint}") from e
-    path = Path(path)
-    weights = [p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
-    if not weights and not config.allow_pickle:
-        raise KdistillError(
-            f"--model {config.model}: the repo has no safetensors weights; pass --allow-pickle to "
-            "download its pickle weights (only from a source you trust)"
-        )
-    return path
+    return Path(path)

@@ -131,6 +131,7 @@ def evaluate(
     num_labels: int,
     desc: str = "eval",
 ) -> dict[str, Any]:
+    """Accuracy, macro-F1 and loss of `forward` over a loader (collect_logits, then the scores)."""
     logits, labels = collect_logits(forward, loader, accelerator, desc)
     return classification_metrics(logits, labels, num_labels)
 
@@ -335,6 +336,7 @@ def measure_speeds(
 
 
 def _speed_summary(latencies: list[float], rates: list[float]) -> dict[str, Any]:
+    """Medians of the repeats with their interquartile ranges: one slow repeat moves neither."""
     return {
         "latency_ms_batch_1": statistics.median(latencies),
         "latency_ms_batch_1_iqr": _iqr(latencies),
@@ -344,6 +346,7 @@ def _speed_summary(latencies: list[float], rates: list[float]) -> dict[str, Any]
 
 
 def _iqr(values: list[float]) -> list[float]:
+    """[25th, 75th] percentile: how much the repeats spread."""
     low, high = np.percentile(values, [25, 75])
     return [float(low), float(high)]
 

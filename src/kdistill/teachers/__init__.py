@@ -1,2 +1,3 @@
-"""Teachers: the frozen models that give soft targets. A classifier, a prompted causal LM (label
-words, calibration, the shared-prefix cache), GGUF files, and the teacher-logit cache."""
+"""Teachers: the frozen models that give soft targets. A classifier (classifier), a prompted
+causal LM (prompt; label_words, few_shot, prompt_scoring, prefix_cache), and the teacher-logit
+cache (cache)."""

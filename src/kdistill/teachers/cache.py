@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kdistill.data.digests import texts_digest, tokenizer_identity
+from kdistill.data.model_files import cache_root
 from kdistill.errors import KdistillError
 
 if TYPE_CHECKING:
@@ -37,17 +39,8 @@ CACHE_FORMAT = "kdistill-teacher-logits/1"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
 
 
-def cache_root() -> Path:
-    """Where kdistill keeps what it can recompute: $KDISTILL_CACHE, else ~/.cache/kdistill."""
-    return Path(
-        os.environ.get("KDISTILL_CACHE")
-        or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdistill"
-        )
-    )
-
-
 def default_cache_dir() -> Path:
+    """Teacher logits, under the shared cache root (`data.model_files.cache_root`)."""
     return cache_root() / "teacher_logits"
 
 
@@ -75,28 +68,6 @@ def teacher_identity(name: str, model: Any) -> str:
         return f"local:{path.resolve()}:{h.hexdigest()}"
     revision = getattr(getattr(model, "config", None), "_commit_hash", None) or "unknown"
     return f"hub:{name}@{revision}"
-
-
-def tokenizer_identity(tokenizer: Any) -> str:
-    if getattr(tokenizer, "is_fast", False):
-        # Canonical JSON: the serialised vocabulary's key order varies between loads, and the
-        # truncation/padding entries are runtime state, not the tokenizer.
-        spec_dict = json.loads(tokenizer.backend_tokenizer.to_str())
-        spec_dict.pop("truncation", None)
-        spec_dict.pop("padding", None)
-        spec = json.dumps(spec_dict, sort_keys=True)
-    else:
-        spec = json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    extra = f"{type(tokenizer).__name__}|{tokenizer.padding_side}|{tokenizer.truncation_side}"
-    return hashlib.sha256((spec + extra).encode()).hexdigest()
-
-
-def texts_digest(texts: list[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode())
-        h.update(b"\x00")
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

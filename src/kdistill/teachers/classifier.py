@@ -1,5 +1,9 @@
 """A teacher turns texts into class logits over the data set's classes, frozen.
 
+The correctness core: the data set's class names define the label space. A classifier
+teacher's logits are reordered onto it by name (`kdistill.data.labels.map_labels`), and a teacher
+whose head was never trained is refused: its soft targets would be noise.
+
 Two kinds: a sequence classifier whose logit columns are reordered onto the data set's classes
 (`ClassifierTeacher`), and a causal LM that scores each class's label words after a prompt
 (`kdistill.teachers.prompt.PromptTeacher`). Both `encode(texts, max_length)` into the inputs they
@@ -13,6 +17,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from kdistill.data.labels import map_labels
+from kdistill.data.model_files import (
+    head_keys,
+    hf_kwargs,
+    load_classifier,
+    load_tokenizer,
+    set_pad_token,
+)
+from kdistill.data.model_paths import check_model_path
 from kdistill.errors import KdistillError
 
 if TYPE_CHECKING:
@@ -89,8 +102,6 @@ def resolve_mode(requested: str, path: str) -> str:
         return requested
     from transformers import AutoConfig
 
-    from kdistill.students.load import hf_kwargs
-
     try:
         architectures = AutoConfig.from_pretrained(path, **hf_kwargs()).architectures or []
     except Exception:
@@ -100,6 +111,50 @@ def resolve_mode(requested: str, path: str) -> str:
     if any(a.endswith("ForCausalLM") for a in architectures):
         return "prompt"
     return "classifier"
+
+
+def load_teacher_classifier(
+    name: str, label_names: list[str], allow_untrained: bool, dtype: Any = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[int]]:
+    """Load a frozen teacher; returns (model, tokenizer, logit columns in data-set class order).
+
+    `dtype` (torch.bfloat16, say) loads the weights in that precision: the teacher only runs
+    inference, so half-precision weights halve its memory and time where the device supports it.
+    """
+    flag = "--teacher-model"
+    name = check_model_path(name, flag)
+    tokenizer = load_tokenizer(name, flag)
+    extra = {"dtype": dtype} if dtype is not None else {}
+    model, info = load_classifier(name, flag, **extra)
+    untrained = head_keys(model, info.get("missing_keys", [])) + head_keys(
+        model, info.get("mismatched_keys", [])
+    )
+    n = len(label_names)
+    if untrained:
+        if not allow_untrained:
+            raise KdistillError(
+                f"{flag} {name}: the teacher has no trained classification head for these {n} "
+                f"labels (newly initialised: {', '.join(sorted(untrained)[:2])}), so its soft "
+                "targets would be noise; fine-tune it on this data set first, or pass "
+                "--allow-untrained-teacher to use it anyway"
+            )
+        logger.warning("%s: the teacher's head is untrained; its logits are noise", name)
+        model, _ = load_classifier(
+            name,
+            flag,
+            num_labels=n,
+            id2label=dict(enumerate(label_names)),
+            label2id={k: i for i, k in enumerate(label_names)},
+            ignore_mismatched_sizes=True,
+            **extra,
+        )
+        columns = list(range(n))
+    else:
+        columns = map_labels(model.config.id2label, label_names, flag)
+    set_pad_token(model, tokenizer)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer, columns
 
 
 def load_teacher(
@@ -115,37 +170,51 @@ def load_teacher(
     """The teacher `options` describe, frozen, in eval mode. `examples` (the training split,
     `text` and `label` columns) is where few-shot examples come from; it is read only then.
     `shots` (a run's recorded examples) are shown instead of picking new ones."""
-    from kdistill.students.load import check_model_path, load_teacher_classifier
-
     path = check_model_path(name, "--teacher-model")
     mode = resolve_mode(options.teacher_mode, path)
     if mode == "classifier":
-        prompt_flags = [
-            f
-            for f, v in (
-                ("--prompt-template", options.prompt_template),
-                ("--label-words", options.label_words),
-                ("--few-shot", options.few_shot),
-            )
-            if v
-        ]
-        if prompt_flags:
-            logger.warning(
-                "%s apply to prompt teachers only; this teacher is a classifier",
-                ", ".join(prompt_flags),
-            )
+        _warn_prompt_flags(options)
         model, tokenizer, columns = load_teacher_classifier(
             path, label_names, options.allow_untrained_teacher, dtype
         )
         return ClassifierTeacher(model, tokenizer, columns, path)
+    return _load_prompt(options, name, path, label_names, dtype, examples, max_length, seed, shots)
 
-    from kdistill.teachers.prompt import (
-        PromptSettings,
-        check_template,
-        load_prompt_teacher,
-        parse_label_words,
-        pick_few_shot,
-    )
+
+def _warn_prompt_flags(options: TeacherOptions) -> None:
+    """Prompt flags given to a classifier teacher do nothing; say so rather than ignore them."""
+    prompt_flags = [
+        f
+        for f, v in (
+            ("--prompt-template", options.prompt_template),
+            ("--label-words", options.label_words),
+            ("--few-shot", options.few_shot),
+        )
+        if v
+    ]
+    if prompt_flags:
+        logger.warning(
+            "%s apply to prompt teachers only; this teacher is a classifier",
+            ", ".join(prompt_flags),
+        )
+
+
+def _load_prompt(
+    options: TeacherOptions,
+    name: str,
+    path: str,
+    label_names: list[str],
+    dtype: torch.dtype | None,
+    examples: Dataset | None,
+    max_length: int,
+    seed: int,
+    shots: list[tuple[str, int]] | None,
+) -> Teacher:
+    """A prompt teacher with its label words and few-shot examples (picked from `examples`
+    unless a run recorded `shots`)."""
+    from kdistill.teachers.few_shot import pick_few_shot
+    from kdistill.teachers.label_words import check_template, parse_label_words
+    from kdistill.teachers.prompt import PromptSettings, load_prompt_teacher
 
     check_template(options.prompt_template)
     words = parse_label_words(options.label_words, label_names)

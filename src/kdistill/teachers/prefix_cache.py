@@ -155,14 +155,7 @@ def packed_continuations(
     batch, width = mask.shape
     vocab = model.get_output_embeddings().weight.shape[0]
     budget = max(1, chunk_bytes // (batch * vocab * 4 * 2))  # tokens: logits + log-softmax
-    chunks: list[list[int]] = [[]]
-    for c, r in enumerate(labels):
-        if len(r) < 2:
-            continue
-        tokens = sum(len(labels[k]) - 1 for k in chunks[-1])
-        if chunks[-1] and tokens + len(r) - 1 > budget:
-            chunks.append([])
-        chunks[-1].append(c)
+    chunks = _chunks(labels, budget)
     result = torch.zeros((batch, len(labels)), device=device)
     prompt = mask.bool()[:, None, :]  # (B, 1, W)
     for i, chunk in enumerate(chunks):
@@ -175,16 +168,7 @@ def packed_continuations(
         )
         offset = torch.cat([torch.arange(len(labels[c]) - 1, device=device) for c in chunk])
         steps = len(inputs)
-        # (T, T): a label token sees its own word's earlier tokens and itself, no other word.
-        own = (owner[:, None] == owner[None, :]) & (offset[:, None] >= offset[None, :])
-        allowed = torch.cat(
-            [prompt.expand(batch, steps, width), own.expand(batch, steps, steps)], dim=-1
-        )[:, None]
-        if impl == "eager":  # eager adds the mask to the scores; sdpa reads True as "attend"
-            dtype = model.dtype
-            allowed = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
-                ~allowed, torch.finfo(dtype).min
-            )
+        allowed = _packed_mask(prompt, owner, offset, impl == "eager", model.dtype)
         out = model(
             input_ids=inputs.expand(batch, steps),
             attention_mask=allowed,
@@ -199,3 +183,42 @@ def packed_continuations(
         summed = torch.zeros((batch, len(chunk)), device=device).index_add_(1, owner, picked)
         result[:, chunk] = summed
     return result
+
+
+def _chunks(labels: list[torch.Tensor], budget: int) -> list[list[int]]:
+    """Classes with a second token, in order, grouped so each group's tokens 2..n fit `budget`
+    (a lone word longer than the budget still gets its own group)."""
+    chunks: list[list[int]] = [[]]
+    for c, r in enumerate(labels):
+        if len(r) < 2:
+            continue
+        tokens = sum(len(labels[k]) - 1 for k in chunks[-1])
+        if chunks[-1] and tokens + len(r) - 1 > budget:
+            chunks.append([])
+        chunks[-1].append(c)
+    return chunks
+
+
+def _packed_mask(
+    prompt: torch.Tensor,
+    owner: torch.Tensor,
+    offset: torch.Tensor,
+    additive: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """(B, 1, T, W + T) attention mask of the packed label tokens: the prompt's real columns
+    (`prompt`, (B, 1, W)), and within the T packed tokens only the same word's earlier tokens
+    and itself. `additive` (eager attention adds the mask to the scores): 0 / dtype min
+    instead of True / False (sdpa reads True as "attend")."""
+    batch, _, width = prompt.shape
+    steps = len(owner)
+    # (T, T): a label token sees its own word's earlier tokens and itself, no other word.
+    own = (owner[:, None] == owner[None, :]) & (offset[:, None] >= offset[None, :])
+    allowed = torch.cat(
+        [prompt.expand(batch, steps, width), own.expand(batch, steps, steps)], dim=-1
+    )[:, None]
+    if additive:
+        allowed = torch.zeros(allowed.shape, dtype=dtype, device=prompt.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+    return allowed

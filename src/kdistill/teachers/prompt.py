@@ -26,26 +26,18 @@ cue, so the label word is read where the model answers, not inside its thinking.
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
-import math
-import random
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kdistill.data.model_files import hf_kwargs, load_error, load_tokenizer
+from kdistill.data.model_paths import check_model_path
 from kdistill.errors import KdistillError
-from kdistill.teachers.prefix_cache import (
-    MIN_PREFIX_TOKENS,
-    PrefixCache,
-    common_prefix,
-    packed_continuations,
-    suffix_batch,
-)
+from kdistill.teachers.label_words import check_template, resolve_label_words
+from kdistill.teachers.prefix_cache import MIN_PREFIX_TOKENS, PrefixCache, common_prefix
+from kdistill.teachers.prompt_scoring import score_aligned
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -62,151 +54,6 @@ ANSWER_PREFIX = "Category:"  # how a chat reply begins, before the label word
 THINK_OPEN = "<think>"
 # What R1-style templates write for a reply without thinking.
 EMPTY_THINK = "<think>\n\n</think>\n\n"
-
-
-# --------------------------------------------------------------------------- label words
-
-
-def default_label_word(name: str) -> str:
-    """'EducationalInstitution' -> 'Educational Institution', 'snake_case' -> 'snake case':
-    a language model has seen the words, rarely the identifier."""
-    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", name)
-    return " ".join(re.sub(r"[_\-]+", " ", spaced).split())
-
-
-def _read_spec(spec: str) -> dict[str, str]:
-    """A JSON file mapping class names to words, or `Name=word,Name=word`."""
-    path = Path(spec).expanduser()
-    if path.is_file() or spec.endswith(".json"):
-        try:
-            mapping = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise KdistillError(f"--label-words {spec}: cannot read it as JSON ({e})") from e
-        if not isinstance(mapping, dict):
-            raise KdistillError(
-                f"--label-words {spec}: the JSON must be an object mapping class names to words"
-            )
-        return {str(k): "" if v is None else str(v) for k, v in mapping.items()}
-    mapping = {}
-    for item in spec.split(","):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise KdistillError(
-                f"--label-words: {item.strip()!r} has no '='; write Class=word pairs separated by "
-                "commas, e.g. EducationalInstitution=School"
-            )
-        name, word = item.split("=", 1)
-        mapping[name.strip()] = word
-    return mapping
-
-
-def parse_label_words(spec: str | None, label_names: list[str]) -> dict[str, str]:
-    """A word for every class: the spec's where it names one, else the class name split into
-    words. Unknown classes, empty words and shared words are errors: two classes with one word
-    would get one score, and a typo in a class name would silently keep the default."""
-    return resolve_label_words(_read_spec(spec) if spec else {}, label_names)
-
-
-def resolve_label_words(given: dict[str, str], label_names: list[str]) -> dict[str, str]:
-    """`given` completed with default words and checked (see `parse_label_words`)."""
-    unknown = [n for n in given if n not in label_names]
-    if unknown:
-        shown = ", ".join(label_names[:6]) + (" ..." if len(label_names) > 6 else "")
-        raise KdistillError(
-            f"--label-words: unknown class {unknown[0]!r}; the classes are: {shown}"
-        )
-    words = {
-        n: " ".join(given[n].split()) if n in given else default_label_word(n) for n in label_names
-    }
-    empty = [n for n, w in words.items() if not w]
-    if empty:
-        raise KdistillError(f"--label-words: class {empty[0]!r} has an empty word; give it one")
-    seen: dict[str, str] = {}
-    for name, word in words.items():
-        other = seen.setdefault(word.lower(), name)
-        if other != name:
-            raise KdistillError(
-                f"--label-words: {other!r} and {name!r} both have the word {word!r}; give each "
-                "class its own word"
-            )
-    return words
-
-
-def check_template(template: str | None) -> None:
-    """A template needs the {text} slot; {labels} (the comma-separated label words) is
-    optional. Slots are replaced literally, so other braces need no escaping."""
-    if template is not None and "{text}" not in template:
-        raise KdistillError(
-            "--prompt-template: it has no {text} slot; put {text} where the example goes, e.g. "
-            '"Text: {text}\\nCategory:"'
-        )
-
-
-def pick_few_shot(
-    texts: list[str], labels: list[int], label_names: list[str], k: int, seed: int
-) -> list[tuple[str, int]]:
-    """K (text, label) examples, stratified: round-robin over the classes in a seeded random
-    order, so K <= number of classes gives K different classes, and the prompt does not show
-    one class several times in a row."""
-    if k < 0:
-        raise KdistillError(f"--few-shot {k}: must be 0 or more")
-    if k == 0:
-        return []
-    if k > len(texts):
-        raise KdistillError(
-            f"--few-shot {k}: larger than the {len(texts)} training rows; use {len(texts)} or fewer"
-        )
-    rng = random.Random(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(y, []).append(i)
-    classes = sorted(by_class)
-    rng.shuffle(classes)
-    for c in classes:
-        rng.shuffle(by_class[c])
-    # Class at position j of the order gets ceil((k - j) / C) examples.
-    for j, c in enumerate(classes):
-        need = math.ceil((k - j) / len(classes)) if j < k else 0
-        if need > len(by_class[c]):
-            raise KdistillError(
-                f"--few-shot {k}: larger than a class: {k} examples need {need} of class "
-                f"{label_names[c]!r}, which has {len(by_class[c])} rows; use --few-shot "
-                f"{len(classes)} or fewer"
-            )
-    picked = [by_class[classes[j % len(classes)]][j // len(classes)] for j in range(k)]
-    return [(texts[i], labels[i]) for i in picked]
-
-
-def few_shot_record(teacher: Any, seed: int) -> dict[str, Any] | None:
-    """The few-shot examples a prompt teacher shows, whole (before the prompt cuts them), for
-    the run's config.json: compare and eval-teacher given the run show the same ones, rather
-    than picking their own from another train split. None for a teacher without any."""
-    settings = getattr(teacher, "prompt_settings", None)
-    if settings is None or not settings.few_shot:
-        return None
-    return {
-        "k": len(settings.few_shot),
-        "seed": seed,
-        "picked_from": "train after --max-train-samples",
-        "rows": [[text, teacher.label_names[y]] for text, y in settings.few_shot],
-    }
-
-
-def shots_from_record(
-    record: dict[str, Any], label_names: list[str], where: str
-) -> list[tuple[str, int]]:
-    """`few_shot_record`'s rows back as (text, label index) over `label_names`."""
-    index = {n: i for i, n in enumerate(label_names)}
-    shots = []
-    for text, name in record.get("rows") or []:
-        if name not in index:
-            raise KdistillError(
-                f"{where}: its few-shot example of class {name!r} is not a class of this data "
-                "set; pass the --dataset the run used"
-            )
-        shots.append((str(text), index[name]))
-    return shots
 
 
 # --------------------------------------------------------------------------- the teacher
@@ -257,7 +104,7 @@ class PromptTeacher:
         self.prompt_settings = settings
         self.content_free: tuple[str, ...] = CONTENT_FREE
         if tokenizer.pad_token is None:
-            # As models.load_tokenizer: decoder-only tokenizers ship without one.
+            # As data.model_files.load_tokenizer: decoder-only tokenizers ship without one.
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         words = resolve_label_words(settings.label_words, self.label_names)
         self.words = [words[n] for n in self.label_names]
@@ -518,99 +365,9 @@ class PromptTeacher:
     def _scores_aligned(
         self, ids: torch.Tensor, mask: torch.Tensor, prefix: PrefixCache | None
     ) -> torch.Tensor:
-        """`_scores` of left-aligned rows; with `prefix`, every row starts with its tokens and
-        only what follows them runs, over a copy of the prefix's keys and values."""
-        if prefix is None:
-            lengths = mask.sum(1)  # (B,)
-            # Positions count real tokens only, so a padded row sees what it would see alone.
-            positions = (mask.cumsum(1) - 1).clamp(min=0)
-            out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        else:
-            suffix = suffix_batch(ids, mask, len(prefix), self.tokenizer.pad_token_id or 0)
-            mask, lengths = suffix["attention_mask"], suffix["lengths"]  # mask: (B, P + S)
-            out = self.model(
-                input_ids=suffix["input_ids"],
-                attention_mask=mask,
-                position_ids=suffix["position_ids"],
-                cache=prefix.expanded(self.model, ids.shape[0]),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        device = ids.device
-        first = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
-        labels = [torch.tensor(r, device=device) for r in self.label_ids]
-        n_tokens = torch.tensor([len(r) for r in self.label_ids], device=device)  # (C,)
-        scores = first[:, torch.stack([r[0] for r in labels])]  # (B, C)
-        longest = int(n_tokens.max())
-        if longest > 1:
-            scores = scores + self._continuations(
-                out.cache, mask, lengths, labels, longest, vocab=first.shape[-1]
-            )
-        return scores / n_tokens
-
-    def _continuations(
-        self,
-        cache: Any,
-        mask: torch.Tensor,
-        lengths: torch.Tensor,
-        labels: list[torch.Tensor],
-        longest: int,
-        vocab: int,
-    ) -> torch.Tensor:
-        """(B, C) summed log-probabilities of label tokens 2..n: all words packed over one copy
-        of the prompt cache (`packed_continuations`), or, where the model's attention takes no
-        custom mask, one forward over the cache repeated per class (in chunks of classes that
-        fit `chunk_bytes`)."""
-        packed = packed_continuations(self.model, cache, mask, lengths, labels, self.chunk_bytes)
-        if packed is not None:
-            return packed
-        device = mask.device
-        batch, num_labels, steps = mask.shape[0], len(labels), longest - 1
+        """`_scores` of left-aligned rows (`prompt_scoring.score_aligned`)."""
         pad = self.tokenizer.pad_token_id or 0
-        # (C, longest) label tokens padded on the right; a row's inputs are its tokens but the
-        # last, its targets all tokens but the first.
-        tokens = torch.full((num_labels, longest), pad, dtype=torch.long, device=device)
-        real = torch.zeros((num_labels, longest), dtype=torch.long, device=device)
-        for c, r in enumerate(labels):
-            tokens[c, : len(r)] = r
-            real[c, : len(r)] = 1
-        inputs, targets, target_real = tokens[:, :-1], tokens[:, 1:], real[:, 1:]
-
-        cache_bytes = sum(
-            t.numel() * t.element_size() for kv in cache for t in kv[:2] if t is not None
-        )
-        per_row = cache_bytes / batch + 4 * steps * vocab * 2  # cache + logits + log-softmax
-        per_chunk = max(1, min(num_labels, int(self.chunk_bytes // (per_row * batch))))
-        result = torch.empty((batch, num_labels), device=device)
-        for start in range(0, num_labels, per_chunk):
-            cs = slice(start, min(start + per_chunk, num_labels))
-            k = cs.stop - cs.start
-            last = cs.stop == num_labels
-            # Row b * k + j is prompt b with class start + j; the last chunk may consume the cache.
-            rep = cache if last else copy.deepcopy(cache)
-            rep.batch_repeat_interleave(k)
-            out = self.model(
-                input_ids=inputs[cs].repeat(batch, 1),
-                attention_mask=torch.cat(
-                    [mask.repeat_interleave(k, 0), real[cs, :-1].repeat(batch, 1)], dim=1
-                ),
-                position_ids=(
-                    lengths[:, None] + torch.arange(steps, device=device)
-                ).repeat_interleave(k, 0),
-                cache=rep,
-                use_cache=True,
-            )
-            logp = out.logits.float().log_softmax(-1)  # (B * k, steps, V)
-            picked = logp.gather(-1, targets[cs].repeat(batch, 1)[..., None])[..., 0]
-            summed = (picked * target_real[cs].repeat(batch, 1)).sum(-1)
-            result[:, cs] = summed.view(batch, k)
-        return result
+        return score_aligned(self.model, ids, mask, prefix, self.label_ids, pad, self.chunk_bytes)
 
 
 # --------------------------------------------------------------------------- loading
@@ -628,8 +385,6 @@ def load_prompt_teacher(
     off): reuse the keys and values of the tokens all prompts share."""
     from transformers import AutoModelForCausalLM
 
-    from kdistill.students.load import _load_error, check_model_path, hf_kwargs, load_tokenizer
-
     flag = "--teacher-model"
     check_template(settings.template)
     name = check_model_path(name, flag)
@@ -638,7 +393,7 @@ def load_prompt_teacher(
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **hf_kwargs(weights=True), **extra)
     except Exception as e:
-        raise _load_error(flag, name, e) from e
+        raise load_error(flag, name, e) from e
     model.eval()
     model.requires_grad_(False)
     return PromptTeacher(model, tokenizer, label_names, name, settings, prefix_cache)

@@ -13,14 +13,11 @@ is loaded again from --teacher-model (its logits from the cache, or recomputed).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
-import shlex
 import shutil
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,36 +25,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.training.runs import PARTIAL_SUFFIX, atomic_write_json, process_alive
+from kdistill.files import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
-    from kdistill.config import DistillConfig
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 STATE_FORMAT = "kdistill-checkpoint/1"
-# Flags that do not change what a run computes, so a resume may pass other values.
-RESUME_FREE_FLAGS = frozenset(
-    {
-        "resume",
-        "resume_from",
-        "save_steps",
-        "output_dir",
-        "data_dir",
-        "report_to",
-        "device",
-        "teacher_cache",
-        "teacher_cache_dir",
-        "teacher_batch_size",
-        "eval_batch_size",
-        "prefix_cache",
-    }
-)
-
 
 # --------------------------------------------------------------------------- writing and reading
 
@@ -97,6 +76,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_state(checkpoint: Path) -> dict[str, Any] | None:
+    """A checkpoint's state.json, or None when it is missing or unreadable."""
     try:
         state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -113,129 +93,38 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict[str, Any
     return state
 
 
-def encode_generator(generator: torch.Generator) -> str:
-    return base64.b64encode(generator.get_state().numpy().tobytes()).decode("ascii")
+def weights_finite(model: torch.nn.Module, accelerator: Accelerator) -> bool:
+    """Whether every weight is a number, on every process (FSDP and ZeRO-3 hold shards)."""
+    bad = torch.tensor(
+        [float(not all(bool(torch.isfinite(p).all()) for p in model.parameters()))],
+        device=accelerator.device,
+    )
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    return bad.item() == 0
 
 
-def decode_generator(generator: torch.Generator, text: str) -> None:
-    raw = bytearray(base64.b64decode(text))
-    generator.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
-
-
-# --------------------------------------------------------------------------- what to resume
-
-
-def resume_dir(config: DistillConfig, run_name: str) -> Path | None:
-    """The `.partial` run directory to continue: --resume-from's (checked), or with --resume the
-    newest unfinished run of this configuration under --output-dir (None: start a new run)."""
-    if config.resume_from:
-        path = Path(config.resume_from)
-        if not path.is_dir() and path.with_name(path.name + PARTIAL_SUFFIX).is_dir():
-            path = path.with_name(path.name + PARTIAL_SUFFIX)  # the name without .partial
-        if not path.is_dir():
-            raise KdistillError(f"--resume-from {config.resume_from}: no such run directory")
-        if not path.name.endswith(PARTIAL_SUFFIX):
-            raise KdistillError(f"--resume-from {path}: this run is complete; nothing to resume")
-        check_resumable(path, config)
-        return path
-    if not config.resume:
-        return None
-    candidates = []
-    for path in Path(config.output_dir).glob(f"{run_name}_*{PARTIAL_SUFFIX}"):
-        try:
-            check_resumable(path, config)
-        except KdistillError as e:
-            logger.debug("not resuming %s: %s", path, e)
-            continue
-        candidates.append((path.stat().st_mtime, path))
-    if not candidates:
-        logger.info(
-            "--resume: no unfinished run of this configuration under %s; starting a new one",
-            config.output_dir,
-        )
-        return None
-    return max(candidates)[1]
-
-
-def check_resumable(run_dir: Path, config: DistillConfig) -> None:
-    """A run can be continued by this command: it has a checkpoint, no process is still
-    writing it, and it was started with the same flags (those in RESUME_FREE_FLAGS aside)."""
-    try:
-        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise KdistillError(f"--resume-from {run_dir}: cannot read its config.json ({e})") from e
-    if latest_checkpoint(run_dir) is None:
-        raise KdistillError(
-            f"--resume-from {run_dir}: it has no checkpoint (it stopped before "
-            "the first one); start a new run"
-        )
-    try:
-        history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        history = {}  # none yet (it stopped before the first epoch ended), or torn
-    if (
-        not history.get("failed")
-        and not history.get("stopped")
-        and process_alive(saved.get("process"))
-    ):
-        raise KdistillError(
-            f"--resume-from {run_dir}: process {saved['process']['pid']} is still running it"
-        )
-    ours = config.to_dict()
-    for key, value in ours.items():
-        if key in RESUME_FREE_FLAGS or key not in saved or saved[key] == value:
-            continue
-        flag = "--" + key.replace("_", "-")
-        raise KdistillError(
-            f"--resume-from {run_dir}: it was started with {flag} {saved[key]}, this command "
-            f"has {flag} {value}; resume with the flags it was started with, or start a new run"
-        )
-
-
-def check_same_run(
-    state: dict[str, Any], num_processes: int, data_digest: str, teacher_cache_key: str | None
+def save_model(
+    path: Path,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
 ) -> None:
-    """What the flags cannot show: the process count (each one's data shard and RNG), the
-    training data itself, and the teacher (its cache key covers weights, tokenizer, precision)."""
-    if state["num_processes"] != num_processes:
-        raise KdistillError(
-            f"the checkpoint was written by {state['num_processes']} processes and this run has "
-            f"{num_processes}; resume with the same number (accelerate launch --num_processes)"
-        )
-    if state["data_digest"] != data_digest:
-        raise KdistillError(
-            "the training data changed since the checkpoint was written (same "
-            "flags, other rows); start a new run"
-        )
-    saved_key = state.get("teacher_cache_key")
-    if saved_key and teacher_cache_key and saved_key != teacher_cache_key:
-        raise KdistillError(
-            "the teacher's logits differ from the checkpoint's (its weights, "
-            "tokenizer or precision changed); start a new run"
-        )
+    """save_pretrained (safetensors) + tokenizer into a temp folder, renamed over `path`.
 
+    Every process calls it: under FSDP and DeepSpeed each holds a shard, and gathering the whole
+    student takes them all."""
+    from accelerate.utils import DistributedType
 
-def resume_command(run_dir: Path, num_processes: int) -> str:
-    """This process's command line with --resume-from <run_dir> in place of any resume flag."""
-    argv, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if arg in ("--resume", "--no-resume") or arg.startswith("--resume-from="):
-            continue
-        if arg == "--resume-from":
-            skip = True
-            continue
-        argv.append(arg)
-    program = Path(sys.argv[0]).name
-    if program in ("__main__.py", "kdistill"):
-        head = ["kdistill"] if num_processes == 1 else ["accelerate", "launch", "-m", "kdistill"]
-    else:
-        head = [sys.argv[0]] if num_processes == 1 else ["accelerate", "launch", sys.argv[0]]
-    if num_processes > 1:
-        head[2:2] = ["--num_processes", str(num_processes)]
-    return shlex.join([*head, *argv, "--resume-from", str(run_dir)])
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    state_dict = accelerator.get_state_dict(model) if sharded else None
+    if not accelerator.is_main_process:
+        return
+    with atomic_dir(path) as tmp:
+        accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
+            tmp, state_dict=state_dict
+        )
+        tokenizer.save_pretrained(tmp)
 
 
 # --------------------------------------------------------------------------- stopping on a signal

@@ -7,20 +7,18 @@ file system is atomic). A run directory carries the `.partial` suffix until the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import socket
-import tempfile
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdistill.errors import KdistillError
+from kdistill.files import is_run_config
 
 if TYPE_CHECKING:
     from kdistill.config import RunsConfig
@@ -30,59 +28,13 @@ logger = logging.getLogger(__name__)
 PARTIAL_SUFFIX = ".partial"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the user's colleagues
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-@contextlib.contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder; on success it replaces `path`, on failure it is removed.
-
-    The old folder (if any) is renamed aside before the new one moves in and deleted only after,
-    so at every instant either the old or the new complete folder sits at `path`... except for the
-    instant between the two renames, when `path` is briefly absent but nothing is half-written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700, likewise
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def format_float(x: float) -> str:
     """3 -> '3.0', 0.70 -> '0.7': the seed's run names (T3.0_A0.7)."""
     return repr(float(x))
+
+
+def run_name(dataset: str, temperature: float, alpha: float) -> str:
+    return f"{dataset}_T{format_float(temperature)}_A{format_float(alpha)}"
 
 
 def new_run_dir(parent: Path, name: str, now: datetime | None = None) -> tuple[Path, Path]:
@@ -163,18 +115,6 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: {e}") from e
 
 
-def is_run_config(config: Any) -> bool:
-    """A distill run's config.json. Runs written before the "kind" key are told apart by the keys
-    only distill writes (a model's config.json has neither)."""
-    if not isinstance(config, dict):
-        return False
-    if "kind" in config:
-        return config["kind"] == "distill"
-    return {"teacher_model", "student_model"} <= config.keys() and isinstance(
-        config.get("resolved"), dict
-    )
-
-
 def process_alive(process: Any) -> bool:
     """Whether the process that wrote a run is still running here. Another host's process
     cannot be checked, so its unfinished run counts as crashed."""
@@ -199,6 +139,45 @@ def _number(x: Any) -> float | None:
 
 def _basename(model: Any) -> str | None:
     return Path(str(model).rstrip("/")).name if model else None
+
+
+def _config_cells(config: dict[str, Any]) -> dict[str, Any]:
+    """A `kdistill runs` row's cells that config.json holds."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    student = _basename(config.get("student_model"))
+    if student and config.get("student_layers"):
+        student += f" layers {config['student_layers']}"
+    elif student and config.get("student_num_layers"):
+        student += f" {config['student_num_layers']} layers"
+    return {
+        "dataset": data.get("name") or config.get("dataset"),
+        "teacher": _basename(config.get("teacher_model")),
+        "student": student,
+        "temperature": _number(config.get("temperature")),
+        "alpha": _number(config.get("alpha")),
+        "epochs_total": config.get("epochs"),
+        "started": config.get("started"),
+    }
+
+
+def _history_cells(history: dict[str, Any]) -> dict[str, Any]:
+    """A `kdistill runs` row's cells that history.json holds: the best epoch and progress."""
+    epochs = [e for e in history.get("epochs") or [] if isinstance(e, dict)]
+    scored = [e for e in epochs if _number(e.get("val_accuracy")) is not None]
+    # history.json records the best epoch; a crashed run's may predate that key.
+    best = history.get("best") if isinstance(history.get("best"), dict) else {}
+    if best.get("epoch") is None and scored:
+        top = max(scored, key=lambda e: e["val_accuracy"])
+        best = {"epoch": top.get("epoch"), "val_accuracy": top["val_accuracy"]}
+    at_best = next((e for e in epochs if e.get("epoch") == best.get("epoch")), {})
+    duration = history.get("total_time_s", epochs[-1].get("wall_time_s") if epochs else None)
+    return {
+        "best_val_accuracy": _number(best.get("val_accuracy")),
+        "best_epoch": best.get("epoch"),
+        "best_val_macro_f1": _number(at_best.get("val_macro_f1")),
+        "epochs_done": len(epochs),
+        "duration_s": _number(duration),
+    }
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -227,38 +206,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         config, history = _read_json(run_dir / "config.json"), _read_json(run_dir / "history.json")
         if not isinstance(config, dict) or not isinstance(history, dict | None):
             raise ValueError(f"{run_dir}: config.json or history.json is not a JSON object")
-        data = config.get("data") if isinstance(config.get("data"), dict) else {}
-        student = _basename(config.get("student_model"))
-        if student and config.get("student_layers"):
-            student += f" layers {config['student_layers']}"
-        elif student and config.get("student_num_layers"):
-            student += f" {config['student_num_layers']} layers"
-        row.update(
-            dataset=data.get("name") or config.get("dataset"),
-            teacher=_basename(config.get("teacher_model")),
-            student=student,
-            temperature=_number(config.get("temperature")),
-            alpha=_number(config.get("alpha")),
-            epochs_total=config.get("epochs"),
-            started=config.get("started"),
-        )
+        row.update(_config_cells(config))
         history = history or {}
-        epochs = [e for e in history.get("epochs") or [] if isinstance(e, dict)]
-        scored = [e for e in epochs if _number(e.get("val_accuracy")) is not None]
-        # history.json records the best epoch; a crashed run's may predate that key.
-        best = history.get("best") if isinstance(history.get("best"), dict) else {}
-        if best.get("epoch") is None and scored:
-            top = max(scored, key=lambda e: e["val_accuracy"])
-            best = {"epoch": top.get("epoch"), "val_accuracy": top["val_accuracy"]}
-        at_best = next((e for e in epochs if e.get("epoch") == best.get("epoch")), {})
-        duration = history.get("total_time_s", epochs[-1].get("wall_time_s") if epochs else None)
-        row.update(
-            best_val_accuracy=_number(best.get("val_accuracy")),
-            best_epoch=best.get("epoch"),
-            best_val_macro_f1=_number(at_best.get("val_macro_f1")),
-            epochs_done=len(epochs),
-            duration_s=_number(duration),
-        )
+        row.update(_history_cells(history))
     except (ValueError, AttributeError, TypeError) as e:
         logger.warning("listed as unreadable: %s", e)
         row["error"] = str(e)
