@@ -182,7 +182,8 @@ class Bench:
     def peer(self, teacher: str) -> dict:
         """TextBrewer's BasicDistiller on the job's rows: the same stratified training rows
         distill picks, the same test rows compare scores."""
-        from kdistill.data.prepare import load_prepared, subsample
+        from kdistill.data.prepare import load_prepared
+        from kdistill.data.sampling import subsample
 
         data = load_prepared(self.work / "data" / "all")
         names = data.label_names
