@@ -281,3 +281,15 @@ def test_the_best_mean_is_a_clear_lead_only_beyond_one_spread():
     clear = best_by_mean([point(2, 0.70, 0.02), point(3, 0.81, 0.01)])
     assert clear["clear_lead"] is True
     assert best_by_mean([point(2, None, None)]) is None
+
+
+def test_options_lockstep_cannot_carry_are_named_not_dropped():
+    """Lockstep builds its own optimiser: a head learning rate it would ignore sends the sweep
+    to runs in turn instead of silently training every point at the body's rate."""
+    from kdistill.config import SweepConfig
+    from kdistill.training.lockstep import unsupported_reason
+
+    base = dict(dataset="d", student_model="s", teacher_model="t", temperature="2,3")
+    assert unsupported_reason(SweepConfig(**base)) is None
+    scaled = SweepConfig(**base, head_learning_rate_scale=10.0)
+    assert unsupported_reason(scaled) == "--head-learning-rate-scale"
