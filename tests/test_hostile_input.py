@@ -348,10 +348,13 @@ def test_a_corrupt_prepared_data_set_is_refused(capsys, project):
 # --------------------------------------------------------------------------- flags
 
 FLAG_CASES = [
-    (["distill", "--temperature", "hot"], r"argument --temperature: invalid float value: 'hot'"),
+    (
+        ["distill", "--temperature", "hot"],
+        r"--temperature must be a number > 0 or auto \(got 'hot'\)",
+    ),
     (["distill", "--epochs", "three"], r"argument --epochs: invalid int value: 'three'"),
     (["distill", "--batch-size", "2.5"], r"argument --batch-size: invalid int value: '2.5'"),
-    (["distill", "--temperature", "0"], r"--temperature must be > 0 \(got 0.0\)"),
+    (["distill", "--temperature", "0"], r"--temperature must be > 0 or auto \(got 0.0\)"),
     (["distill", "--temperature", "-3"], r"--temperature must be > 0"),
     (["distill", "--temperature", "inf"], r"--temperature must be a finite number"),
     (["distill", "--alpha", "1.01"], r"--alpha must be in \[0, 1\]"),
