@@ -260,7 +260,7 @@ def no_label_recipe(config: DistillConfig, labeled_rows: int) -> tuple[DistillCo
     with another value wins). Returns the config and what changed ({field: (old, new)})."""
     if labeled_rows > 0 or config.no_label_recipe == "off" or not config.unlabeled_data:
         return config, {}
-    defaults = {f.name: f.default for f in fields(DistillConfig)}
+    defaults = {f.name: f.default for f in fields(config)}  # its own class's defaults
     changes = {
         name: (getattr(config, name), value)
         for name, value in NO_LABEL_RECIPE.items()
