@@ -311,6 +311,7 @@ def shared_config(
             "effective_batch_size": config.batch_size * accelerator.num_processes,
             "eval_batch_size": eval_bs,
             "teacher_dtype": t_dtype_name,
+            "intermediate": None,  # lockstep trains logit distillation only (unsupported_reason)
             "unlabeled_share": share,
         },
         "data": {
