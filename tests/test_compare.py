@@ -526,6 +526,8 @@ def gain_models():
         model("kd-same", "student", run(0.7)),
         model("kd-cut", "student", run(0.7, student_layers="0,5")),
         model("kd-longer", "student", run(0.7, epochs=10)),
+        # The baseline trained longer than this student: a stronger baseline, still fair.
+        model("kd-shorter", "student", run(0.7, epochs=1)),
         model("kd-more-rows", "student", run(0.7, data={"train_rows": 960})),
         model("kd-other-length", "student", run(0.7, max_length=64)),
         model("folder", "student", None),
@@ -540,6 +542,7 @@ def gain_models():
     preds = {m["name"]: right(0.8) for m in models}
     preds["kd"] = right(0.95)  # clearly better than the baseline
     preds["kd-same"] = preds["ce"].copy()  # exactly the baseline: a gain of 0, within noise
+    preds["kd-shorter"] = preds["ce"].copy()
     return models, preds, y
 
 
@@ -560,8 +563,9 @@ def test_gain_only_against_a_fair_cross_entropy_baseline():
         assert m["accuracy_ci"][0] <= m["accuracy"] <= m["accuracy_ci"][1]
     gain = distillation_gain(models, boot)
     assert gain["baseline"] == "ce" and gain["baseline_valid"] and gain["baseline_problems"] == []
-    kd, same = gain["students"]
-    assert (kd["student"], same["student"]) == ("kd", "kd-same")
+    kd, same, shorter = gain["students"]
+    assert (kd["student"], same["student"], shorter["student"]) == ("kd", "kd-same", "kd-shorter")
+    assert shorter["accuracy_points"] == 0
     ce = next(m for m in models if m["name"] == "ce")
     kd_model = next(m for m in models if m["name"] == "kd")
     assert kd["accuracy_points"] == pytest.approx((kd_model["accuracy"] - ce["accuracy"]) * 100)
@@ -573,7 +577,9 @@ def test_gain_only_against_a_fair_cross_entropy_baseline():
     why = {n["student"]: n["differences"] for n in gain["not_comparable"]}
     assert list(why) == ["kd-cut", "kd-longer", "kd-more-rows", "kd-other-length", "folder"]
     assert why["kd-cut"] == ["student_layers 0,5 vs the baseline's None"]
-    assert why["kd-longer"] == ["epochs 10 vs the baseline's 3"]
+    assert why["kd-longer"] == [
+        "epochs 10 vs the baseline's 3 (a baseline needs at least as many)"
+    ]
     assert why["kd-more-rows"] == ["labelled rows 960 vs the baseline's 96"]
     assert why["kd-other-length"] == ["max length 64 vs the baseline's 128"]
     assert "no distill config.json" in why["folder"][0]
@@ -619,7 +625,7 @@ def test_a_baseline_that_saw_the_teacher_gives_no_gain(tmp_path, change, problem
     gain = distillation_gain(models, boot)
     assert not gain["baseline_valid"] and problem in gain["baseline_problems"][0]
     assert gain["students"] == []
-    assert len(gain["not_comparable"]) == 7
+    assert len(gain["not_comparable"]) == 8
     assert all(problem in n["differences"][0] for n in gain["not_comparable"])
     results = {
         "models": models,
