@@ -118,11 +118,11 @@ def distillation_gain(
     """Each student's accuracy and macro-F1 minus the baseline's, in percentage points, with a
     paired bootstrap interval (`boot`: add_intervals' resampled scores).
 
-    Only a fair baseline counts: cross-entropy only (alpha 0, no teacher on any row) and the
-    same student architecture, data set, labelled rows and max length as the student, trained for
-    at least as many epochs. Anything else would fold that difference into the "gain" (more epochs, another student, a
-    baseline that saw the teacher), so such a student gets no gain, and the differences are
-    listed instead."""
+    Only a fair baseline counts: cross-entropy only (alpha 0, no teacher on any row), the same
+    student architecture, data set, labelled rows and max length as the student, and at least
+    as many epochs. Anything else would fold that difference into the "gain" (more epochs,
+    another student, a baseline that saw the teacher), so such a student gets no gain, and the
+    differences are listed instead."""
     baseline = next((m for m in models if m["role"] == "baseline"), None)
     if baseline is None:
         return None
