@@ -577,9 +577,7 @@ def test_gain_only_against_a_fair_cross_entropy_baseline():
     why = {n["student"]: n["differences"] for n in gain["not_comparable"]}
     assert list(why) == ["kd-cut", "kd-longer", "kd-more-rows", "kd-other-length", "folder"]
     assert why["kd-cut"] == ["student_layers 0,5 vs the baseline's None"]
-    assert why["kd-longer"] == [
-        "epochs 10 vs the baseline's 3 (a baseline needs at least as many)"
-    ]
+    assert why["kd-longer"] == ["epochs 10 vs the baseline's 3 (a baseline needs at least as many)"]
     assert why["kd-more-rows"] == ["labelled rows 960 vs the baseline's 96"]
     assert why["kd-other-length"] == ["max length 64 vs the baseline's 128"]
     assert "no distill config.json" in why["folder"][0]
