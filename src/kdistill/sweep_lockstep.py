@@ -40,7 +40,7 @@ from kdistill.training.lockstep_cohort import (
     open_cohort,
     start_run,
 )
-from kdistill.training.loop import MAX_GRAD_NORM, make_scheduler
+from kdistill.training.loop import MAX_GRAD_NORM, EpochProgress, epoch_means, make_scheduler
 from kdistill.training.records import (
     failure_recorded,
     save_training_curves,
@@ -207,7 +207,10 @@ def train_one_epoch(
         optimizer.zero_grad()
         add_sums(cohorts, parts, table, sums, counts)
     elapsed = time.perf_counter() - start
-    return [epoch_means(s, c[0], c[1], elapsed) for s, c in zip(sums, counts, strict=True)]
+    return [
+        epoch_means(EpochProgress(sums=s, counts={"labeled": c[0], "unlabeled": c[1]}), elapsed)
+        for s, c in zip(sums, counts, strict=True)
+    ]
 
 
 def add_sums(
@@ -278,29 +281,6 @@ def fail_point(point: Point) -> None:
     )
     point.history["failed"] = f"KdistillError: {point.error}"
     atomic_write_json(point.partial_dir / "history.json", point.history)
-
-
-def epoch_means(
-    sums: dict[str, float], labeled: int, unlabeled: int, elapsed: float
-) -> dict[str, Any]:
-    """distill.train_one_epoch's return value; the time is the group's, shared by its points."""
-    rows = labeled + unlabeled
-
-    def mean(key: str, n: int) -> float | None:
-        return sums[key] / n if n else None
-
-    return {
-        "train_loss": mean("loss", rows),
-        "train_kl": mean("kl", rows),
-        "train_ce": mean("ce", labeled),
-        "train_loss_labeled": mean("labeled_loss", labeled),
-        "train_loss_unlabeled": mean("unlabeled_loss", unlabeled),
-        "train_samples": rows,
-        "train_labeled_samples": labeled,
-        "train_unlabeled_samples": unlabeled,
-        "samples_per_second": rows / max(elapsed, 1e-9),
-        "epoch_time_s": elapsed,
-    }
 
 
 def evaluate_points(

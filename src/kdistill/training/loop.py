@@ -324,11 +324,11 @@ def epoch_means(
     def mean(key: str, n: int) -> float | None:
         return totals.sums[key] / n if n else None
 
-    parts = {"train_hidden": mean("hidden", rows), "train_relation": mean("relation", rows)}
+    parts = ("hidden", "relation") if intermediate else ()
     return {
         "train_loss": mean("loss", rows),
         "train_kl": mean("kl", rows),
-        **(parts if intermediate else {}),
+        **{f"train_{key}": mean(key, rows) for key in parts},
         "train_ce": mean("ce", labeled),
         "train_loss_labeled": mean("labeled_loss", labeled),
         "train_loss_unlabeled": mean("unlabeled_loss", unlabeled),
