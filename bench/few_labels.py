@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teachers import BERT_TINY, DATA_CSV, minilm_path, smollm2_gguf  # noqa: E402
+from teachers import BERT_TINY, minilm_path, prepare_data, smollm2_gguf  # noqa: E402
 from teachers import kd_run as kd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,26 +49,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     work = Path(args.work)
-    data_dir = str(work / "data")
-    splits = ["--test-split", "0.2", "--validation-split", "0.05", "--data-dir", data_dir]
-    for name, fraction in (("few", args.labeled_fraction), ("nolabels", 0.0)):
-        if not (work / "data" / name / "dataset_info.json").is_file():
-            kd(
-                "prepare-data",
-                "--dataset",
-                str(DATA_CSV),
-                "--name",
-                name,
-                *splits,
-                "--labeled-fraction",
-                str(fraction),
-                work=work,
-            )
+    splits = ["--test-split", "0.2", "--validation-split", "0.05"]
+    data, nolabels = (
+        prepare_data(work, name, *splits, "--labeled-fraction", str(fraction))
+        for name, fraction in (("few", args.labeled_fraction), ("nolabels", 0.0))
+    )
     info = json.loads((work / "data" / "few" / "dataset_info.json").read_text())
     rows = {s: info["splits"][s]["rows"] for s in info["splits"]}
     print(f"data: {rows}", flush=True)
     unlabeled = str(work / "data" / "few" / "unlabeled.parquet")
-    data = ["--dataset", "few", "--data-dir", data_dir]
 
     times: dict[str, float] = {}
     teacher = work / "models" / "minilm-few"
@@ -138,10 +127,7 @@ def main() -> None:
     smol = smollm2_gguf()
     times["c-cut"], runs["c-cut"] = kd(
         "distill",
-        "--dataset",
-        "nolabels",
-        "--data-dir",
-        data_dir,
+        *nolabels,
         "--teacher-model",
         smol,
         *students["cut"],
@@ -181,10 +167,7 @@ def main() -> None:
         "eval-teacher",
         "--teacher-model",
         smol,
-        "--dataset",
-        "nolabels",
-        "--data-dir",
-        data_dir,
+        *nolabels,
         "--split",
         "test",
         "--max-samples",

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teachers import BERT_TINY, DATA_CSV, minilm_path  # noqa: E402
+from teachers import BERT_TINY, minilm_path, prepare_data  # noqa: E402
 from teachers import kd_run as kd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,20 +98,7 @@ class Bench:
 
     def prepare(self) -> None:
         for name, fraction in (("all", "1"), ("few", "0.1")):
-            if not (self.work / "data" / name / "dataset_info.json").is_file():
-                kd(
-                    "prepare-data",
-                    "--dataset",
-                    str(DATA_CSV),
-                    "--name",
-                    name,
-                    *SPLITS,
-                    "--labeled-fraction",
-                    fraction,
-                    "--data-dir",
-                    str(self.work / "data"),
-                    work=self.work,
-                )
+            prepare_data(self.work, name, *SPLITS, "--labeled-fraction", fraction)
 
     def teacher(self, name: str) -> str:
         """MiniLM fine-tuned on the training rows of `name` (all: 1 epoch as bench/teachers.py;

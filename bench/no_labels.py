@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from teachers import DATA_CSV, minilm_path, smollm2_gguf  # noqa: E402
 from teachers import kd_run as kd  # noqa: E402
+from teachers import minilm_path, prepare_data, smollm2_gguf  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # kdistill's default prompt, spelt out as the ensemble's first member: the same settings, so
@@ -57,23 +57,12 @@ NO_LABEL_FLAGS = ["--temperature", "1", "--epochs", "10", "--lr-scheduler", "con
 
 def prepare(work: Path) -> dict[str, list[str]]:
     """Two preparations of the same splits: no labelled rows, and one labelled row per class."""
-    data_dir = str(work / "data")
-    splits = ["--test-split", "0.2", "--validation-split", "0.05", "--data-dir", data_dir]
+    splits = ["--test-split", "0.2", "--validation-split", "0.05"]
     # 14 of the 3,800 training rows, stratified: one per class.
-    for name, fraction in (("nolabels", "0"), ("oneshot", str(14 / 3800))):
-        if not (work / "data" / name / "dataset_info.json").is_file():
-            kd(
-                "prepare-data",
-                "--dataset",
-                str(DATA_CSV),
-                "--name",
-                name,
-                *splits,
-                "--labeled-fraction",
-                fraction,
-                work=work,
-            )
-    return {name: ["--dataset", name, "--data-dir", data_dir] for name in ("nolabels", "oneshot")}
+    return {
+        name: prepare_data(work, name, *splits, "--labeled-fraction", fraction)
+        for name, fraction in (("nolabels", "0"), ("oneshot", str(14 / 3800)))
+    }
 
 
 def eval_teacher(work: Path, data: list[str], out: Path, *flags: str) -> tuple[dict, float]:

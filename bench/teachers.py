@@ -69,22 +69,27 @@ def kd(*argv: str, work: Path) -> float:
     return kd_run(*argv, work=work)[0]
 
 
-def prepare(work: Path) -> list[str]:
-    data = ["--dataset", "dbpedia", "--data-dir", str(work / "data")]
-    if not (work / "data" / "dbpedia" / "dataset_info.json").is_file():
+def prepare_data(work: Path, name: str, *flags: str) -> list[str]:
+    """prepare-data of the DBpedia sample into <work>/data/<name>/ with `flags` (splits,
+    --labeled-fraction), once: a rerun reuses it. Returns the flags that point a command at it."""
+    data_dir = str(work / "data")
+    if not (work / "data" / name / "dataset_info.json").is_file():
         kd(
             "prepare-data",
             "--dataset",
             str(DATA_CSV),
             "--name",
-            "dbpedia",
+            name,
             "--data-dir",
-            str(work / "data"),
-            "--validation-split",
-            "0.2",
+            data_dir,
+            *flags,
             work=work,
         )
-    return data
+    return ["--dataset", name, "--data-dir", data_dir]
+
+
+def prepare(work: Path) -> list[str]:
+    return prepare_data(work, "dbpedia", "--validation-split", "0.2")
 
 
 def finetune_minilm(work: Path, data: list[str]) -> dict:

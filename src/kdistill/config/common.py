@@ -4,7 +4,7 @@ the range checks, and the options for loading models and teachers."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from kdistill.errors import KdistillError
@@ -127,6 +127,61 @@ def _check_training(c: DistillConfig | FinetuneConfig) -> None:
         f"--gradient-accumulation-steps must be >= 1 (got {c.gradient_accumulation_steps})",
     )
     _check_validation_split(c.validation_split)
+
+
+@dataclass
+class ConfigBase:
+    """What every command's config does with itself: config.json and reports store it whole."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DeviceOptions:
+    """Where a command that runs a model runs it, and in what precision."""
+
+    device: str = _opt(
+        "auto", "auto picks cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
+    )
+    mixed_precision: str = _opt(
+        "auto",
+        "auto: bf16 where the device supports it (CUDA, recent CPUs), fp16 on older GPUs, else no.",
+        choices=["auto", "no", "fp16", "bf16"],
+    )
+
+
+@dataclass
+class DataOptions:
+    """Where prepared data sets live, and how to read one that is not prepared yet (the same
+    columns and validation share as prepare-data, split in memory)."""
+
+    data_dir: str = _opt("data", "Where prepared data sets live (see prepare-data).")
+    text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
+    label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
+    validation_split: float = _opt(
+        0.2, "Validation share when --dataset is not prepared yet and has no validation split."
+    )
+
+
+@dataclass
+class TrainingOptions:
+    """The flags both training commands (distill, finetune-teacher) share with the same
+    meaning and default; epochs, batch size and learning rate differ by command and stay
+    with it."""
+
+    max_train_samples: int | None = _opt(
+        None, "Stratified subsample of train (keeps class proportions)."
+    )
+    max_val_samples: int | None = _opt(
+        None, "Stratified subsample of validation (keeps class proportions)."
+    )
+    weight_decay: float = _opt(0.01, "AdamW weight decay.")
+    warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
+    gradient_accumulation_steps: int = _opt(
+        1, "Micro-batches per optimiser step (effective batch = batch-size x this x processes)."
+    )
+    eval_batch_size: int | None = _opt(None, "Batch size for evaluation (default: 4x batch-size).")
 
 
 @dataclass

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from kdistill.config.common import (
     HUB_PUBLIC_HELP,
     PUSH_HELP,
+    ConfigBase,
+    DataOptions,
+    DeviceOptions,
     TeacherOptions,
+    TrainingOptions,
     _check,
     _check_finite,
     _check_push_to_hub,
@@ -20,7 +23,7 @@ from kdistill.errors import KdistillError
 
 
 @dataclass
-class DistillConfig(TeacherOptions):
+class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions, ConfigBase):
     """Train a student from a frozen teacher: loss = alpha * T^2 * KL + (1 - alpha) * CE
     + hidden_weight * L_hidden + attention_weight * L_rel (the last two with --hidden-loss and
     --attention-loss)."""
@@ -94,12 +97,6 @@ class DistillConfig(TeacherOptions):
         choices=["none", "relation"],
     )
     attention_weight: float = _opt(1.0, "Weight of the --attention-loss term, >= 0.")
-    max_train_samples: int | None = _opt(
-        None, "Stratified subsample of train (keeps class proportions)."
-    )
-    max_val_samples: int | None = _opt(
-        None, "Stratified subsample of validation (keeps class proportions)."
-    )
     unlabeled_data: str | None = _opt(
         None,
         "Text without labels for the student to learn from the teacher alone (a transfer set): "
@@ -121,8 +118,6 @@ class DistillConfig(TeacherOptions):
         "per epoch, spread evenly over the batches.",
     )
     learning_rate: float = _opt(5e-5, "Peak learning rate of AdamW (warm-up, then --lr-scheduler).")
-    weight_decay: float = _opt(0.01, "AdamW weight decay.")
-    warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
     lr_scheduler: str = _lr_scheduler_opt(
         "constant_with_warmup",
         " Distillation's default holds the peak after the warm-up: on short runs a decay to 0 "
@@ -138,30 +133,12 @@ class DistillConfig(TeacherOptions):
         "outputs/student_soft_distill",
         "Parent folder of run directories {dataset}_T{T}_A{alpha}_{YYYYMMDD_HHMMSS}/.",
     )
-    gradient_accumulation_steps: int = _opt(
-        1, "Micro-batches per optimiser step (effective batch = batch-size x this x processes)."
-    )
     gradient_checkpointing: str = _opt(
         "auto",
         "Recompute activations to save memory: auto turns it on for students over 100M "
         "parameters, where activation memory matters, and off for small ones where it only costs "
         "time.",
         choices=["auto", "on", "off"],
-    )
-    mixed_precision: str = _opt(
-        "auto",
-        "auto: bf16 where the device supports it (CUDA, recent CPUs), fp16 on older GPUs, else no.",
-        choices=["auto", "no", "fp16", "bf16"],
-    )
-    device: str = _opt(
-        "auto", "auto picks cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
-    )
-    eval_batch_size: int | None = _opt(None, "Batch size for evaluation (default: 4x batch-size).")
-    data_dir: str = _opt("data", "Where prepared data sets live (see prepare-data).")
-    text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
-    label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
-    validation_split: float = _opt(
-        0.2, "Validation share when --dataset is not prepared yet and has no validation split."
     )
     teacher_cache: str = _opt(
         "auto",
@@ -345,6 +322,3 @@ class DistillConfig(TeacherOptions):
         _check(bool(seeds), f"--seeds must be comma-separated integers (got {self.seeds!r})")
         _check(len(set(seeds)) == len(seeds), f"--seeds lists a seed twice (got {self.seeds!r})")
         return seeds
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from kdistill.config.common import (
+    ConfigBase,
+    DataOptions,
+    DeviceOptions,
     TeacherOptions,
     _check,
     _check_finite,
@@ -16,7 +18,7 @@ from kdistill.config.common import (
 
 
 @dataclass
-class EvalTeacherConfig(TeacherOptions):
+class EvalTeacherConfig(TeacherOptions, DataOptions, DeviceOptions, ConfigBase):
     """Measure a teacher before distilling from it: accuracy, macro-F1, per-class accuracy and
     calibration (ECE) on a split, in any --teacher-mode."""
 
@@ -52,18 +54,6 @@ class EvalTeacherConfig(TeacherOptions):
         None, "Folder of the disk cache (default: $KDISTILL_CACHE or ~/.cache/kdistill)."
     )
     seed: int = _opt(42, "Seed for subsampling and few-shot examples.")
-    device: str = _opt(
-        "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
-    )
-    mixed_precision: str = _opt(
-        "auto",
-        "auto: bf16 where supported, fp16 on older GPUs, else no.",
-        choices=["auto", "no", "fp16", "bf16"],
-    )
-    data_dir: str = _opt("data", "Where prepared data sets live.")
-    text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
-    label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
-    validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
 
     def __post_init__(self) -> None:
         _check_finite(self)
@@ -87,12 +77,9 @@ class EvalTeacherConfig(TeacherOptions):
         )
         return values
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
-class CompareConfig(TeacherOptions):
+class CompareConfig(TeacherOptions, DataOptions, DeviceOptions, ConfigBase):
     """Compare a teacher and its students on a held-out split: accuracy, macro-F1, per-class
     scores, confusion, calibration, agreement with the teacher, size and speed. Writes
     comparison_results.json, teacher_student_comparison.png and report.html."""
@@ -141,18 +128,6 @@ class CompareConfig(TeacherOptions):
         "Parent folder: each comparison gets <dataset>_<split>_<YYYYMMDD_HHMMSS>/.",
     )
     seed: int = _opt(42, "Seed for subsampling.")
-    device: str = _opt(
-        "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
-    )
-    mixed_precision: str = _opt(
-        "auto",
-        "auto: bf16 where supported, fp16 on older GPUs, else no.",
-        choices=["auto", "no", "fp16", "bf16"],
-    )
-    data_dir: str = _opt("data", "Where prepared data sets live.")
-    text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
-    label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
-    validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
 
     def __post_init__(self) -> None:
         _check_finite(self)
@@ -181,9 +156,6 @@ class CompareConfig(TeacherOptions):
         paths = [self.student_model] if self.student_model else []
         paths += [s.strip() for s in (self.students or "").split(",") if s.strip()]
         return list(dict.fromkeys(paths))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

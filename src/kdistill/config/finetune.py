@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from kdistill.config.common import (
     HUB_PUBLIC_HELP,
     PUSH_HELP,
+    ConfigBase,
+    DataOptions,
+    DeviceOptions,
     LoadOptions,
+    TrainingOptions,
     _check,
     _check_folder_name,
     _check_push_to_hub,
@@ -19,7 +22,7 @@ from kdistill.config.common import (
 
 
 @dataclass
-class FinetuneConfig(LoadOptions):
+class FinetuneConfig(LoadOptions, TrainingOptions, DataOptions, DeviceOptions, ConfigBase):
     """Fine-tune a checkpoint as a sequence classifier on a data set, to serve as a teacher."""
 
     model: str = _opt(
@@ -31,14 +34,10 @@ class FinetuneConfig(LoadOptions):
     epochs: int = _opt(1, "Training epochs.")
     batch_size: int = _opt(16, "Examples per step per device.")
     max_length: int = _opt(128, "Maximum tokens per text.")
-    max_train_samples: int | None = _opt(None, "Stratified subsample of train.")
-    max_val_samples: int | None = _opt(None, "Stratified subsample of validation.")
     learning_rate: float | None = _opt(
         None,
         "Peak AdamW learning rate, warm-up then --lr-scheduler (default: 5e-5 full, 5e-4 LoRA).",
     )
-    weight_decay: float = _opt(0.01, "AdamW weight decay.")
-    warmup_ratio: float = _opt(0.1, "Share of optimisation steps spent warming up, in [0, 1).")
     lr_scheduler: str = _lr_scheduler_opt()
     seed: int = _opt(42, "Seed for sampling, shuffling and the new head.")
     method: str = _opt(
@@ -55,23 +54,9 @@ class FinetuneConfig(LoadOptions):
         "Comma-separated module names that get adapters (default: q_proj,k_proj,v_proj,o_proj "
         "for Qwen2/Llama, query,key,value for BERT-family).",
     )
-    gradient_accumulation_steps: int = _opt(1, "Micro-batches per optimiser step.")
     gradient_checkpointing: str = _opt(
         "auto", "auto: on for models over 100M parameters.", choices=["auto", "on", "off"]
     )
-    mixed_precision: str = _opt(
-        "auto",
-        "auto: bf16 where supported, fp16 on older GPUs, else no.",
-        choices=["auto", "no", "fp16", "bf16"],
-    )
-    device: str = _opt(
-        "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
-    )
-    eval_batch_size: int | None = _opt(None, "Batch size for evaluation (default: 4x batch-size).")
-    data_dir: str = _opt("data", "Where prepared data sets live.")
-    text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
-    label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
-    validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
     push_to_hub: str | None = _opt(None, PUSH_HELP)
     hub_public: bool = _opt(False, HUB_PUBLIC_HELP)
 
@@ -89,6 +74,3 @@ class FinetuneConfig(LoadOptions):
             0.0 <= self.lora_dropout < 1.0,
             f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})",
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from kdistill.config.common import (
     HUB_PUBLIC_HELP,
     PUSH_HELP,
+    ConfigBase,
+    DataOptions,
     _check,
     _check_push_to_hub,
     _check_validation_split,
@@ -16,7 +17,7 @@ from kdistill.config.common import (
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(ConfigBase):
     """Label new text with a trained classifier: a student or teacher folder, a distill run
     directory (its best_model/), or an exported ONNX folder or .onnx file. One JSON line per
     row: the label, its probability and the class probabilities."""
@@ -60,12 +61,9 @@ class PredictConfig:
         _check(self.max_length >= 2, f"--max-length must be >= 2 (got {self.max_length})")
         _check(bool(self.text_column.strip()), "--text-column must name a column")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
-class ExportConfig:
+class ExportConfig(DataOptions, ConfigBase):
     """Export a classifier to ONNX (and optionally a dynamic-int8 copy), check that the exported
     model predicts what the torch model does on real rows, and time each: export_report.json."""
 
@@ -105,10 +103,6 @@ class ExportConfig:
         "one per core); 1 gives steadier numbers on a CPU shared with other work.",
     )
     seed: int = _opt(42, "Seed for subsampling.")
-    data_dir: str = _opt("data", "Where prepared data sets live.")
-    text_column: str | None = _opt(None, "Text column when --dataset is not prepared yet.")
-    label_column: str | None = _opt(None, "Label column when --dataset is not prepared yet.")
-    validation_split: float = _opt(0.2, "Validation share when --dataset has no validation split.")
     push_to_hub: str | None = _opt(None, PUSH_HELP + " export pushes the ONNX folder.")
     hub_public: bool = _opt(False, HUB_PUBLIC_HELP)
 
@@ -133,6 +127,3 @@ class ExportConfig:
         )
         _check_validation_split(self.validation_split)
         _check_push_to_hub(self.push_to_hub)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
