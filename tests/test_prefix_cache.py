@@ -161,6 +161,38 @@ def test_cached_prefix_equals_one_sequence_per_class(models, padding_side):
     torch.testing.assert_close(got, direct_batch(teacher, TEXTS), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_a_long_prefix_cuts_the_batch_without_changing_the_logits(
+    models, monkeypatch, padding_side
+):
+    """Each forward over the cache holds a copy of the prefix per row: rows x prefix tokens is
+    capped (PREFIX_COPY_TOKENS), so a batch is scored in slices, with the same logits."""
+    from kdistill.teachers import prefix_cache
+
+    kw = dict(label_words=MIXED, few_shot=SHOTS, padding_side=padding_side)
+    whole, sliced = make(models["qwen2"], **kw), make(models["qwen2"], **kw)
+    texts = TEXTS + [t.upper() for t in TEXTS]  # 8 rows
+    batch = batch_of(whole, texts)
+    expected = whole._scores(batch["teacher_input_ids"], batch["teacher_attention_mask"])
+    shared = len(whole._prefix)
+    monkeypatch.setattr(prefix_cache, "PREFIX_COPY_TOKENS", 3 * shared)  # 3 rows a forward
+
+    rows: list[int] = []
+    handle = sliced.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        got = sliced._scores(batch["teacher_input_ids"], batch["teacher_attention_mask"])
+    finally:
+        handle.remove()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert expected.std() > 0.5
+    # The prefix's own pass (1 row), then the 8 rows in slices of 3, 3 and 2 (each slice's
+    # prompt forward and its label-word forwards).
+    assert max(rows) == 3 and rows.count(2) >= 1, rows
+    assert sliced._prefix.rows_per_forward() == 3
+
+
 def test_rows_that_miss_the_prefix_are_scored_without_it(models, caplog):
     """A row whose tokens do not start with the prefix's (a BPE merge across the boundary) is
     scored the plain way, the rest of its batch with the cache, with one log line."""
