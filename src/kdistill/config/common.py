@@ -256,7 +256,10 @@ class TeacherOptions(LoadOptions):
         choices=["auto", "off"],
     )
     teacher_batch_size: int = _opt(
-        64, "Batch size of teacher inference (no gradients, so larger than the student's)."
+        64,
+        "Batch size of teacher inference (no gradients, so larger than the student's). A prompt "
+        "teacher with a long shared prefix runs fewer rows a forward: rows x prefix tokens <= "
+        "16,384, as each row holds a copy of the prefix's keys and values.",
     )
     teacher_dtype: str = _opt(
         "auto",

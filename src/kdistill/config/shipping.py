@@ -9,6 +9,7 @@ from kdistill.config.common import (
     PUSH_HELP,
     ConfigBase,
     DataOptions,
+    DeviceOptions,
     _check,
     _check_push_to_hub,
     _check_validation_split,
@@ -17,13 +18,15 @@ from kdistill.config.common import (
 
 
 @dataclass
-class PredictConfig(ConfigBase):
+class PredictConfig(DeviceOptions, ConfigBase):
     """Label new text with a trained classifier: a student or teacher folder, a distill run
     directory (its best_model/), or an exported ONNX folder or .onnx file. One JSON line per
     row: the label, its probability and the class probabilities."""
 
     model: str | None = _opt(
-        None, "Model folder, distill run directory, ONNX export folder or .onnx file."
+        None,
+        "Model folder, distill run directory, ONNX export folder or .onnx file (ONNX runs in "
+        "fp32 on the CPU, whatever --device and --mixed-precision say).",
     )
     text: str | None = _opt(None, "One text to label (prints its prediction).")
     input: str | None = _opt(
@@ -40,14 +43,6 @@ class PredictConfig(ConfigBase):
     top_k: int | None = _opt(None, "Keep only the K most probable classes per row (default: all).")
     max_length: int = _opt(
         128, "Maximum tokens per text; use the --max-length the model was trained with."
-    )
-    device: str = _opt(
-        "auto", "auto: cuda, then mps, then cpu.", choices=["auto", "cuda", "mps", "cpu"]
-    )
-    mixed_precision: str = _opt(
-        "auto",
-        "auto: bf16 where supported, fp16 on older GPUs, else no (ONNX: always fp32).",
-        choices=["auto", "no", "fp16", "bf16"],
     )
 
     def __post_init__(self) -> None:
