@@ -312,14 +312,6 @@ class PromptTeacher:
 
     def _scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(batch, num_labels) mean log-probability of each label word after each prompt."""
-        prefix = self._shared_prefix()
-        rows = prefix.rows_per_forward() if prefix is not None else input_ids.shape[0]
-        if input_ids.shape[0] > rows:  # a long shared prefix: its copies bound the batch
-            parts = [
-                self._scores(input_ids[i : i + rows], attention_mask[i : i + rows])
-                for i in range(0, input_ids.shape[0], rows)
-            ]
-            return torch.cat(parts)
         device = self.device
         mask = attention_mask.to(device)
         # Left-align every batch (a stable sort puts the pad positions first, real tokens keep
@@ -327,6 +319,7 @@ class PromptTeacher:
         order = torch.argsort(mask, dim=1, stable=True)
         ids = input_ids.to(device).gather(1, order)
         mask = mask.gather(1, order)
+        prefix = self._shared_prefix()
         hits = prefix.match(ids, mask) if prefix is not None else torch.zeros_like(mask[:, 0])
         if bool(hits.all()):
             return self._scores_aligned(ids, mask, prefix)

@@ -33,7 +33,13 @@ def score_aligned(
 ) -> torch.Tensor:
     """(B, C) mean log-probability of each label word after each left-aligned row; with
     `prefix`, every row starts with its tokens and only what follows them runs, over a copy of
-    the prefix's keys and values."""
+    the prefix's keys and values: one per row, so a long prefix cuts the batch into slices of
+    `prefix.rows_per_forward()` rows."""
+    if prefix is not None and ids.shape[0] > (rows := prefix.rows_per_forward()):
+        slices = zip(ids.split(rows), mask.split(rows), strict=True)
+        return torch.cat(
+            [score_aligned(model, i, m, prefix, label_ids, pad, chunk_bytes) for i, m in slices]
+        )
     if prefix is None:
         lengths = mask.sum(1)  # (B,)
         # Positions count real tokens only, so a padded row sees what it would see alone.
