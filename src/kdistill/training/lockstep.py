@@ -187,10 +187,14 @@ class StackedStudents:
         self.base.set_input_embeddings(self.lookup)
 
     def train(self, mode: bool = True) -> None:
-        self.base.train(mode)
+        # The flag by hand, not `self.base.train(mode)`: from transformers 5.25, a model's
+        # train() also re-kernelizes it (hub kernels, when the `kernels` package is present),
+        # which fails on the meta-device shell and has nothing to do there.
+        for module in self.base.modules():
+            module.training = mode
 
     def eval(self) -> None:
-        self.base.train(False)
+        self.train(False)
 
     def parameters(self) -> dict[str, torch.Tensor]:
         return self.params
