@@ -79,7 +79,7 @@ def results_numbers(name: str, doc: str, line: int, problems: list[Problem]) -> 
     first = text.splitlines()[0] if text else ""
     if not first.startswith("#"):
         problems.append(
-            Problem(where, f"{name} does not begin with a '#' line naming the command that wrote it")
+            Problem(where, f"{name} does not begin with a '#' line naming the command that made it")
         )
     return set(numbers(text))
 
@@ -172,8 +172,7 @@ def check_file(path: Path) -> list[Problem]:
                 problems.append(
                     Problem(
                         f"{doc}:{start + k + 1}",
-                        f"{n} is in no line of {', '.join(files)}: "
-                        f"{table[k].strip()[:100]}",
+                        f"{n} is in no line of {', '.join(files)}: {table[k].strip()[:100]}",
                     )
                 )
     documented = set()
