@@ -390,6 +390,17 @@ def test_file_digests_are_of_content_and_remembered_across_processes(tmp_path):
     assert second != first
     memo = json.loads((tmp_path / "cache" / mid.DIGESTS_FILE).read_text())
     assert list(memo.values()) == [second]  # one entry per file
+    # A file deleted since it was hashed is dropped at the next write.
+    gone, other = tmp_path / "gone.bin", tmp_path / "other.bin"
+    gone.write_bytes(b"c")
+    mid.file_digest(gone)
+    gone.unlink()
+    other.write_bytes(b"d")
+    mid.file_digest(other)
+    memo = json.loads((tmp_path / "cache" / mid.DIGESTS_FILE).read_text())
+    kept = sorted(k.rsplit("|", 2)[0] for k in memo)
+    assert kept == sorted([str(f.resolve()), str(other.resolve())])
+    memo = {k: v for k, v in memo.items() if k.startswith(str(f.resolve()))}
     # Another process (the in-process memo cleared) reads the recorded digest, not the file.
     mid._digest.cache_clear()
     (entry,) = memo

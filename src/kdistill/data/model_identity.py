@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import uuid
 from pathlib import Path
 
@@ -139,8 +140,12 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
             h.update(chunk)
     digest = h.hexdigest()
     # Re-read before writing: another process may have added entries meanwhile. Entries for
-    # older versions of this file are dropped, so the memo holds one line per file.
-    memo = {k: v for k, v in _read_memo(memo_file).items() if k.rsplit("|", 2)[0] != path}
+    # older versions of this file, or for files gone, are dropped: one line per file there is.
+    memo = {
+        k: v
+        for k, v in _read_memo(memo_file).items()
+        if k.rsplit("|", 2)[0] != path and os.path.exists(k.rsplit("|", 2)[0])
+    }
     memo[entry] = digest
     try:
         atomic_write_json(memo_file, memo)
