@@ -284,3 +284,126 @@ def test_compiled_student_trains_and_saves_a_plain_classifier(workdir, tiny_mode
     config = json.loads((run_dir / "config.json").read_text())
     assert config["compile"] is True
     assert config["student"]["class"] == "BertForSequenceClassification"
+
+
+def _weights(folder: Path, seed: int, name: str = "model.safetensors") -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"w": torch.randn(4, 4, generator=torch.Generator().manual_seed(seed))}, folder / name
+    )
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+
+
+def _named(name: str, tokenizer) -> SimpleNamespace:
+    """A teacher as make_key sees it: its name, a model whose config records no commit (as
+    transformers 5 loads every model), its tokenizer and settings."""
+    model = SimpleNamespace(config=SimpleNamespace())
+    return SimpleNamespace(
+        name=name, model=model, tokenizer=tokenizer, mode="classifier", settings=lambda: {}
+    )
+
+
+def test_an_adapter_is_keyed_by_its_base_model_too(tiny_models, tmp_path, monkeypatch):
+    """Identical adapter files over two bases (`base` read from the working directory, as
+    transformers reads it) are two teachers; so is one base re-trained in place."""
+    tok = load_tokenizer(str(tiny_models["bert_teacher"]), "--teacher-model")
+    adapter = tmp_path / "adapter"
+    _weights(adapter, seed=0, name="adapter_model.safetensors")
+    (adapter / "config.json").unlink()  # an adapter folder: no config.json of its own
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 2, "base_model_name_or_path": "base"})
+    )
+    keys = []
+    for seed in (1, 2):
+        project = tmp_path / f"project{seed}"
+        _weights(project / "base", seed=seed)
+        monkeypatch.chdir(project)
+        keys.append(kcache.make_key(_named(str(adapter), tok), ["a text"], 64, "fp32"))
+    assert keys[0].digest != keys[1].digest
+    assert keys[0].parts["teacher"].startswith(f"local:{adapter.resolve()}:")
+    assert f"+base=local:{(tmp_path / 'project1' / 'base').resolve()}:" in keys[0].parts["teacher"]
+
+    _weights(tmp_path / "project2" / "base", seed=3)  # the base re-trained in place
+    retrained = kcache.make_key(_named(str(adapter), tok), ["a text"], 64, "fp32")
+    assert retrained.digest not in {k.digest for k in keys}
+    # The adapter's own settings (alpha scales its update) are part of it as well.
+    (adapter / "adapter_config.json").write_text(
+        json.dumps(
+            {"peft_type": "LORA", "r": 2, "lora_alpha": 32, "base_model_name_or_path": "base"}
+        )
+    )
+    assert kcache.make_key(_named(str(adapter), tok), ["a text"], 64, "fp32") != retrained
+
+
+def _hub_snapshot(cache: Path, repo: str, commit: str, seed: int) -> None:
+    """A model in a Hub cache laid out as huggingface_hub lays it: refs/main names the commit
+    whose snapshot the files are in."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    _weights(root / "snapshots" / commit, seed=seed)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_hub_models_without_a_commit_hash_are_keyed_by_their_weights(
+    tiny_models, tmp_path, monkeypatch
+):
+    """transformers 5 records no `_commit_hash`, so every Hub teacher was 'org/x@unknown': the
+    repository moving on (or another machine's copy) reused the old model's logits."""
+    import huggingface_hub.constants
+
+    tok = load_tokenizer(str(tiny_models["bert_teacher"]), "--teacher-model")
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    _hub_snapshot(hub, "org/teacher", "a" * 40, seed=1)
+    old = kcache.make_key(_named("org/teacher", tok), ["a text"], 64, "fp32")
+    assert old == kcache.make_key(_named("org/teacher", tok), ["a text"], 64, "fp32")
+    assert old.parts["teacher"].startswith("hub:org/teacher:")
+    _hub_snapshot(hub, "org/teacher", "b" * 40, seed=2)  # main moved to new weights
+    new = kcache.make_key(_named("org/teacher", tok), ["a text"], 64, "fp32")
+    assert new.digest != old.digest
+    # An adapter over a Hub base: the base's weights are part of its key.
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "org/teacher"}')
+    over_new = kcache.make_key(_named(str(adapter), tok), ["a text"], 64, "fp32")
+    (hub / "models--org--teacher" / "refs" / "main").write_text("a" * 40)
+    over_old = kcache.make_key(_named(str(adapter), tok), ["a text"], 64, "fp32")
+    assert over_new.digest != over_old.digest
+    # Files not in the cache at all: a key no other run shares, so nothing is ever reused.
+    lost = [kcache.make_key(_named("org/gone", tok), ["a text"], 64, "fp32") for _ in range(2)]
+    assert lost[0].digest != lost[1].digest
+
+
+def test_file_digests_are_of_content_and_remembered_across_processes(tmp_path):
+    from kdistill.data import model_identity as mid
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    first = mid.file_digest(f)
+    memo = json.loads((tmp_path / "cache" / mid.DIGESTS_FILE).read_text())
+    assert list(memo.values()) == [first]
+    # Same size, other content: a new digest (the file's modification time moved on).
+    f.write_bytes(b"b" * 1000)
+    second = mid.file_digest(f)
+    assert second != first
+    memo = json.loads((tmp_path / "cache" / mid.DIGESTS_FILE).read_text())
+    assert list(memo.values()) == [second]  # one entry per file
+    # A file deleted since it was hashed is dropped at the next write.
+    gone, other = tmp_path / "gone.bin", tmp_path / "other.bin"
+    gone.write_bytes(b"c")
+    mid.file_digest(gone)
+    gone.unlink()
+    other.write_bytes(b"d")
+    mid.file_digest(other)
+    memo = json.loads((tmp_path / "cache" / mid.DIGESTS_FILE).read_text())
+    kept = sorted(k.rsplit("|", 2)[0] for k in memo)
+    assert kept == sorted([str(f.resolve()), str(other.resolve())])
+    memo = {k: v for k, v in memo.items() if k.startswith(str(f.resolve()))}
+    # Another process (the in-process memo cleared) reads the recorded digest, not the file.
+    mid._digest.cache_clear()
+    (entry,) = memo
+    memo[entry] = "recorded"
+    (tmp_path / "cache" / mid.DIGESTS_FILE).write_text(json.dumps(memo))
+    assert mid.file_digest(f) == "recorded"

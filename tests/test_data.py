@@ -469,3 +469,48 @@ def test_hub_train_without_labels_is_still_an_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     with pytest.raises(KdistillError, match="empty in train"):
         kdata.build("org/no-labels", None, None, 0.25, 0)
+
+
+def _classlabel_parquet(path, classes: list[str], rows: list[tuple[str, str]]) -> None:
+    """A Parquet file as datasets writes it: the label column a ClassLabel over `classes`, in
+    that order, stored as ids."""
+    features = Features({"text": Value("string"), "label": ClassLabel(names=classes)})
+    ids = {c: i for i, c in enumerate(classes)}
+    data = {"text": [t for t, _ in rows], "label": [ids[c] for _, c in rows]}
+    Dataset.from_dict(data, features=features).to_parquet(str(path))
+
+
+def test_each_split_is_decoded_through_its_own_class_names(tmp_path):
+    """train.parquet says 0 = Animal, test.parquet says 0 = Film: test's ids used to be read
+    through train's names, so every test row was scored as another class."""
+    classes = ["Animal", "Building", "Company", "Film"]
+    rows = [(f"{c.lower()} row {i}", c) for i in range(6) for c in classes]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    _classlabel_parquet(folder / "train.parquet", classes, rows)
+    _classlabel_parquet(folder / "test.parquet", list(reversed(classes)), rows[:8])
+    data = kdata.build(str(folder), None, None, 0.25, 0)
+    assert data.label_names == classes  # train's order names the ids
+    for split in ("train", "validation", "test"):
+        for row in data.splits[split]:
+            assert row["text"].startswith(data.label_names[row["label"]].lower()), (split, row)
+
+
+def test_a_label_id_past_its_class_names_is_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    _classlabel_parquet(folder / "train.parquet", ["a", "b"], [("x", "a"), ("y", "b")] * 4)
+    _classlabel_parquet(folder / "test.parquet", ["a", "b"], [("z", "a")])
+    # The same file with id 5 written in: its ClassLabel (in the schema metadata) names 2.
+    table = pq.read_table(folder / "test.parquet")
+    column = table.schema.get_field_index("label")
+    ids = pa.array([5], type=table.schema.field(column).type)
+    table = table.set_column(column, "label", ids).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(table, folder / "test.parquet")
+    with pytest.raises(KdistillError) as e:
+        kdata.build(str(folder), None, None, 0.25, 0)
+    assert "test has the label id 5, but its class names stop at 1 (b)" in str(e.value)
+    assert "\n" not in str(e.value)

@@ -79,6 +79,33 @@ def test_eval_teacher_reports_members_and_caches_each(
     assert [m["weight"] for m in again["members"]] == [1.0, 1.0, 2.0]
 
 
+def test_eval_teacher_measures_speed_only_over_passes_that_ran(
+    capsys, tmp_path, workdir, tiny_models
+):
+    """Logits read from the disk cache time the disk: eval-teacher says "cached" rather than a
+    rows/s, and for a partly cached ensemble gives the rows/s of the members that ran."""
+    a, b = str(tiny_models["bert_teacher"]), str(tiny_models["qwen_teacher"])
+    cache = ["--teacher-cache", "disk", "--teacher-cache-dir", str(tmp_path / "tc")]
+    first = eval_teacher(tmp_path, [a], *cache, name="first")
+    out = capsys.readouterr().out
+    assert first["cached"] == "none" and first["rows_per_second"] > 0
+    assert f"({first['rows_per_second']:.1f} rows/s)" in out
+
+    again = eval_teacher(tmp_path, [a], *cache, name="again")
+    out = capsys.readouterr().out
+    assert again["teacher_cache"]["hit"] is True
+    assert again["cached"] == "all" and again["rows_per_second"] is None
+    assert "rows/s" not in out and "cached: every logit read from the disk cache" in out
+
+    both = eval_teacher(tmp_path, [a, b], *cache, name="both")
+    out = capsys.readouterr().out
+    ran = [r for r in both["teacher_cache"]["members"] if not r["hit"]]
+    assert both["cached"] == "1 of 2 members" and len(ran) == 1
+    assert both["computed_s"] == pytest.approx(ran[0]["time_s"]) and both["computed_s"] > 0
+    assert both["rows_per_second"] == pytest.approx(both["rows"] / ran[0]["time_s"])
+    assert f"1 of 2 members cached; the members that ran: {both['rows_per_second']:.1f}" in out
+
+
 def test_prompt_ensemble_of_one_llm(tmp_path, workdir, tiny_models):
     """Repeated --prompt-template: one member per template, one model in memory; identical
     templates give the single teacher's accuracy (the combining rule, end to end)."""

@@ -64,6 +64,42 @@ def test_names_without_letters_match_only_exactly():
     assert match_names(["+", "-"], ["?"], "--x") == [None]
 
 
+def test_symbols_other_than_word_separators_are_part_of_the_name():
+    """The old key kept only letters and digits, so C# took C++'s logit, silently."""
+    from kdistill.data.labels import loose_key, match_names
+
+    with pytest.raises(KdistillError, match="missing from the teacher: C#; teacher-only: C\\+\\+"):
+        map_labels({0: "C++", 1: "Java"}, ["C#", "Java"], "--teacher-model")
+    assert match_names(["C++", "C#", "R&D"], ["c#", "c++", "r&d"], "--x") == [1, 0, 2]
+    assert match_names(["RD"], ["R&D"], "--x") == [None]
+    assert loose_key("C #") == loose_key("c#") != loose_key("C++")
+
+
+def test_case_spaces_and_word_separators_are_ignored():
+    from kdistill.data.labels import loose_key
+
+    spellings = [
+        "Educational Institution",
+        "educational_institution",
+        "Educational-Institution",
+        "educational.institution",
+        "Educational/Institution",
+        "EDUCATIONAL–INSTITUTION",  # an en dash is a dash too
+        "EducationalInstitution",
+    ]
+    assert len({loose_key(s) for s in spellings}) == 1
+    teacher = {0: "Film", 1: "educational_institution"}
+    assert map_labels(teacher, ["Educational Institution", "film"], "--teacher-model") == [1, 0]
+
+
+def test_sci_tech_spellings_stay_ambiguous_under_the_narrower_key():
+    from kdistill.data.labels import loose_key
+
+    assert loose_key("Sci/Tech") == loose_key("SciTech") == loose_key("sci-tech") == "scitech"
+    with pytest.raises(KdistillError, match="matches both 'Sci/Tech' and 'SciTech'"):
+        map_labels({0: "Sci/Tech", 1: "SciTech"}, ["Sci Tech"], "--teacher-model")
+
+
 def _student(tmp_path, labels: list[str]) -> Candidate:
     folder = tmp_path / "student"
     folder.mkdir()

@@ -73,7 +73,7 @@ def eval_teacher(config: EvalTeacherConfig) -> dict[str, Any]:
         ),
         "teacher_cache": cache_record,
         "time_s": elapsed,
-        "rows_per_second": len(rows) / max(elapsed, 1e-9),
+        **measured_speed(len(rows), elapsed, cache_record),
         "device": str(accelerator.device),
         "dtype": dtype_name,
         "config": config.to_dict(),
@@ -148,6 +148,44 @@ def teacher_logits(
     return logits, time.perf_counter() - start, record
 
 
+def measured_speed(rows: int, elapsed: float, record: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's speed, from the passes that ran only: logits read from the disk cache time
+    the disk, and a rows/s made of them would credit the teacher with a speed it never had.
+
+    `cached`: "none", "all", or "k of n members" for an ensemble partly read from the cache.
+    `rows_per_second`: None when everything was cached; with members cached, the rows over the
+    seconds of the member passes that ran (`computed_s`), so it is the speed of those members.
+    """
+    parts = record.get("members") or [record]
+    ran = [r for r in parts if not r["hit"]]
+    if not ran:
+        return {"cached": "all", "computed_s": 0.0, "rows_per_second": None}
+    if len(ran) == len(parts):
+        return {
+            "cached": "none",
+            "computed_s": elapsed,
+            "rows_per_second": rows / max(elapsed, 1e-9),
+        }
+    seconds = sum(r["time_s"] for r in ran)
+    return {
+        "cached": f"{len(parts) - len(ran)} of {len(parts)} members",
+        "computed_s": seconds,
+        "rows_per_second": rows / max(seconds, 1e-9),
+    }
+
+
+def _speed_text(report: dict[str, Any]) -> str:
+    """'120 rows in 1.2 s (100.0 rows/s)', or what was cached instead of a speed never measured."""
+    head = f"{report['rows']} rows in {report['time_s']:.1f} s"
+    cached = report.get("cached", "none")
+    if cached == "none":
+        return f"{head} ({report['rows_per_second']:.1f} rows/s)"
+    if cached == "all":
+        return f"{head} (cached: every logit read from the disk cache; no speed measured)"
+    speed = f"{report['rows_per_second']:.1f} rows/s over {report['computed_s']:.1f} s"
+    return f"{head} ({cached} cached; the members that ran: {speed})"
+
+
 def quality(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -181,8 +219,7 @@ def format_report(report: dict[str, Any]) -> str:
     softened targets per temperature (to choose --temperature)."""
     lines = [
         f"teacher {report['teacher']} ({report['mode']}, {report['parameters'] / 1e6:.1f}M "
-        f"parameters) on {report['dataset']}/{report['split']}: {report['rows']} rows in "
-        f"{report['time_s']:.1f} s ({report['rows_per_second']:.1f} rows/s)",
+        f"parameters) on {report['dataset']}/{report['split']}: {_speed_text(report)}",
         f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   "
         f"chance {report['chance_accuracy']:.4f}"
         + ("   WEAK: at or below chance; distill refuses it" if report["weak"] else ""),

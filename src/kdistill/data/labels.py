@@ -6,10 +6,11 @@ lines up, because its columns are matched to the data set's classes by name (`ma
 Every comparison of class names across a model and a data set goes through `match_names`.
 
 A teacher trained elsewhere may spell a class "Educational Institution" where the data set says
-"EducationalInstitution", so names also match loosely: compared by `loose_key`, which folds case
-and width (NFKC, casefold) and keeps only letters, marks and digits of any script. Marks stay
-because in Devanagari or Arabic they are part of the word ("कि" is not "क"); punctuation,
-spaces and symbols go.
+"EducationalInstitution" or "educational_institution", so names also match loosely: compared by
+`loose_key`, which folds case and width (NFKC, casefold) in any script and drops only what
+separates words: spaces and `_ - / .` (and the other dashes). Every letter, mark, digit and other
+symbol is kept, since it can be all that tells two classes apart: "C#" is not "C++", "R&D" is not
+"RD", and in Devanagari or Arabic a mark is part of the word ("कि" is not "क").
 
 An exact match always wins. A loose match is only trusted when it is unique: a data-set class
 whose key fits two labels (Sci/Tech and SciTech), or two classes whose keys fit one label, is
@@ -36,11 +37,23 @@ logger = logging.getLogger(__name__)
 GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
 
 
+# Besides these, every dash (Unicode Pd) and connector (Pc) is a word separator too: "Sci–Tech"
+# with an en dash is the same name as "Sci-Tech".
+WORD_SEPARATORS = frozenset("_-/.")
+
+
 def loose_key(name: str) -> str:
-    """'Educational Institution' -> 'educationalinstitution', 'Спорт' -> 'спорт'. A name with no
-    letter or digit ('?', '-') has the empty key, which matches nothing loosely."""
+    """'Educational Institution' -> 'educationalinstitution', 'Спорт' -> 'спорт', 'C#' -> 'c#'.
+
+    Only case, width, spaces and word separators are ignored: dropping any other symbol would
+    let a class match a different one ('C#' and 'C++' would both become 'c'). A name of
+    separators only ('-', ' ') has the empty key, which matches nothing loosely."""
     folded = unicodedata.normalize("NFKC", name).casefold()
-    return "".join(ch for ch in folded if unicodedata.category(ch)[0] in "LMN")
+    return "".join(ch for ch in folded if not _separates_words(ch))
+
+
+def _separates_words(ch: str) -> bool:
+    return ch.isspace() or ch in WORD_SEPARATORS or unicodedata.category(ch) in ("Pd", "Pc")
 
 
 def match_names(known: list[str], wanted: list[str], flag: str) -> list[int | None]:
@@ -65,8 +78,8 @@ def match_names(known: list[str], wanted: list[str], flag: str) -> list[int | No
         if len(hits) > 1:
             raise KdistillError(
                 f"{flag}: the class {name!r} matches both {known[hits[0]]!r} and "
-                f"{known[hits[1]]!r} when case, spaces and punctuation are ignored; rename one so "
-                "the names tell them apart, or use the exact name"
+                f"{known[hits[1]]!r} when case, spaces and _ - / . are ignored; rename one so the "
+                "names tell them apart, or use the exact name"
             )
         out.append(hits[0] if hits else None)
     taken: dict[int, str] = {}
@@ -91,10 +104,11 @@ def unnamed(names: list[str]) -> bool:
 def map_labels(teacher_id2label: dict[int, str], label_names: list[str], flag: str) -> list[int]:
     """For each data-set class, the teacher logit column with the same name.
 
-    Names match by `match_names`: exactly, else uniquely ignoring case, spaces and punctuation
-    in any script ("Educational Institution" = "EducationalInstitution"); an ambiguous loose
-    match is an error. The teacher may know extra classes (their columns are dropped); a
-    data-set class the teacher lacks is an error that lists the differences.
+    Names match by `match_names`: exactly, else uniquely ignoring case, spaces and word
+    separators in any script ("Educational Institution" = "educational_institution", but "C#" is
+    not "C++"); an ambiguous loose match is an error. The teacher may know extra classes (their
+    columns are dropped); a data-set class the teacher lacks is an error that lists the
+    differences.
     """
     teacher = {int(i): str(n) for i, n in teacher_id2label.items()}
     if unnamed(list(teacher.values())):
@@ -151,7 +165,7 @@ def to_labelled(
     names = _class_names(raw["train"], label_column, where)
     out: dict[str, Dataset] = {}
     for split, ds in raw.items():
-        conv = _text_and_names(ds, split, text_columns, label_column, names, where, drop_unlabelled)
+        conv = _text_and_names(ds, split, text_columns, label_column, where, drop_unlabelled)
         if conv is None:
             continue
         out[split] = _to_ids(conv, split, names, where)
@@ -209,21 +223,26 @@ def _text_and_names(
     split: str,
     text_columns: list[str],
     label_column: str,
-    names: list[str],
     where: str,
     drop_unlabelled: bool,
 ) -> Dataset | None:
     """`text` and `label_name` columns, rows missing either dropped (with a warning). None for
-    a split to drop: no row left, in a Hub split other than train (labels hidden)."""
-    has_names = _label_names_of(ds, label_column) is not None
+    a split to drop: no row left, in a Hub split other than train (labels hidden).
+
+    A split with a ClassLabel of its own is decoded through its own names, never train's: two
+    files written with different class orders (train.parquet says 0 = Film, test.parquet says
+    0 = Animal) would otherwise score every test row as the wrong class, silently. `_to_ids` then
+    gives every split train's ids, by name.
+    """
+    own_names = _label_names_of(ds, label_column)
 
     def convert(batch: dict[str, list]) -> dict[str, list]:
         texts, labels = [], []
         for i in range(len(batch[label_column])):
             value = batch[label_column][i]
             texts.append(join_text([batch[c][i] for c in text_columns]))
-            if has_names:
-                labels.append(None if value is None or value < 0 else names[value])
+            if own_names is not None:
+                labels.append(_class_of(value, own_names, split, where))
             else:
                 labels.append(label_value(value))
         return {"text": texts, "label_name": labels}
@@ -245,6 +264,18 @@ def _text_and_names(
             "%s: dropped %d %s rows with empty text or label", where, before - len(conv), split
         )
     return conv
+
+
+def _class_of(value: int | None, names: list[str], split: str, where: str) -> str | None:
+    """The name a ClassLabel id stands for; None for a hidden label (-1, GLUE's test splits)."""
+    if value is None or value < 0:
+        return None
+    if value >= len(names):
+        raise KdistillError(
+            f"{where}: {split} has the label id {value}, but its class names stop at "
+            f"{len(names) - 1} ({names[-1]}); fix the file's labels or its class names"
+        )
+    return names[value]
 
 
 def _to_ids(conv: Dataset, split: str, names: list[str], where: str) -> Dataset:

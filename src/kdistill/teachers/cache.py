@@ -3,7 +3,8 @@ every epoch, so compute them once, in one length-sorted inference pass, and reus
 
 Class logits are tiny (N x C floats: 560k DBpedia rows x 14 classes = 31 MB), so memory is the
 default. On disk they live in a safetensors file named after a key made of everything the logits
-depend on: the teacher's weights, how it is used, its tokenizer and max_length, its precision
+depend on: the teacher's weights (the content of the files read, an adapter's base model's too:
+`data.model_identity`), how it is used, its tokenizer and max_length, its precision
 (weights dtype and autocast mode: bf16 autocast over fp32 weights gives other logits than fp32),
 and the exact training texts in order. The key is stored inside the file as well and compared in
 full on load, so a stale or mismatched cache is never used.
@@ -11,7 +12,6 @@ full on load, so a stale or mismatched cache is never used.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -25,6 +25,7 @@ import torch
 
 from kdistill.data.digests import texts_digest, tokenizer_identity
 from kdistill.data.model_files import cache_root
+from kdistill.data.model_identity import model_identity
 from kdistill.errors import KdistillError
 
 if TYPE_CHECKING:
@@ -36,38 +37,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "kdistill-teacher-logits/1"
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
 
 
 def default_cache_dir() -> Path:
     """Teacher logits, under the shared cache root (`data.model_files.cache_root`)."""
     return cache_root() / "teacher_logits"
-
-
-@functools.cache
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file; memoised per (path, size, mtime) so a sweep hashes a teacher once."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def teacher_identity(name: str, model: Any) -> str:
-    """A local folder: its resolved path and the hash of its weight files. A Hub id: the id and
-    the commit it resolved to."""
-    path = Path(name)
-    if path.is_dir():
-        h = hashlib.sha256()
-        files = sorted({f for pattern in WEIGHT_PATTERNS for f in path.glob(pattern)})
-        for f in files:
-            st = f.stat()
-            h.update(f.name.encode())
-            h.update(_file_digest(str(f.resolve()), st.st_size, st.st_mtime_ns).encode())
-        return f"local:{path.resolve()}:{h.hexdigest()}"
-    revision = getattr(getattr(model, "config", None), "_commit_hash", None) or "unknown"
-    return f"hub:{name}@{revision}"
 
 
 @dataclass(frozen=True)
@@ -90,7 +64,7 @@ def make_key(
     return CacheKey(
         {
             "format": CACHE_FORMAT,
-            "teacher": teacher_identity(teacher.name, teacher.model),
+            "teacher": model_identity(teacher.name),
             "mode": teacher.mode,
             "settings": teacher.settings(),
             "tokenizer": tokenizer_identity(teacher.tokenizer),
