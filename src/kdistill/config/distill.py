@@ -72,6 +72,16 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         "T)); recorded in config.json and history.json. off: the raw logits.",
         choices=["auto", "off"],
     )
+    calibrate_student: str = _opt(
+        "auto",
+        "auto: after training, fit one temperature T on the validation split by NLL (bounded to "
+        "[0.05, 20]) for best_model/ and for final_model/, each its own, and fold it into the "
+        "classification head (its last linear layer's weight and bias divided by T): "
+        "predictions unchanged, probabilities that can be thresholded in predict, pipeline() and "
+        "ONNX. T and the validation ECE before and after go into config.json, the model card and "
+        "the compare report. off: the student's logits as trained.",
+        choices=["auto", "off"],
+    )
     hidden_loss: str = _opt(
         "none",
         "Also match hidden states on the --layer-map pairs: mse or cosine (1 - cos), through a "
@@ -253,6 +263,7 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         )
         for flag, value, allowed in (
             ("--teacher-calibration", self.teacher_calibration, ("auto", "off")),
+            ("--calibrate-student", self.calibrate_student, ("auto", "off")),
             ("--hidden-loss", self.hidden_loss, ("none", "mse", "cosine")),
             ("--attention-loss", self.attention_loss, ("none", "relation")),
         ):

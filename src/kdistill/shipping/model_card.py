@@ -45,6 +45,29 @@ def _temperature_cell(config: dict[str, Any]) -> str:
     return cell + (f"; teacher logits calibrated by T_cal {t_cal:.3g}" if t_cal else "")
 
 
+def calibration_cell(config: dict[str, Any], which: str) -> str | None:
+    """How sure this model's probabilities are meant to be (--calibrate-student): the T folded
+    into its head and the validation ECE before and after; None for runs that predate it."""
+    calibration = config.get("calibration")
+    if not isinstance(calibration, dict):
+        return None
+    if calibration.get("mode") == "off":
+        return "as trained (`--calibrate-student off`): not calibrated"
+    record = calibration.get(which)
+    if not isinstance(record, dict):
+        return None
+    ece = f"validation ECE {num(record.get('ece_at_1'), 3)} -> {num(record.get('ece_fitted'), 3)}"
+    if not record.get("applied"):
+        why = record.get("error") or record.get("degenerate") or "T = 1 fits best"
+        return f"left as trained ({why}; {ece})"
+    note = f"; {record['degenerate']}" if record.get("degenerate") else ""
+    return (
+        f"calibrated: temperature T {record['temperature']:.3g} fitted on validation NLL and "
+        f"folded into `{record.get('head')}` (its weight and bias divided by T; the same "
+        f"predictions), {ece}{note}"
+    )
+
+
 def run_card(
     run_dir: Path,
     which: str = "best_model",
@@ -195,6 +218,7 @@ def _training_rows(
             f"epoch {epoch_no}"
             + (" (best validation accuracy)" if which == "best_model" else " (the last)"),
         ],
+        *([["probabilities", cell]] if (cell := calibration_cell(config, which)) else []),
     ]
 
 
@@ -271,6 +295,7 @@ def compared_section(comparison: dict[str, Any], m: dict[str, Any], t: dict[str,
                 ["accuracy", pct(m.get("accuracy")), pct(t.get("accuracy")), ""],
                 ["macro-F1", num(m.get("macro_f1")), num(t.get("macro_f1")), ""],
                 ["agreement with the teacher", pct(m.get("agreement_with_teacher")), "", ""],
+                ["ECE (calibration, 0 is best)", num(m.get("ece")), num(t.get("ece")), ""],
                 [
                     "latency at batch 1",
                     f"{num(m.get('latency_ms_batch_1'), 2)} ms",
