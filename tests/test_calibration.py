@@ -260,3 +260,41 @@ def test_calibrate_student_flag_is_checked(workdir, tiny_models, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--calibrate-student" in err and "auto" in err
+
+
+def test_finetune_teacher_ships_its_teacher_calibrated(tmp_path, tiny_models):
+    """--calibrate-teacher auto (the default) against off, same seed: the saved teacher's
+    logits are the uncalibrated one's divided by the recorded T, and its card says so."""
+    from conftest import CLASSES, make_texts, write_toy_csv
+
+    from kdistill.config import FinetuneConfig
+    from kdistill.finetune import finetune_teacher
+
+    data = write_toy_csv(tmp_path / "toy.csv", 40, seed=5)
+    folders = {}
+    for mode in ("off", "auto"):
+        config = FinetuneConfig(
+            model=str(tiny_models["bert_student"]),
+            dataset=str(data),
+            output_dir=str(tmp_path / mode),
+            epochs=3,
+            batch_size=8,
+            learning_rate=3e-3,
+            mixed_precision="no",
+            seed=0,
+            calibrate_teacher=mode,
+        )
+        folders[mode] = finetune_teacher(config)
+    texts = [t for t, _ in make_texts(6, seed=9)]
+    raw, calibrated = _logits(folders["off"], texts), _logits(folders["auto"], texts)
+    report = json.loads((folders["auto"] / "teacher_eval.json").read_text())
+    record = report["head_calibration"]
+    assert record["applied"] and record["head"] == "classifier" and record["temperature"] != 1.0
+    torch.testing.assert_close(calibrated, raw / record["temperature"], rtol=1e-4, atol=1e-5)
+    assert torch.equal(calibrated.argmax(-1), raw.argmax(-1))
+    assert record["nll_fitted"] < record["nll_at_1"]
+    off = json.loads((folders["off"] / "teacher_eval.json").read_text())
+    assert off["head_calibration"] == {"mode": "off"}
+    card = (folders["auto"] / "README.md").read_text()
+    assert f"T {record['temperature']:.3g}" in card
+    assert len(CLASSES) == calibrated.shape[-1]

@@ -19,7 +19,6 @@ guard in `teachers/guards.py`.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import shutil
 import time
@@ -377,16 +376,11 @@ def finish_run(
 def calibrate_run(config: DistillConfig, run: RunSetup, run_dir: Path) -> None:
     """--calibrate-student: fold a temperature fitted on validation into each saved model's head
     (training/calibration.py), or record that the logits are left as trained."""
-    from kdistill.files import atomic_write_json
-    from kdistill.training.calibration import calibrate_run_models, calibration_off
+    from kdistill.training.calibration import calibrate_run_models
 
-    if config.calibrate_student == "auto":
-        texts, labels = list(run.val["text"]), list(run.val["label"])
-        device = run.accelerator.device
-        calibrate_run_models(run_dir, texts, labels, config.max_length, config.batch_size, device)
-        return
-    record = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    atomic_write_json(run_dir / "config.json", {**record, "calibration": calibration_off()})
+    texts, labels = list(run.val["text"]), list(run.val["label"])
+    args = (config.max_length, config.batch_size, run.accelerator.device)
+    calibrate_run_models(run_dir, config.calibrate_student, texts, labels, *args)
 
 
 def done_summary(

@@ -18,6 +18,7 @@ from kdistill.shipping.cards import (
     count,
     dataset_hub_id,
     eval_results,
+    folded_temperature_text,
     hub_id,
     num,
     pct,
@@ -46,26 +47,12 @@ def _temperature_cell(config: dict[str, Any]) -> str:
 
 
 def calibration_cell(config: dict[str, Any], which: str) -> str | None:
-    """How sure this model's probabilities are meant to be (--calibrate-student): the T folded
-    into its head and the validation ECE before and after; None for runs that predate it."""
+    """How sure this model's probabilities are meant to be (--calibrate-student); None for runs
+    that predate it."""
     calibration = config.get("calibration")
     if not isinstance(calibration, dict):
         return None
-    if calibration.get("mode") == "off":
-        return "as trained (`--calibrate-student off`): not calibrated"
-    record = calibration.get(which)
-    if not isinstance(record, dict):
-        return None
-    ece = f"validation ECE {num(record.get('ece_at_1'), 3)} -> {num(record.get('ece_fitted'), 3)}"
-    if not record.get("applied"):
-        why = record.get("error") or record.get("degenerate") or "T = 1 fits best"
-        return f"left as trained ({why}; {ece})"
-    note = f"; {record['degenerate']}" if record.get("degenerate") else ""
-    return (
-        f"calibrated: temperature T {record['temperature']:.3g} fitted on validation NLL and "
-        f"folded into `{record.get('head')}` (its weight and bias divided by T; the same "
-        f"predictions), {ece}{note}"
-    )
+    return folded_temperature_text(calibration, which, "--calibrate-student")
 
 
 def run_card(

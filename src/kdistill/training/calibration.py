@@ -153,23 +153,25 @@ def calibrate_model_folder(
 
 def calibrate_run_models(
     run_dir: Path,
+    mode: str,
     texts: list[str],
     labels: list[int],
     max_length: int,
     batch_size: int,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """--calibrate-student auto: each model folder of a run (best_model/, final_model/) gets its
-    own T, fitted on its own validation logits, folded into its head; the records go into the
-    run's config.json under "calibration" (the model cards and compare read them there).
-    Main process only, before the cards are written and the run folder renamed."""
+    """--calibrate-student for a run's saved models. auto: each model folder (best_model/,
+    final_model/) gets its own T, fitted on its own validation logits, folded into its head.
+    The records go into the run's config.json under "calibration" ({"mode": "off"} with off);
+    the model cards and compare read them there. Main process only, before the cards are
+    written and the run folder renamed: distill, lockstep sweeps and --seeds all end here."""
     import json
 
     from kdistill.files import atomic_write_json
     from kdistill.training.runs import MODEL_FOLDERS
 
-    records: dict[str, Any] = {"mode": "auto"}
-    for which in MODEL_FOLDERS:
+    records: dict[str, Any] = {"mode": mode}
+    for which in MODEL_FOLDERS if mode == "auto" else ():
         folder = run_dir / which
         if not folder.is_dir():
             continue
@@ -194,8 +196,3 @@ def log_fit(what: str, record: dict[str, Any]) -> None:
         logger.warning("%s; %s", line, record["degenerate"])
     else:
         logger.info("%s", line)
-
-
-def calibration_off() -> dict[str, Any]:
-    """config.json's "calibration" block of a run trained with --calibrate-student off."""
-    return {"mode": "off"}

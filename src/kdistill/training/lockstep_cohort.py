@@ -73,6 +73,8 @@ class Cohort:
     resolved: dict[str, Any]  # config.json's shared part
     history: dict[str, Any]  # history.json's teacher part
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The validation texts and labels, which --calibrate-student fits each saved model's T on.
+    val_rows: tuple[list[str], list[int]] = field(default_factory=lambda: ([], []))
 
     @contextlib.contextmanager
     def stream(self, device: torch.device) -> Iterator[None]:
@@ -148,6 +150,7 @@ def open_cohort(
     span, loaders = (lo, lo + len(points)), (train_loader, val_loader)
     cohort = Cohort(config.seed, points, *span, student, s_tok, *loaders, cache, resolved, history)
     cohort.rng = rng_state(accelerator.device)
+    cohort.val_rows = (list(val["text"]), list(val["label"]))
     return cohort
 
 
