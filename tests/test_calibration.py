@@ -217,7 +217,7 @@ def _validation(workdir: Path) -> tuple[list[str], torch.Tensor]:
 
 
 def test_distilled_models_ship_calibrated_with_the_same_predictions(
-    workdir, tiny_models, trained_teacher
+    workdir, tiny_models, trained_teacher, capsys
 ):
     """--calibrate-student auto (the default) against off, same seed: best_model/ and
     final_model/ each give logits / T of the uncalibrated model, T their own, recorded with the
@@ -249,6 +249,17 @@ def test_distilled_models_ship_calibrated_with_the_same_predictions(
         assert record["nll_fitted"] < record["nll_at_1"]
         card = (auto / which / "README.md").read_text()
         assert f"{t:.3g}" in card and "calibrat" in card.lower()
+    # predict (and pipeline(), which reads the same folder) prints the calibrated probabilities.
+    from test_predict import run_predict
+
+    t = records["best_model"]["temperature"]
+    expected = (_logits(off / "best_model", texts[:3]) / t).softmax(-1)
+    (workdir / "rows.txt").write_text("\n".join(texts[:3]) + "\n")
+    preds = run_predict(capsys, "--model", str(auto), "--input", str(workdir / "rows.txt"))
+    names = json.loads((auto / "config.json").read_text())["data"]["label_names"]
+    for p, probs in zip(preds, expected, strict=True):
+        for name, value in p["probabilities"].items():
+            assert value == pytest.approx(float(probs[names.index(name)]), abs=1e-5)
 
 
 def test_calibrate_student_flag_is_checked(workdir, tiny_models, capsys):
