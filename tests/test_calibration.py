@@ -309,3 +309,32 @@ def test_finetune_teacher_ships_its_teacher_calibrated(tmp_path, tiny_models):
     card = (folders["auto"] / "README.md").read_text()
     assert f"T {record['temperature']:.3g}" in card
     assert len(CLASSES) == calibrated.shape[-1]
+
+
+def test_compare_reports_the_folded_temperature_of_students_and_teachers(tmp_path):
+    """comparison_results.json and its HTML summary carry each model's folded T and its
+    validation ECE before and after: a run's from its config.json, a finetune-teacher
+    folder's from teacher_eval.json; 'off' and '—' where there is none."""
+    from kdistill.evaluation.candidates import Candidate
+    from kdistill.evaluation.html_report import SUMMARY_HEADER, _folded, _summary_rows
+    from kdistill.evaluation.scoring import folded_calibration
+
+    record = {"temperature": 0.31, "applied": True, "ece_at_1": 0.571, "ece_fitted": 0.03}
+    run_config = {"calibration": {"mode": "auto", "best_model": record, "final_model": {}}}
+    student = Candidate("student", "--students", "x", tmp_path / "best_model", tmp_path, run_config)
+    assert folded_calibration(str(student.model_dir), student) == record
+    off = Candidate("student", "--students", "x", tmp_path / "best_model", tmp_path, {})
+    off.run_config = {"calibration": {"mode": "off"}}
+    assert folded_calibration(str(off.model_dir), off) == {"mode": "off"}
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    assert folded_calibration(str(teacher), None) is None  # not kdistill's, or older
+    (teacher / "teacher_eval.json").write_text(json.dumps({"head_calibration": record}))
+    assert folded_calibration(str(teacher), None) == record
+    assert _folded(record) == "0.31 (0.571 → 0.030)"
+    assert _folded({"mode": "off"}) == "off" and _folded(None) == "—"
+    row = _summary_rows([{"name": "s", "role": "student", "calibration": record}])[0]
+    assert len(row) == len(SUMMARY_HEADER)
+    assert row[SUMMARY_HEADER.index("T folded in (validation ECE before → after)")] == _folded(
+        record
+    )
