@@ -269,7 +269,8 @@ def save_teacher(
             texts, labels = list(run.val["text"]), list(run.val["label"])
             args = (config.max_length, config.batch_size, accelerator.device)
             report["head_calibration"] = calibrate_model_folder(tmp, texts, labels, *args)
-            log_fit("teacher", report["head_calibration"])
+            if "temperature" in report["head_calibration"]:
+                log_fit("teacher", report["head_calibration"])
         else:
             report["head_calibration"] = {"mode": "off"}
         atomic_write_json(tmp / "teacher_eval.json", report)

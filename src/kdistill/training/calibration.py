@@ -33,8 +33,10 @@ logger = logging.getLogger(__name__)
 # (`classifier`); RoBERTa, XLM-R, ELECTRA (`classifier.out_proj`); Qwen2, Llama, Mistral, GPT-2
 # (`score`, no bias).
 KNOWN_HEADS = ("score", "classifier", "classifier.out_proj")
-# How far the folded model's logits may stray from logits / T (float32 rounding, relative).
-FOLD_TOLERANCE = 1e-3
+# How far the folded model's logits may stray from logits / T, relative to their scale: float32
+# rounding, and 8 bits of mantissa for weights saved in bfloat16 or float16.
+FOLD_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-3}
+HALF_TOLERANCE = 2e-2
 
 
 def classification_head(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
@@ -118,11 +120,14 @@ def calibrate_model_folder(
     whether it was applied (not where the fit gains nothing over T = 1)."""
     from kdistill.data.model_files import load_classifier, load_tokenizer, set_pad_token
 
+    keep = [i for i, y in enumerate(labels) if y >= 0]
+    if not keep:  # a finished run is never failed for it: said, recorded, left as trained
+        logger.warning("calibration of %s skipped: no labelled validation rows", folder)
+        return {"applied": False, "error": "no labelled validation rows"}
     model, _ = load_classifier(str(folder), "--calibrate-student", dtype="auto")
     tokenizer = load_tokenizer(str(folder), "--calibrate-student")
     set_pad_token(model, tokenizer)
     model.to(device)
-    keep = [i for i, y in enumerate(labels) if y >= 0]
     texts, target = [texts[i] for i in keep], torch.tensor([labels[i] for i in keep])
     logits = folder_logits(model, tokenizer, texts, max_length, batch_size)
     fit = fit_temperature(logits, target)
@@ -136,7 +141,8 @@ def calibrate_model_folder(
     folded = folder_logits(model, tokenizer, [texts[i] for i in probe], max_length, batch_size)
     expected = logits[probe] / fit.temperature
     scale = expected.abs().max().clamp_min(1.0)
-    if not bool(((folded - expected).abs() <= FOLD_TOLERANCE * scale).all()):
+    tolerance = FOLD_TOLERANCE.get(model.dtype, HALF_TOLERANCE) * scale
+    if not bool(((folded - expected).abs() <= tolerance).all()):
         # The weights are trained and saved: a warning, and the folder left as it was.
         record["error"] = (
             f"dividing {record['head']} by T did not divide the logits by T (it is not the "
@@ -177,7 +183,8 @@ def calibrate_run_models(
             continue
         record = calibrate_model_folder(folder, texts, labels, max_length, batch_size, device)
         records[which] = record
-        log_fit(f"student {which}", record)
+        if "temperature" in record:
+            log_fit(f"student {which}", record)
     path = run_dir / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["calibration"] = records
