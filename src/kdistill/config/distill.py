@@ -67,9 +67,12 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
     # ---- issue 20: calibrated teacher, intermediate-layer losses (see training/losses.py)
     teacher_calibration: str = _opt(
         "off",
-        "auto: fit one temperature T_cal on the validation split by NLL (temperature scaling) "
-        "and divide the teacher's logits by it before --temperature, p_t = softmax(z / (T_cal * "
-        "T)); recorded in config.json and history.json. off: the raw logits.",
+        "auto: fit one temperature T_cal in [0.05, 20] on the validation split by NLL "
+        "(temperature scaling) and divide the teacher's logits by it before --temperature, p_t = "
+        "softmax(z / (T_cal * T)); a fit on a bound or no better than T = 1 is a one-line "
+        "warning; the fit (T_cal, bound hit, NLL at T = 1 and at T_cal) is recorded in "
+        "config.json and history.json. A teacher from finetune-teacher is calibrated already "
+        "(--calibrate-teacher). off: the raw logits.",
         choices=["auto", "off"],
     )
     calibrate_student: str = _opt(
