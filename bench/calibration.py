@@ -8,15 +8,18 @@ A reduced run of `make demo`'s steps, each the real `kdistill` command in its ow
   data      prepare-data on the DBpedia sample, 10% of train labelled (as the demo)
   teacher   finetune-teacher --calibrate-teacher off (main's teacher), then the same folder
             calibrated by the step --calibrate-teacher auto ends with (training.calibration)
-  students  the demo's cut-student distill command from each teacher, smaller: --max-length,
-            --max-unlabeled-samples and --max-val-samples below the demo's
-  compare   kdistill compare on the test split, teacher and both students
+  students  the demo's cut-student distill command, smaller (--max-length,
+            --max-unlabeled-samples and --max-val-samples below the demo's), three ways: from
+            the teacher as trained; from the calibrated one (distill multiplies its folded T
+            back: the same soft targets); and from the one as trained with
+            --teacher-calibration auto (calibrated soft targets, for how they train)
+  compare   kdistill compare on the test split, the teacher and the three students
 
 The ECE before is that of softmax(T * logits) of the shipped (calibrated) model: the logits as
 trained, since folding divided them by exactly T. It prints one table and writes it, with the
 settings, to bench/results/calibration.txt.
 
-    python bench/calibration.py --work /tmp/kdcal      # about 25 minutes on 2 busy CPU cores
+    python bench/calibration.py --work /tmp/kdcal      # about 45 minutes on 2 busy CPU cores
 """
 
 from __future__ import annotations
@@ -132,9 +135,19 @@ def main() -> None:
         record = calibrate_model_folder(cal_teacher, list(val["text"]), labels, args.max_length, 64)
         (cal_teacher / "head_calibration.json").write_text(json.dumps(record, indent=1))
 
+    students = (
+        ("the teacher as trained (--calibrate-teacher off)", "raw", raw_teacher, []),
+        ("the calibrated teacher (its logits as trained)", "calibrated", cal_teacher, []),
+        (
+            "the teacher as trained, --teacher-calibration auto",
+            "tcal",
+            raw_teacher,
+            ["--teacher-calibration", "auto"],
+        ),
+    )
     runs = {}
-    for name, teacher in (("raw teacher", raw_teacher), ("calibrated teacher", cal_teacher)):
-        marker = work / f"run_{teacher.name}.path"
+    for name, key, teacher, extra in students:
+        marker = work / f"run_{key}.path"
         if not marker.is_file():
             out = kd(
                 work,
@@ -165,9 +178,10 @@ def main() -> None:
                 *length,
                 "--output-dir",
                 "outputs/cut",
+                *extra,
             )
             marker.write_text(out)
-        runs[name] = Path(marker.read_text().strip())
+        runs[name] = work / marker.read_text().strip()
 
     compare_dir = work / "outputs/compare"
     kd(
@@ -211,7 +225,7 @@ def main() -> None:
         acc, ece, same = scores(run / "best_model", texts, labels, t, args.max_length)
         m = by_path.get(str((run / "best_model").resolve()), {})
         lines.append(
-            f"| cut student (2 of 6 layers), from the {name} | {t:.3g} | "
+            f"| cut student (2 of 6 layers), from {name} | {t:.3g} | "
             f"{record['ece_at_1']:.3f} -> {record['ece_fitted']:.3f} | {ece[0]:.3f} -> "
             f"{ece[1]:.3f} (compare: {m.get('ece', float('nan')):.3f}) | "
             f"{acc[0]:.1%} / {acc[1]:.1%} | {same} |"

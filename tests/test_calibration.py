@@ -273,21 +273,22 @@ def test_calibrate_student_flag_is_checked(workdir, tiny_models, capsys):
     assert "--calibrate-student" in err and "auto" in err
 
 
-def test_finetune_teacher_ships_its_teacher_calibrated(tmp_path, tiny_models):
-    """--calibrate-teacher auto (the default) against off, same seed: the saved teacher's
-    logits are the uncalibrated one's divided by the recorded T, and its card says so."""
-    from conftest import CLASSES, make_texts, write_toy_csv
+@pytest.fixture(scope="module")
+def teacher_pair(tmp_path_factory, tiny_models) -> dict[str, Path]:
+    """The same finetune-teacher run (same seed, data) with --calibrate-teacher off and auto."""
+    from conftest import write_toy_csv
 
     from kdistill.config import FinetuneConfig
     from kdistill.finetune import finetune_teacher
 
-    data = write_toy_csv(tmp_path / "toy.csv", 40, seed=5)
+    root = tmp_path_factory.mktemp("pair")
+    data = write_toy_csv(root / "toy.csv", 40, seed=5)
     folders = {}
     for mode in ("off", "auto"):
         config = FinetuneConfig(
             model=str(tiny_models["bert_student"]),
             dataset=str(data),
-            output_dir=str(tmp_path / mode),
+            output_dir=str(root / mode),
             epochs=3,
             batch_size=8,
             learning_rate=3e-3,
@@ -296,19 +297,50 @@ def test_finetune_teacher_ships_its_teacher_calibrated(tmp_path, tiny_models):
             calibrate_teacher=mode,
         )
         folders[mode] = finetune_teacher(config)
+    return folders
+
+
+def test_finetune_teacher_ships_its_teacher_calibrated(teacher_pair):
+    """--calibrate-teacher auto (the default) against off, same seed: the saved teacher's
+    logits are the uncalibrated one's divided by the recorded T, and its card says so."""
+    from conftest import CLASSES, make_texts
+
     texts = [t for t, _ in make_texts(6, seed=9)]
-    raw, calibrated = _logits(folders["off"], texts), _logits(folders["auto"], texts)
-    report = json.loads((folders["auto"] / "teacher_eval.json").read_text())
+    raw, calibrated = _logits(teacher_pair["off"], texts), _logits(teacher_pair["auto"], texts)
+    report = json.loads((teacher_pair["auto"] / "teacher_eval.json").read_text())
     record = report["head_calibration"]
     assert record["applied"] and record["head"] == "classifier" and record["temperature"] != 1.0
     torch.testing.assert_close(calibrated, raw / record["temperature"], rtol=1e-4, atol=1e-5)
     assert torch.equal(calibrated.argmax(-1), raw.argmax(-1))
     assert record["nll_fitted"] < record["nll_at_1"]
-    off = json.loads((folders["off"] / "teacher_eval.json").read_text())
+    off = json.loads((teacher_pair["off"] / "teacher_eval.json").read_text())
     assert off["head_calibration"] == {"mode": "off"}
-    card = (folders["auto"] / "README.md").read_text()
+    card = (teacher_pair["auto"] / "README.md").read_text()
     assert f"T {record['temperature']:.3g}" in card
     assert len(CLASSES) == calibrated.shape[-1]
+
+
+@pytest.mark.parametrize("cache", ["memory", "off"])
+def test_distill_teaches_a_calibrated_teachers_logits_as_trained(
+    workdir, tiny_models, teacher_pair, monkeypatch, cache
+):
+    """A teacher that ships calibrated changes no soft target: distill multiplies the folded T
+    back, so the loss sees the logits of the same teacher saved with --calibrate-teacher off,
+    and config.json records the T it undid."""
+    argv = seed_quick_test(teacher_pair["off"], tiny_models["bert_student"], "--epochs", "1")
+    argv += ["--max-train-samples", "16", "--calibrate-student", "off", "--teacher-cache", cache]
+    seen = _capture_teacher_logits(monkeypatch)
+    run_distill(argv)
+    as_trained = list(seen)
+    seen.clear()
+    argv[argv.index(str(teacher_pair["off"]))] = str(teacher_pair["auto"])
+    run = run_distill(argv)
+    t = json.loads((teacher_pair["auto"] / "teacher_eval.json").read_text())["head_calibration"]
+    settings = json.loads((run / "config.json").read_text())["teacher"]["settings"]
+    assert settings["head_temperature_undone"] == t["temperature"] != 1.0
+    assert len(seen) == len(as_trained) > 0
+    for raw, undone in zip(as_trained, seen, strict=True):
+        torch.testing.assert_close(undone, raw, rtol=1e-4, atol=1e-4)
 
 
 def test_compare_reports_the_folded_temperature_of_students_and_teachers(tmp_path):

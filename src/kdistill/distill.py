@@ -32,6 +32,7 @@ import torch
 from kdistill.config import DistillConfig
 from kdistill.files import atomic_write_json
 from kdistill.teachers.guards import chance_accuracy, check_teacher_strength
+from kdistill.training.calibration import logits_as_trained
 from kdistill.training.checkpoint import CHECKPOINTS, save_model
 from kdistill.training.intermediate import setup_intermediate_losses
 from kdistill.training.loaders import (
@@ -255,6 +256,7 @@ def load_frozen_teacher(config: DistillConfig, run: RunSetup) -> tuple[Teacher |
         config.max_length,
         config.seed,
     )
+    logits_as_trained(teacher)  # a head finetune-teacher calibrated: its logits as trained
     return teacher, t_dtype_name
 
 

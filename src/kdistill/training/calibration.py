@@ -203,3 +203,37 @@ def log_fit(what: str, record: dict[str, Any]) -> None:
         logger.warning("%s; %s", line, record["degenerate"])
     else:
         logger.info("%s", line)
+
+
+def logits_as_trained(teacher: Any) -> list[float]:
+    """Distil from a finetune-teacher folder's logits as trained: the T its --calibrate-teacher
+    folded into the head (teacher_eval.json) is multiplied back, in memory, for each classifier
+    teacher (or ensemble member) that has one. Returns those temperatures.
+
+    Why: distill's soft targets are softmax(z / T) of the raw logits unless --teacher-calibration
+    auto calibrates them; a teacher that ships calibrated must not change that silently. On the
+    demo, distilling from the folded logits at T = 3 (a teacher sure of itself at T = 0.1, so
+    effectively T = 0.3) left the cut student at 51% validation accuracy where the logits as
+    trained gave 87% (bench/results/calibration.txt). The cache key records it (settings())."""
+    from kdistill.evaluation.candidates import read_json
+
+    undone = []
+    for member in getattr(teacher, "members", None) or [teacher]:
+        folder = Path(str(getattr(member, "name", "")))
+        if getattr(member, "mode", None) != "classifier" or not folder.is_dir():
+            continue
+        report = read_json(folder / "teacher_eval.json")
+        record = report.get("head_calibration") if isinstance(report, dict) else None
+        if not isinstance(record, dict) or not record.get("applied"):
+            continue
+        t = float(record["temperature"])
+        fold_temperature(member.model, 1.0 / t)
+        member.head_temperature_undone = t
+        undone.append(t)
+        logger.info(
+            "teacher %s ships calibrated (T %.3g folded into its head); distilling from its "
+            "logits as trained, T multiplied back (--teacher-calibration auto calibrates them)",
+            folder,
+            t,
+        )
+    return undone

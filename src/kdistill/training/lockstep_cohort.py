@@ -161,6 +161,7 @@ def load_cohort_models(
     student that needs gradient checkpointing cannot be stacked."""
     from kdistill.students.load import load_student
     from kdistill.teachers.classifier import load_teacher
+    from kdistill.training.calibration import logits_as_trained
     from kdistill.training.loop import apply_gradient_checkpointing
     from kdistill.training.runtime import pick_teacher_dtype
 
@@ -174,6 +175,7 @@ def load_cohort_models(
         config.max_length,
         config.seed,
     )
+    logits_as_trained(teacher)  # as distill does: a calibrated head's logits as trained
     student, s_tok = load_student(
         config.student_model,
         data.label_names,
