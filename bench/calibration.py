@@ -133,7 +133,10 @@ def main() -> None:
         names = info["label_names"]
         labels = [names.index(v) if isinstance(v, str) else int(v) for v in val["label"]]
         record = calibrate_model_folder(cal_teacher, list(val["text"]), labels, args.max_length, 64)
-        (cal_teacher / "head_calibration.json").write_text(json.dumps(record, indent=1))
+        # What finetune-teacher --calibrate-teacher auto writes: distill reads it from there.
+        report = json.loads((cal_teacher / "teacher_eval.json").read_text())
+        report["head_calibration"] = record
+        (cal_teacher / "teacher_eval.json").write_text(json.dumps(report, indent=1))
 
     students = (
         ("the teacher as trained (--calibrate-teacher off)", "raw", raw_teacher, []),
@@ -211,7 +214,8 @@ def main() -> None:
         "test accuracy before / after | same argmax on every test row |",
         "|---|---|---|---|---|---|",
     ]
-    teacher_record = json.loads((cal_teacher / "head_calibration.json").read_text())
+    teacher_record = json.loads((cal_teacher / "teacher_eval.json").read_text())
+    teacher_record = teacher_record["head_calibration"]
     t = teacher_record["temperature"]
     acc, ece, same = scores(cal_teacher, texts, labels, t, args.max_length)
     lines.append(
