@@ -241,7 +241,8 @@ def main() -> None:
         f"--max-unlabeled-samples {args.unlabeled}; compare on {len(texts)} test rows "
         f"({compared.get('device')}, {compared.get('created')})."
     )
-    text = "\n".join([settings, "", *lines]) + "\n"
+    command = "# python bench/calibration.py " + " ".join(sys.argv[1:])
+    text = "\n".join([command, "", settings, "", *lines]) + "\n"
     print(text)
     out = REPO / "bench/results/calibration.txt"
     out.write_text(text)
