@@ -139,12 +139,18 @@ def assert_same_run(lock: Path, alone: Path) -> None:
     assert set(c_lock) == set(c_alone)
     # where the runs were written, and when: the rest of the resolved configuration is the same
     # (the sweep resolves --teacher-cache auto to disk, so later runs reuse the logits)
-    differs = {"started", "process", "command", "output_dir", "teacher_cache"}
+    differs = {"started", "process", "command", "output_dir", "teacher_cache", "calibration"}
     assert {k: v for k, v in c_lock.items() if k not in differs | {"resolved"}} == {
         k: v for k, v in c_alone.items() if k not in differs | {"resolved"}
     }
     resolved = {k: v for k, v in c_lock["resolved"].items() if k != "lockstep"}
     assert resolved == c_alone["resolved"]
+    # --calibrate-student auto: the same T folded into each model's head, to float noise.
+    assert c_lock["calibration"]["mode"] == c_alone["calibration"]["mode"] == "auto"
+    for which in ("final_model", "best_model"):
+        fit_lock, fit_alone = c_lock["calibration"][which], c_alone["calibration"][which]
+        assert fit_lock["applied"] == fit_alone["applied"]
+        assert fit_lock["temperature"] == pytest.approx(fit_alone["temperature"], rel=1e-3)
 
 
 def alone_runs(workdir: Path, args: list[str], record: dict) -> dict[tuple, Path]:
@@ -267,6 +273,9 @@ def test_distill_seeds_groups_one_run_per_seed(workdir, tiny_models, capsys):
     for r in summary["runs"]:
         config = json.loads((Path(r["run_dir"]) / "config.json").read_text())
         assert config["seed"] == r["seed"] and config["seeds"] is None
+        # every seed's models are calibrated as a single run's are
+        assert config["calibration"]["mode"] == "auto"
+        assert {"best_model", "final_model"} <= set(config["calibration"])
 
 
 @pytest.mark.parametrize("value", ["1,x", "1,1", ","])

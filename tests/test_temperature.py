@@ -41,9 +41,9 @@ def test_teacher_temperatures():
     g = torch.Generator().manual_seed(2)
     z = torch.randn(2000, 6, generator=g) * 2
     y = torch.multinomial(torch.softmax(z, -1), 1, generator=g).squeeze(1)
-    assert teacher_temperatures("off", 3.0, z, y) == (1.0, 3.0)
-    t_cal, t = teacher_temperatures("auto", 3.0, z * 5, y)
-    assert t_cal == pytest.approx(5.0, rel=0.1) and t == 3.0
+    assert teacher_temperatures("off", 3.0, z, y) == (None, 3.0)
+    fit, t = teacher_temperatures("auto", 3.0, z * 5, y)
+    assert fit.temperature == pytest.approx(5.0, rel=0.1) and t == 3.0
     # auto picks T on the calibrated logits: the same T as for the unscaled ones.
-    t_cal, t = teacher_temperatures("auto", "auto", z * 5, y)
-    assert t == pytest.approx(auto_temperature(z * 5 / t_cal))
+    fit, t = teacher_temperatures("auto", "auto", z * 5, y)
+    assert t == pytest.approx(auto_temperature(z * 5 / fit.temperature))

@@ -32,6 +32,7 @@ import torch
 from kdistill.config import DistillConfig
 from kdistill.files import atomic_write_json
 from kdistill.teachers.guards import chance_accuracy, check_teacher_strength
+from kdistill.training.calibration import logits_as_trained
 from kdistill.training.checkpoint import CHECKPOINTS, save_model
 from kdistill.training.intermediate import setup_intermediate_losses
 from kdistill.training.loaders import (
@@ -158,7 +159,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
             checkpoints.after_epoch(epoch, epoch == config.epochs, t.train_loader, t.scheduler)
         save_model(partial_dir / "final_model", t.student, s_tok, accelerator)
     summary = done_summary(state, teacher, teacher_accuracy, n_student)
-    finish_run(config, accelerator, history, checkpoints, final_dir, summary)
+    finish_run(config, run, history, checkpoints, final_dir, summary)
     return final_dir
 
 
@@ -255,6 +256,7 @@ def load_frozen_teacher(config: DistillConfig, run: RunSetup) -> tuple[Teacher |
         config.max_length,
         config.seed,
     )
+    logits_as_trained(teacher)  # a head finetune-teacher calibrated: its logits as trained
     return teacher, t_dtype_name
 
 
@@ -274,6 +276,10 @@ def load_trainable_student(
         config.student_num_layers,
     )
     n_student = count_parameters(student)
+    if config.calibrate_student == "auto":
+        from kdistill.training.calibration import classification_head
+
+        classification_head(student)  # a head it cannot find is refused now, not after training
     checkpointing = apply_gradient_checkpointing(student, config.gradient_checkpointing, run.device)
     if config.compile:
         student = torch.compile(student)
@@ -336,18 +342,20 @@ def evaluate_student(
 
 def finish_run(
     config: DistillConfig,
-    accelerator: Accelerator,
+    run: RunSetup,
     history: dict[str, Any],
     checkpoints: RunCheckpoints,
     final_dir: Path,
     summary: str,
 ) -> None:
-    """Complete the run: final history, curves and model cards, the trackers closed, the
-    checkpoints dropped (the models are saved, and the optimizer state is dead weight: 16 bytes
-    per student parameter), the `.partial` folder renamed, then the upload."""
-    partial_dir = checkpoints.run_dir
+    """Complete the run: the models calibrated (--calibrate-student), final history, curves and
+    model cards, the trackers closed, the checkpoints dropped (the models are saved, and the
+    optimizer state is dead weight: 16 bytes per student parameter), the `.partial` folder
+    renamed, then the upload."""
+    partial_dir, accelerator = checkpoints.run_dir, run.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        calibrate_run(config, run, partial_dir)
         history["total_time_s"] = time.perf_counter() - checkpoints.run_start
         history["completed"] = datetime.now().isoformat(timespec="seconds")
         atomic_write_json(partial_dir / "history.json", history)
@@ -365,6 +373,16 @@ def finish_run(
         from kdistill.shipping.publish import push_folder
 
         push_folder(final_dir / "best_model", config.push_to_hub, not config.hub_public)
+
+
+def calibrate_run(config: DistillConfig, run: RunSetup, run_dir: Path) -> None:
+    """--calibrate-student: fold a temperature fitted on validation into each saved model's head
+    (training/calibration.py), or record that the logits are left as trained."""
+    from kdistill.training.calibration import calibrate_run_models
+
+    texts, labels = list(run.val["text"]), list(run.val["label"])
+    args = (config.max_length, config.batch_size, run.accelerator.device)
+    calibrate_run_models(run_dir, config.calibrate_student, texts, labels, *args)
 
 
 def done_summary(

@@ -121,6 +121,10 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
             "above 0"
         )
     model, tokenizer = load_student(config.model, run.data.label_names, config.seed)
+    if config.calibrate_teacher == "auto":
+        from kdistill.training.calibration import classification_head
+
+        classification_head(model)  # a head it cannot find is refused now, not after training
     checkpointing = apply_gradient_checkpointing(model, config.gradient_checkpointing, run.device)
     if config.method == "lora":
         model = apply_lora(model, config)
@@ -151,7 +155,7 @@ def finetune_teacher(config: FinetuneConfig) -> Path:
     target = Path(config.output_dir) / name
     if accelerator.is_main_process:
         report = teacher_report(config, run, epochs, calibration, checkpointing, start)
-        save_teacher(target, model, tokenizer, accelerator, report, config)
+        save_teacher(target, model, tokenizer, accelerator, report, config, run)
     accelerator.wait_for_everyone()
     if config.push_to_hub and accelerator.is_main_process:
         from kdistill.shipping.publish import push_folder
@@ -250,14 +254,25 @@ def save_teacher(
     accelerator: Accelerator,
     report: dict[str, Any],
     config: FinetuneConfig,
+    run: RunSetup,
 ) -> None:
-    """Model (LoRA merged), tokenizer, teacher_eval.json and card into a temporary folder,
-    renamed to `target` when complete. Main process only."""
+    """Model (LoRA merged), tokenizer, the head calibrated (--calibrate-teacher),
+    teacher_eval.json and card into a temporary folder, renamed to `target` when complete.
+    Main process only."""
     from kdistill.shipping.teacher_card import write_teacher_card
+    from kdistill.training.calibration import calibrate_model_folder, log_fit
 
     with atomic_dir(target) as tmp:
         merged(accelerator.unwrap_model(model, keep_torch_compile=False)).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if config.calibrate_teacher == "auto":
+            texts, labels = list(run.val["text"]), list(run.val["label"])
+            args = (config.max_length, config.batch_size, accelerator.device)
+            report["head_calibration"] = calibrate_model_folder(tmp, texts, labels, *args)
+            if "temperature" in report["head_calibration"]:
+                log_fit("teacher", report["head_calibration"])
+        else:
+            report["head_calibration"] = {"mode": "off"}
         atomic_write_json(tmp / "teacher_eval.json", report)
         write_teacher_card(tmp, target, report, config.push_to_hub)
     logger.info("teacher saved to %s (validation accuracy %.4f)", target, report["val_accuracy"])

@@ -347,6 +347,17 @@ def end_epoch(
     atomic_write_json(point.partial_dir / "history.json", point.history)
 
 
+def calibrate_point(point: Point, cohort: Cohort, accelerator: Accelerator) -> None:
+    """distill's --calibrate-student for one point: a T fitted on the cohort's validation rows
+    folded into each saved model's head (training.calibration)."""
+    from kdistill.training.calibration import calibrate_run_models
+
+    config = point.config
+    texts, labels = cohort.val_rows
+    args = (config.max_length, config.batch_size, accelerator.device)
+    calibrate_run_models(point.partial_dir, config.calibrate_student, texts, labels, *args)
+
+
 def finish_run(
     point: Point, stack: StackedStudents, cohort: Cohort, accelerator: Accelerator
 ) -> None:
@@ -356,6 +367,7 @@ def finish_run(
     points = [p for p in cohort.points]
     k = cohort.lo + points.index(point)
     save_model(point.partial_dir / "final_model", stack.export(k), cohort.tokenizer, accelerator)
+    calibrate_point(point, cohort, accelerator)
     point.history["completed"] = datetime.now().isoformat(timespec="seconds")
     atomic_write_json(point.partial_dir / "history.json", point.history)
     save_training_curves(point.history, point.partial_dir / "training_curves.png")

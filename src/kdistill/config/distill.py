@@ -67,9 +67,22 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
     # ---- issue 20: calibrated teacher, intermediate-layer losses (see training/losses.py)
     teacher_calibration: str = _opt(
         "off",
-        "auto: fit one temperature T_cal on the validation split by NLL (temperature scaling) "
-        "and divide the teacher's logits by it before --temperature, p_t = softmax(z / (T_cal * "
-        "T)); recorded in config.json and history.json. off: the raw logits.",
+        "auto: fit one temperature T_cal in [0.05, 20] on the validation split by NLL "
+        "(temperature scaling) and divide the teacher's logits by it before --temperature, p_t = "
+        "softmax(z / (T_cal * T)); a fit on a bound or no better than T = 1 is a one-line "
+        "warning; the fit (T_cal, bound hit, NLL at T = 1 and at T_cal) is recorded in "
+        "config.json and history.json. A teacher from finetune-teacher is calibrated already "
+        "(--calibrate-teacher). off: the raw logits.",
+        choices=["auto", "off"],
+    )
+    calibrate_student: str = _opt(
+        "auto",
+        "auto: after training, fit one temperature T on the validation split by NLL (bounded to "
+        "[0.05, 20]) for best_model/ and for final_model/, each its own, and fold it into the "
+        "classification head (its last linear layer's weight and bias divided by T): "
+        "predictions unchanged, probabilities that can be thresholded in predict, pipeline() and "
+        "ONNX. T and the validation ECE before and after go into config.json, the model card and "
+        "the compare report. off: the student's logits as trained.",
         choices=["auto", "off"],
     )
     hidden_loss: str = _opt(
@@ -253,6 +266,7 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         )
         for flag, value, allowed in (
             ("--teacher-calibration", self.teacher_calibration, ("auto", "off")),
+            ("--calibrate-student", self.calibrate_student, ("auto", "off")),
             ("--hidden-loss", self.hidden_loss, ("none", "mse", "cosine")),
             ("--attention-loss", self.attention_loss, ("none", "relation")),
         ):

@@ -57,6 +57,16 @@ class FinetuneConfig(LoadOptions, TrainingOptions, DataOptions, DeviceOptions, C
     gradient_checkpointing: str = _opt(
         "auto", "auto: on for models over 100M parameters.", choices=["auto", "on", "off"]
     )
+    calibrate_teacher: str = _opt(
+        "auto",
+        "auto: after training, fit one temperature T on the validation split by NLL (bounded to "
+        "[0.05, 20]) and fold it into the saved classifier's head (its last linear layer's "
+        "weight and bias divided by T): the same predictions, probabilities that mean what they "
+        "say, and soft targets that are calibrated before distill's --temperature softens them. "
+        "T and the validation ECE before and after go into teacher_eval.json and the card. off: "
+        "the logits as trained.",
+        choices=["auto", "off"],
+    )
     push_to_hub: str | None = _opt(None, PUSH_HELP)
     hub_public: bool = _opt(False, HUB_PUBLIC_HELP)
 
@@ -68,6 +78,10 @@ class FinetuneConfig(LoadOptions, TrainingOptions, DataOptions, DeviceOptions, C
             self.learning_rate = 5e-4 if self.method == "lora" else 5e-5
         _check_training(self)
         _check_folder_name(self.name, "--name", "--output-dir")
+        _check(
+            self.calibrate_teacher in ("auto", "off"),
+            f"--calibrate-teacher must be auto or off (got {self.calibrate_teacher})",
+        )
         _check(self.lora_r >= 1, f"--lora-r must be >= 1 (got {self.lora_r})")
         _check(self.lora_alpha > 0, f"--lora-alpha must be > 0 (got {self.lora_alpha})")
         _check(

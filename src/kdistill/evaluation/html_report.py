@@ -73,6 +73,7 @@ def _summary_rows(models: list[dict[str, Any]]) -> list[list[str]]:
                 _num(m.get("macro_f1"), "{:.2f}", 100),
                 _interval(m.get("macro_f1_ci")),
                 _num(m.get("ece"), "{:.3f}"),
+                _folded(m.get("calibration")),
                 _num(m.get("agreement_with_teacher"), "{:.2f}", 100),
                 _num(m.get("kl_to_teacher"), "{:.3f}"),
                 _num(m.get("latency_ms_batch_1"), "{:.2f}"),
@@ -96,6 +97,7 @@ SUMMARY_HEADER = [
     "macro-F1 (%)",
     "95% interval",
     "ECE",
+    "T folded in (validation ECE before → after)",
     "agreement with teacher (%)",
     "KL to teacher (nats)",
     "latency, batch 1 (ms)",
@@ -105,6 +107,20 @@ SUMMARY_HEADER = [
     "labelled train rows",
     "unlabelled train rows",
 ]
+
+
+def _folded(record: dict[str, Any] | None) -> str:
+    """The summary's calibration cell: the T folded into the head and the validation ECE before
+    and after; 'off', or '—' for a model that predates calibration."""
+    if not record:
+        return "—"
+    if record.get("mode") == "off":
+        return "off"
+    if "temperature" not in record:
+        return "—"
+    before, after = record.get("ece_at_1"), record.get("ece_fitted")
+    t = f"{record['temperature']:.3g}" if record.get("applied") else "1 (left as trained)"
+    return html.escape(f"{t} ({_num(before, '{:.3f}')} → {_num(after, '{:.3f}')})")
 
 
 def _interval(ci: list[float] | None, scale: float = 100, signed: bool = False) -> str:

@@ -13,6 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdistill.evaluation.calibration import expected_calibration_error
+from kdistill.evaluation.calibration import fit_temperature as fit_bounded
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
@@ -136,43 +139,13 @@ def evaluate(
     return classification_metrics(logits, labels, num_labels)
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    """ECE (Guo et al. 2017): the gap between confidence and accuracy, averaged over equal-width
-    confidence bins weighted by their share of rows. 0 is perfectly calibrated.
-
-    probs (n, num_labels) rows summing to 1, labels (n,).
-    """
-    confidence, preds = probs.max(-1)
-    correct = (preds == labels).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    ece = torch.zeros(())
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        in_bin = (confidence > lo) & (confidence <= hi)
-        if in_bin.any():
-            gap = (confidence[in_bin].mean() - correct[in_bin].mean()).abs()
-            ece += gap * in_bin.float().mean()
-    return float(ece)
-
-
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The one temperature T that minimises the NLL of softmax(logits / T) on labelled rows:
-    temperature scaling (Guo et al. 2017). It changes no prediction, only how sure they are,
-    so a teacher's soft targets can be made to mean what they say before distilling.
-
-    Fitted in log T (T stays positive) with L-BFGS. logits (n, num_labels), labels (n,).
+    """The one temperature T in [0.05, 20] that minimises the NLL of softmax(logits / T) on
+    labelled rows: temperature scaling (Guo et al. 2017), bounded so that logits with no signal
+    cannot run it away (evaluation.calibration has the fit and its bounds). It changes no
+    prediction, only how sure they are. logits (n, num_labels), labels (n,).
     """
-    z, y = logits.detach().float(), labels.long()
-    log_t = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
-
-    def nll() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    optimizer.step(nll)
-    return float(log_t.detach().exp())
+    return fit_bounded(logits, labels).fitted
 
 
 def calibration_report(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

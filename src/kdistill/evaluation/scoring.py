@@ -155,6 +155,7 @@ def model_record(
         "macro_f1": metrics["macro_f1"],
         "loss": metrics["loss"],
         "ece": expected_calibration_error(torch.softmax(logits.float(), -1), labels),
+        "calibration": folded_calibration(wrapper.name, candidate),
         "per_class": per_class_scores(labels, preds, label_names),
         "confusion_matrix": confusion(labels, preds, len(label_names)),
         "agreement_with_teacher": agreement(teacher_logits, logits),
@@ -165,6 +166,25 @@ def model_record(
             "unlabeled_rows": data.get("unlabeled_rows"),
         },
     }
+
+
+def folded_calibration(path: str, candidate: Candidate | None) -> dict[str, Any] | None:
+    """The temperature folded into this model's head on validation (training.calibration): a
+    run's config.json "calibration" for its model folder, a finetune-teacher folder's
+    teacher_eval.json "head_calibration"; {"mode": "off"} where it was turned off, None where
+    the model predates it or is not kdistill's."""
+    from kdistill.evaluation.candidates import read_json
+
+    if candidate is not None and candidate.run_config is not None:
+        calibration = candidate.run_config.get("calibration")
+        if not isinstance(calibration, dict):
+            return None
+        if calibration.get("mode") == "off":
+            return {"mode": "off"}
+        return calibration.get(candidate.model_dir.name)
+    report = read_json(Path(path) / "teacher_eval.json") if Path(path).is_dir() else None
+    found = report.get("head_calibration") if isinstance(report, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 def add_ratios(models: list[dict[str, Any]]) -> None:

@@ -166,3 +166,26 @@ def write_card(folder: Path, card: ModelCard | None) -> bool:
         logger.warning("could not write the model card %s: %s", folder / CARD_FILE, e)
         return False
     return True
+
+
+def folded_temperature_text(
+    calibration: dict[str, Any], which: str | None, flag: str
+) -> str | None:
+    """The card's line on a temperature folded into the head (training.calibration): T and the
+    validation ECE before and after, or why the logits were left as trained. `calibration` is
+    {"mode": ..., which: record} (a run's config.json) or the record itself (which None)."""
+    if calibration.get("mode") == "off":
+        return f"as trained (`{flag} off`): not calibrated"
+    record = calibration.get(which) if which else calibration
+    if not isinstance(record, dict) or "temperature" not in record:
+        return None
+    ece = f"validation ECE {num(record.get('ece_at_1'), 3)} -> {num(record.get('ece_fitted'), 3)}"
+    if not record.get("applied"):
+        why = record.get("error") or record.get("degenerate") or "T = 1 fits best"
+        return f"left as trained ({why}; {ece})"
+    note = f"; {record['degenerate']}" if record.get("degenerate") else ""
+    return (
+        f"calibrated: temperature T {record['temperature']:.3g} fitted on validation NLL and "
+        f"folded into `{record.get('head')}` (its weight and bias divided by T; the same "
+        f"predictions), {ece}{note}"
+    )

@@ -18,6 +18,7 @@ from kdistill.shipping.cards import (
     count,
     dataset_hub_id,
     eval_results,
+    folded_temperature_text,
     hub_id,
     num,
     pct,
@@ -43,6 +44,15 @@ def _temperature_cell(config: dict[str, Any]) -> str:
     cell = f"{resolved['temperature']:.3g} (auto)" if auto else str(t)
     t_cal = resolved.get("teacher_calibration_temperature")
     return cell + (f"; teacher logits calibrated by T_cal {t_cal:.3g}" if t_cal else "")
+
+
+def calibration_cell(config: dict[str, Any], which: str) -> str | None:
+    """How sure this model's probabilities are meant to be (--calibrate-student); None for runs
+    that predate it."""
+    calibration = config.get("calibration")
+    if not isinstance(calibration, dict):
+        return None
+    return folded_temperature_text(calibration, which, "--calibrate-student")
 
 
 def run_card(
@@ -195,6 +205,7 @@ def _training_rows(
             f"epoch {epoch_no}"
             + (" (best validation accuracy)" if which == "best_model" else " (the last)"),
         ],
+        *([["probabilities", cell]] if (cell := calibration_cell(config, which)) else []),
     ]
 
 
@@ -271,6 +282,7 @@ def compared_section(comparison: dict[str, Any], m: dict[str, Any], t: dict[str,
                 ["accuracy", pct(m.get("accuracy")), pct(t.get("accuracy")), ""],
                 ["macro-F1", num(m.get("macro_f1")), num(t.get("macro_f1")), ""],
                 ["agreement with the teacher", pct(m.get("agreement_with_teacher")), "", ""],
+                ["ECE (calibration, 0 is best)", num(m.get("ece")), num(t.get("ece")), ""],
                 [
                     "latency at batch 1",
                     f"{num(m.get('latency_ms_batch_1'), 2)} ms",

@@ -15,6 +15,7 @@ from kdistill.shipping.cards import (
     build_card,
     dataset_hub_id,
     eval_results,
+    folded_temperature_text,
     hub_id,
     num,
     pct,
@@ -91,6 +92,12 @@ def _training_rows(
         if config.get("method", "full") == "lora"
         else "full fine-tuning"
     )
+    calibration = report.get("head_calibration")
+    cell = (
+        folded_temperature_text(calibration, None, "--calibrate-teacher")
+        if isinstance(calibration, dict)
+        else None
+    )
     return [
         ["base model", f"`{config.get('model')}`"],
         ["method", how],
@@ -106,6 +113,7 @@ def _training_rows(
             f"max length {config.get('max_length')} tokens, "
             f"seed {config.get('seed')}",
         ],
+        *([["probabilities", cell]] if cell else []),
     ]
 
 

@@ -67,6 +67,9 @@ class ClassifierTeacher:
         # Logit column of each data-set class; identity when the teacher's order already matches.
         self.columns = torch.tensor(columns, dtype=torch.long)
         self._identity = columns == list(range(model.config.num_labels))
+        # The temperature finetune-teacher folded into the head, multiplied back for distilling
+        # (training.calibration.logits_as_trained); None when the head is as saved.
+        self.head_temperature_undone: float | None = None
 
     def encode(self, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
         enc = self.tokenizer(texts, truncation=True, max_length=max_length)
@@ -74,7 +77,12 @@ class ClassifierTeacher:
 
     def settings(self) -> dict[str, Any]:
         """What, besides weights and tokenizer, decides the logits (part of the cache key)."""
-        return {"label_columns": self.columns.tolist(), "dtype": str(self.model.dtype)}
+        undone = self.head_temperature_undone
+        return {
+            "label_columns": self.columns.tolist(),
+            "dtype": str(self.model.dtype),
+            **({"head_temperature_undone": undone} if undone is not None else {}),
+        }
 
     def to(self, device: torch.device) -> ClassifierTeacher:
         self.model.to(device)

@@ -73,6 +73,8 @@ class Cohort:
     resolved: dict[str, Any]  # config.json's shared part
     history: dict[str, Any]  # history.json's teacher part
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The validation texts and labels, which --calibrate-student fits each saved model's T on.
+    val_rows: tuple[list[str], list[int]] = field(default_factory=lambda: ([], []))
 
     @contextlib.contextmanager
     def stream(self, device: torch.device) -> Iterator[None]:
@@ -148,6 +150,7 @@ def open_cohort(
     span, loaders = (lo, lo + len(points)), (train_loader, val_loader)
     cohort = Cohort(config.seed, points, *span, student, s_tok, *loaders, cache, resolved, history)
     cohort.rng = rng_state(accelerator.device)
+    cohort.val_rows = (list(val["text"]), list(val["label"]))
     return cohort
 
 
@@ -158,6 +161,7 @@ def load_cohort_models(
     student that needs gradient checkpointing cannot be stacked."""
     from kdistill.students.load import load_student
     from kdistill.teachers.classifier import load_teacher
+    from kdistill.training.calibration import logits_as_trained
     from kdistill.training.loop import apply_gradient_checkpointing
     from kdistill.training.runtime import pick_teacher_dtype
 
@@ -171,6 +175,7 @@ def load_cohort_models(
         config.max_length,
         config.seed,
     )
+    logits_as_trained(teacher)  # as distill does: a calibrated head's logits as trained
     student, s_tok = load_student(
         config.student_model,
         data.label_names,

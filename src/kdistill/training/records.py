@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from kdistill.config import DistillConfig
+    from kdistill.evaluation.calibration import TemperatureFit
     from kdistill.teachers.classifier import Teacher
     from kdistill.training.loop import Training
     from kdistill.training.runtime import RunSetup
@@ -178,18 +179,25 @@ def resolved_config(
 
 
 def record_temperatures(
-    run_dir: Path | None, history: dict[str, Any], t_cal: float | None, temperature: float | None
+    run_dir: Path | None,
+    history: dict[str, Any],
+    fit: TemperatureFit | None,
+    temperature: float | None,
 ) -> None:
-    """The teacher's temperatures chosen on validation (--teacher-calibration auto: T_cal, else
-    None; --temperature auto: the T picked) into history.json's teacher block and, for a new
-    run (`run_dir`, main process), config.json's resolved block."""
+    """The teacher's temperatures chosen on validation (--teacher-calibration auto: T_cal and
+    its fit, else None; --temperature auto: the T picked) into history.json's teacher block
+    and, for a new run (`run_dir`, main process), config.json's resolved block."""
+    t_cal = fit.temperature if fit is not None else None
     history["teacher"]["calibration_temperature"] = t_cal
+    history["teacher"]["calibration"] = fit.record() if fit is not None else None
     history["teacher"]["temperature"] = temperature
     if run_dir is None:
         return
     path = run_dir / "config.json"
     record = json.loads(path.read_text(encoding="utf-8"))
     record["resolved"]["teacher_calibration_temperature"] = t_cal
+    # The fit itself: the value, the bound it hit (if any), NLL at T = 1 and at the fit.
+    record["resolved"]["teacher_calibration"] = history["teacher"]["calibration"]
     record["resolved"]["temperature"] = temperature
     atomic_write_json(path, record)
 

@@ -56,6 +56,7 @@ RESUME_FREE_FLAGS = frozenset(
         "teacher_cache",
         "teacher_cache_dir",
         "teacher_batch_size",
+        "calibrate_student",  # acts after the last epoch: the weights trained are the same
         "eval_batch_size",
         "prefix_cache",
     }

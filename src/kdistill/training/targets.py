@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from torch.utils.data import DataLoader
 
+    from kdistill.evaluation.calibration import TemperatureFit
     from kdistill.teachers.classifier import Teacher
     from kdistill.training.loop import Training
 
@@ -136,26 +137,29 @@ def make_teacher_targets(
 
 def teacher_temperatures_for(
     config: DistillConfig, run: RunSetup, teacher: Teacher, val_loader: DataLoader
-) -> tuple[float, float]:
-    """(T_cal, T) for --teacher-calibration and --temperature, from one pass of the teacher
-    over the validation split (training.temperature has the rules)."""
+) -> tuple[TemperatureFit | None, float]:
+    """(the T_cal fit or None, T) for --teacher-calibration and --temperature, from one pass of
+    the teacher over the validation split (training.temperature has the rules). A degenerate
+    fit (on a bound, or no better than T = 1) is a warning: it is used, but says little."""
     from kdistill.evaluation.metrics import collect_logits
     from kdistill.training.temperature import teacher_temperatures
 
     val_logits, _ = collect_logits(teacher.logits, val_loader, run.accelerator, "teacher logits")
     labels = torch.tensor(list(run.val["label"]))
-    t_cal, temperature = teacher_temperatures(
+    fit, temperature = teacher_temperatures(
         config.teacher_calibration, config.temperature, val_logits.cpu(), labels
     )
+    if fit is not None and fit.degenerate:
+        logger.warning(
+            "--teacher-calibration auto: %s; T_cal %.3g used", fit.degenerate, fit.temperature
+        )
     logger.info(
         "teacher temperatures: T_cal %s, KD temperature T %.3g%s",
-        f"{t_cal:.3g} (fitted on validation NLL)"
-        if config.teacher_calibration == "auto"
-        else "off",
+        f"{fit.summary()} (fitted on validation NLL)" if fit is not None else "off",
         temperature,
         " (auto: soft targets at half the uniform entropy)" if config.temperature == "auto" else "",
     )
-    return t_cal, temperature
+    return fit, temperature
 
 
 def resolve_temperatures(
@@ -172,8 +176,7 @@ def resolve_temperatures(
     if teacher is None or (config.teacher_calibration == "off" and config.temperature != "auto"):
         return 1.0, config.temperature
 
-    t_cal, temperature = teacher_temperatures_for(config, run, teacher, t.val_loader)
-    calibrated = t_cal if config.teacher_calibration == "auto" else None
+    fit, temperature = teacher_temperatures_for(config, run, teacher, t.val_loader)
     main = run.accelerator.is_main_process
-    record_temperatures(record_dir if main else None, history, calibrated, temperature)
-    return t_cal, temperature
+    record_temperatures(record_dir if main else None, history, fit, temperature)
+    return (fit.temperature if fit is not None else 1.0), temperature

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdistill.evaluation.calibration import TemperatureFit, fit_temperature
+
 # --temperature auto: the soft targets' mean entropy, as a share of the uniform distribution's
 # log(num_labels). Half way between a one-hot label (0, nothing beyond the label) and uniform
 # (log C, no information): the teacher's answer still stands out, and the other classes share
@@ -24,13 +26,17 @@ AUTO_RANGE = (1.0, 20.0)  # below 1 sharpens, which calibration is for; above 20
 
 
 def calibration_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """T_cal fitted on the labelled rows (label >= 0) by NLL: logits (n, C), labels (n,)."""
-    from kdistill.evaluation.metrics import fit_temperature
+    """T_cal fitted on the labelled rows (label >= 0) by NLL, inside the bounds of
+    evaluation.calibration; 1 where the fit gains nothing. logits (n, C), labels (n,)."""
+    return teacher_calibration(logits, labels).temperature
 
-    keep = labels >= 0
-    if not bool(keep.any()):
+
+def teacher_calibration(logits: torch.Tensor, labels: torch.Tensor) -> TemperatureFit:
+    """The bounded T_cal fit on the labelled rows (label >= 0), with its NLL and ECE at T = 1
+    and at the fit. logits (n, C), labels (n,)."""
+    if not bool((labels >= 0).any()):
         raise ValueError("calibration needs labelled rows")
-    return fit_temperature(logits[keep], labels[keep])
+    return fit_temperature(logits, labels)
 
 
 def mean_entropy(logits: torch.Tensor, temperature: float) -> float:
@@ -69,11 +75,12 @@ def auto_temperature(
 
 def teacher_temperatures(
     calibration: str, temperature: float | str, val_logits: torch.Tensor, val_labels: torch.Tensor
-) -> tuple[float, float]:
-    """(T_cal, T) for --teacher-calibration and --temperature, from the teacher's validation
-    logits (n, C) and labels (n,): T_cal is 1 with calibration off, and T is picked on the
-    calibrated logits z / T_cal when it is auto."""
-    t_cal = calibration_temperature(val_logits, val_labels) if calibration == "auto" else 1.0
+) -> tuple[TemperatureFit | None, float]:
+    """(the T_cal fit, T) for --teacher-calibration and --temperature, from the teacher's
+    validation logits (n, C) and labels (n,): the fit is None with calibration off (T_cal = 1),
+    and T is picked on the calibrated logits z / T_cal when it is auto."""
+    fit = teacher_calibration(val_logits, val_labels) if calibration == "auto" else None
+    t_cal = fit.temperature if fit is not None else 1.0
     if temperature == "auto":
-        return t_cal, auto_temperature(val_logits.float() / t_cal)
-    return t_cal, float(temperature)
+        return fit, auto_temperature(val_logits.float() / t_cal)
+    return fit, float(temperature)
