@@ -301,3 +301,39 @@ def test_options_lockstep_cannot_carry_are_named_not_dropped():
     assert unsupported_reason(SweepConfig(**base)) is None
     scaled = SweepConfig(**base, head_learning_rate_scale=10.0)
     assert unsupported_reason(scaled) == "--head-learning-rate-scale"
+
+
+def test_alpha_0_points_drop_the_unlabelled_rows_as_their_runs_alone(workdir, tiny_models, capsys):
+    """With --unlabeled-data, distill --alpha 0 trains on the labelled rows alone. Its lockstep
+    point must too: the same batches and steps, and a config.json `compare` takes as a fair
+    cross-entropy baseline (no unlabelled rows). The alpha 0.7 points keep the unlabelled rows."""
+    from conftest import make_texts
+
+    unlabeled = workdir / "unlabeled.csv"
+    unlabeled.write_text("text\n" + "\n".join(t for t, _ in make_texts(8, seed=7)) + "\n")
+    args = [
+        *common_args(tiny_models["bert_teacher"], tiny_models["bert_student"]),
+        "--unlabeled-data",
+        str(unlabeled),
+    ]
+    _, record = run_sweep(
+        capsys, [*args, "--temperature", "2,3", "--alpha", "0,0.7", "--lockstep", "on"]
+    )
+    assert [g["students"] for g in record["lockstep"]["groups"]] == [2, 2]
+    alone = alone_runs(workdir, args, record)
+    for entry in record["runs"]:
+        lock = Path(entry["run_dir"])
+        assert_same_run(lock, alone[entry["temperature"], entry["alpha"], 42])
+        config = json.loads((lock / "config.json").read_text())
+        epochs = json.loads((lock / "history.json").read_text())["epochs"]
+        unlabelled_seen = sum(e["train_unlabeled_samples"] for e in epochs)
+        if entry["alpha"] == 0.0:
+            assert config["data"]["unlabeled_rows"] == 0 and unlabelled_seen == 0
+            assert config["resolved"]["total_optimizer_steps"] == 2 * 5  # 40 rows / 8, 2 epochs
+        else:
+            assert config["data"]["unlabeled_rows"] == 32 and unlabelled_seen == 2 * 32
+    from kdistill.evaluation.gain import baseline_problems
+
+    zero = next(e for e in record["runs"] if e["alpha"] == 0.0)
+    run_config = json.loads((Path(zero["run_dir"]) / "config.json").read_text())
+    assert baseline_problems({"run_config": run_config}) == []
