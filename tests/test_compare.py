@@ -390,8 +390,8 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
     # Each run's recipe beside its name, and what the gain held fixed, read from the runs.
     steps = student["run_config"]["resolved"]["total_optimizer_steps"]
     assert steps == 12  # 96 labelled rows, batch 8, 1 epoch
-    assert student["recipe"] == "layers 1; KD alpha 0.7 T 3.0; 96 labelled rows; 1 epochs; 12 steps"
-    assert baseline["recipe"] == "layers 1; CE only; 96 labelled rows; 1 epochs; 12 steps"
+    assert student["recipe"] == "layers 1; KD alpha 0.7 T 3.0; 96 labelled rows; 1 epoch; 12 steps"
+    assert baseline["recipe"] == "layers 1; CE only; 96 labelled rows; 1 epoch; 12 steps"
     assert f"{student['name']}: {student['recipe']}" in table
     assert "optimizer steps 12" in g["matched"] and "rows seen 96" in g["matched"]
     assert g["differs"] == [] and "matched: " in table and "optimizer steps 12" in table

@@ -166,7 +166,8 @@ def run_recipe(run_config: dict[str, Any] | None) -> str | None:
     if data.get("unlabeled_rows"):
         rows += f" + {data['unlabeled_rows']:,} unlabelled"
     steps = resolved.get("total_optimizer_steps")
-    parts = [layers, loss, f"{rows} rows", f"{run_config.get('epochs')} epochs"]
+    epochs = run_config.get("epochs")
+    parts = [layers, loss, f"{rows} rows", f"{epochs} epoch{'' if epochs == 1 else 's'}"]
     if steps is not None:
         parts.append(f"{steps} steps")
     return "; ".join(parts)
