@@ -104,10 +104,8 @@ def baseline_differences(
             unfair.append(f"{what} {a} vs the baseline's {b}")
         elif a is not None:
             matched.append(f"{what} {a}")
-    steps_named, steps_matched = _compare_steps(training_budget(student), training_budget(baseline))
-    unfair += [d for d in steps_named if "at least as many" in d or "not recorded" in d]
-    named += [d for d in steps_named if d not in unfair]
-    matched += steps_matched
+    budget = _compare_budgets(training_budget(student), training_budget(baseline))
+    unfair, named, matched = unfair + budget[0], named + budget[1], matched + budget[2]
     if rs.get("seed") != rb.get("seed"):
         named.append(
             f"seed {rs.get('seed')} vs the baseline's {rb.get('seed')} (the interval covers "
@@ -118,24 +116,25 @@ def baseline_differences(
     return unfair, named, matched
 
 
-def _compare_steps(
+def _compare_budgets(
     student: dict[str, int | None], baseline: dict[str, int | None]
-) -> tuple[list[str], list[str]]:
-    """(differences, matches) in optimizer steps, rows seen and epochs."""
-    differences, matched = [], []
+) -> tuple[list[str], list[str], list[str]]:
+    """(unfair, named, matched) in optimizer steps, rows seen and epochs: fewer steps for the
+    baseline, or steps not recorded, are unfair; the rest is named or matched."""
+    unfair, named, matched = [], [], []
     s, b = student["optimizer_steps"], baseline["optimizer_steps"]
     if s is None or b is None:
-        differences.append(
+        unfair.append(
             "optimizer steps not recorded (a config.json without resolved "
             "total_optimizer_steps); retrain with this kdistill"
         )
     elif b < s:
-        differences.append(
+        unfair.append(
             f"optimizer steps {s} vs the baseline's {b} (a fair baseline trains for at least "
             "as many: give it more --epochs)"
         )
     elif b > s:
-        differences.append(f"optimizer steps {s} vs the baseline's {b} ({100 * (b / s - 1):+.1f}%)")
+        named.append(f"optimizer steps {s} vs the baseline's {b} ({100 * (b / s - 1):+.1f}%)")
     else:
         matched.append(f"optimizer steps {s}")
     for key, what in (("rows_seen", "rows seen"), ("epochs", "epochs")):
@@ -143,8 +142,8 @@ def _compare_steps(
         if s == b and s is not None:
             matched.append(f"{what} {s}")
         elif s != b:
-            differences.append(f"{what} {s} vs the baseline's {b}")
-    return differences, matched
+            named.append(f"{what} {s} vs the baseline's {b}")
+    return unfair, named, matched
 
 
 def run_recipe(run_config: dict[str, Any] | None) -> str | None:
