@@ -387,6 +387,15 @@ def test_compare_writes_complete_results_that_are_the_models_own(project, tmp_pa
     # The terminal shows the results without opening a file.
     table = next(r.getMessage() for r in caplog.records if "speed-up" in r.getMessage())
     assert student["name"] in table and "distillation gain" in table and "95% CI" in table
+    # Each run's recipe beside its name, and what the gain held fixed, read from the runs.
+    steps = student["run_config"]["resolved"]["total_optimizer_steps"]
+    assert steps == 12  # 96 labelled rows, batch 8, 1 epoch
+    assert student["recipe"] == "layers 1; KD alpha 0.7 T 3.0; 96 labelled rows; 1 epoch; 12 steps"
+    assert baseline["recipe"] == "layers 1; CE only; 96 labelled rows; 1 epoch; 12 steps"
+    assert f"{student['name']}: {student['recipe']}" in table
+    assert "optimizer steps 12" in g["matched"] and "rows seen 96" in g["matched"]
+    assert g["differs"] == [] and "matched: " in table and "optimizer steps 12" in table
+    assert student["recipe"] in page and "optimizer steps 12" in page
 
 
 def test_the_seed_script_runs_with_the_seed_flags(project, tmp_path, monkeypatch):
@@ -490,47 +499,72 @@ def test_a_model_without_a_trained_head_is_refused(project, tmp_path, capsys, ti
 
 def gain_models():
     """A teacher, students trained several ways, and a baseline, as model records with the
-    run configs compare reads; plus each model's predictions on 200 rows."""
+    run configs and histories compare reads; plus each model's predictions on 200 rows. The
+    baseline: 96 labelled rows, batch 8, 3 epochs = 36 optimizer steps, 288 rows seen."""
     import numpy as np
 
-    def run(alpha, **changes):
+    def run(alpha, epochs=3, steps=36, seen=96, **changes):
         data = {
             "source": "data/toy",
             "train_rows": 96,
             "unlabeled_rows": 0,
             **changes.pop("data", {}),
         }
-        return {
+        resolved = {
+            "effective_batch_size": 8,
+            "total_optimizer_steps": steps,
+            **changes.pop("resolved", {}),
+        }
+        config = {
             "student_model": "bert-tiny",
             "student_layers": None,
             "student_num_layers": None,
+            "student_tokenizer": None,
             "alpha": alpha,
-            "epochs": 3,
+            "temperature": 3.0,
+            "epochs": epochs,
             "max_length": 128,
+            "learning_rate": 3e-4,
+            "lr_scheduler": "constant_with_warmup",
+            "warmup_ratio": 0.1,
+            "weight_decay": 0.01,
+            "seed": 42,
             "data": data,
+            "resolved": resolved,
             **changes,
         }
+        history = {"epochs": [{"epoch": e + 1, "train_samples": seen} for e in range(epochs)]}
+        return config, history
 
-    def model(name, role, run_config=None, params=100, cls="BertForSequenceClassification"):
+    def model(name, role, made=(None, None), params=100, cls="BertForSequenceClassification"):
         return {
             "name": name,
             "role": role,
-            "run_config": run_config,
+            "run_config": made[0],
+            "history": made[1],
             "parameters": params,
             "model_class": cls,
         }
 
+    unlabeled = {"train_rows": 96, "unlabeled_rows": 864}
     models = [
         model("teacher", "teacher"),
         model("kd", "student", run(0.7)),
         model("kd-same", "student", run(0.7)),
-        model("kd-cut", "student", run(0.7, student_layers="0,5")),
-        model("kd-longer", "student", run(0.7, epochs=10)),
         # The baseline trained longer than this student: a stronger baseline, still fair.
-        model("kd-shorter", "student", run(0.7, epochs=1)),
+        model("kd-shorter", "student", run(0.7, epochs=1, steps=12)),
+        # Step-matched: 3 epochs over 960 rows of text against the baseline's 30 over its 96.
+        model("kd-matched", "student", run(0.7, data=unlabeled, steps=360, seen=960)),
+        model("kd-cut", "student", run(0.7, student_layers="0,5")),
+        # The old demo: as many epochs, over ten times the rows, so ten times the steps.
+        model("kd-unlabelled", "student", run(0.7, data=unlabeled, steps=360, seen=960)),
         model("kd-more-rows", "student", run(0.7, data={"train_rows": 960})),
         model("kd-other-length", "student", run(0.7, max_length=64)),
-        model("folder", "student", None),
+        model("kd-other-lr", "student", run(0.7, learning_rate=1e-3)),
+        model("kd-other-batch", "student", run(0.7, resolved={"effective_batch_size": 32})),
+        model("kd-other-schedule", "student", run(0.7, lr_scheduler="linear")),
+        model("kd-other-tokenizer", "student", run(0.7, student_tokenizer="minilm")),
+        model("folder", "student"),
         model("ce", "baseline", run(0.0)),
     ]
     rng = np.random.default_rng(0)
@@ -546,42 +580,117 @@ def gain_models():
     return models, preds, y
 
 
-def test_gain_only_against_a_fair_cross_entropy_baseline():
+def scored_gain(models, preds, y, resamples=1000):
     import torch as t
 
     from kdistill.evaluation.gain import add_intervals, distillation_gain
 
-    models, preds, y = gain_models()
     for m in models:
         p = preds[m["name"]]
         m["accuracy"] = float((p == y).mean())
         m["macro_f1"] = m["accuracy"]  # not what is tested here
     boot = add_intervals(
-        models, {n: t.tensor(p) for n, p in preds.items()}, t.tensor(y), 4, 1000, 0
+        models, {n: t.tensor(p) for n, p in preds.items()}, t.tensor(y), 4, resamples, 0
     )
+    return distillation_gain(models, boot), boot
+
+
+def test_gain_only_against_a_fair_cross_entropy_baseline():
+    from kdistill.evaluation.gain import distillation_gain
+
+    models, preds, y = gain_models()
+    ce = models[-1]
+    # The step-matched student's baseline: 30 epochs over the 96 labelled rows.
+    matched = next(m for m in models if m["name"] == "kd-matched")
+    gain, boot = scored_gain(models, preds, y)
     for m in models:
         assert m["accuracy_ci"][0] <= m["accuracy"] <= m["accuracy_ci"][1]
-    gain = distillation_gain(models, boot)
     assert gain["baseline"] == "ce" and gain["baseline_valid"] and gain["baseline_problems"] == []
     kd, same, shorter = gain["students"]
     assert (kd["student"], same["student"], shorter["student"]) == ("kd", "kd-same", "kd-shorter")
     assert shorter["accuracy_points"] == 0
-    ce = next(m for m in models if m["name"] == "ce")
     kd_model = next(m for m in models if m["name"] == "kd")
     assert kd["accuracy_points"] == pytest.approx((kd_model["accuracy"] - ce["accuracy"]) * 100)
     low, high = kd["accuracy_points_ci"]
     assert 0 < low < kd["accuracy_points"] < high and not kd["accuracy_within_noise"]
     assert same["accuracy_points"] == 0 and same["accuracy_points_ci"] == [0.0, 0.0]
     assert same["accuracy_within_noise"] and same["macro_f1_within_noise"]
+    # What was matched is named, with its value; and nothing differs.
+    assert kd["differs"] == []
+    for what in ("optimizer steps 36", "rows seen 288", "epochs 3", "learning rate 0.0003"):
+        assert what in kd["matched"]
+    for what in ("batch size 8", "schedule constant_with_warmup", "seed 42"):
+        assert what in kd["matched"]
+    assert kd["budget"]["student"] == {"optimizer_steps": 36, "rows_seen": 288, "epochs": 3}
+    # A longer baseline is fair, and says how much longer.
+    assert shorter["differs"] == [
+        "optimizer steps 12 vs the baseline's 36 (+200.0%)",
+        "rows seen 96 vs the baseline's 288",
+        "epochs 1 vs the baseline's 3",
+    ]
     # Anything else the student did differently would be folded into the "gain": none given.
     why = {n["student"]: n["differences"] for n in gain["not_comparable"]}
-    assert list(why) == ["kd-cut", "kd-longer", "kd-more-rows", "kd-other-length", "folder"]
+    assert list(why) == [m["name"] for m in models[4:-1]]
+    fewer_steps = (
+        "optimizer steps 360 vs the baseline's 36 (a fair baseline trains for at least as "
+        "many: give it more --epochs)"
+    )
+    assert why["kd-matched"] == [fewer_steps]  # against this 3-epoch baseline
+    assert why["kd-unlabelled"] == [fewer_steps]
     assert why["kd-cut"] == ["student_layers 0,5 vs the baseline's None"]
-    assert why["kd-longer"] == ["epochs 10 vs the baseline's 3 (a baseline needs at least as many)"]
     assert why["kd-more-rows"] == ["labelled rows 960 vs the baseline's 96"]
     assert why["kd-other-length"] == ["max length 64 vs the baseline's 128"]
+    assert why["kd-other-lr"] == ["learning rate 0.001 vs the baseline's 0.0003"]
+    assert why["kd-other-batch"] == ["batch size 32 vs the baseline's 8"]
+    assert why["kd-other-schedule"] == ["schedule linear vs the baseline's constant_with_warmup"]
+    assert why["kd-other-tokenizer"] == ["tokenizer minilm vs the baseline's None"]
     assert "no distill config.json" in why["folder"][0]
     assert distillation_gain(models[:-1], boot) is None
+
+    # Given 30 epochs (360 steps, 2,880 rows seen), the baseline is a fair one for kd-matched,
+    # and no longer for the students it now outtrains by ten times: still fair, but named.
+    ce["run_config"]["epochs"], ce["run_config"]["resolved"]["total_optimizer_steps"] = 30, 360
+    ce["history"]["epochs"] = [{"epoch": e + 1, "train_samples": 96} for e in range(30)]
+    gain, _ = scored_gain([models[0], matched, ce], preds, y)
+    (g,) = gain["students"]
+    assert g["student"] == "kd-matched"
+    assert "optimizer steps 360" in g["matched"] and "rows seen 2880" in g["matched"]
+    assert g["differs"] == ["epochs 3 vs the baseline's 30"]
+
+
+def test_a_different_seed_is_named_beside_the_gain():
+    models, preds, y = gain_models()
+    models[1]["run_config"]["seed"] = 7
+    gain, _ = scored_gain(models[:2] + models[-1:], preds, y, resamples=200)
+    (g,) = gain["students"]
+    assert g["differs"] == [
+        "seed 7 vs the baseline's 42 (the interval covers the test rows, not the seeds' spread)"
+    ]
+
+
+def test_each_runs_recipe_names_what_made_it():
+    """Two students whose run names differ only by a timestamp are told apart by recipe."""
+    from kdistill.evaluation.gain import run_recipe
+
+    models, _, _ = gain_models()
+    config = models[4]["run_config"]  # kd-matched
+    assert run_recipe(config) == (
+        "all layers; KD alpha 0.7 T 3.0; 96 labelled + 864 unlabelled rows; 3 epochs; 360 steps"
+    )
+    hidden = {
+        **config,
+        "student_layers": "0,5",
+        "resolved": {
+            **config["resolved"],
+            "intermediate": {"hidden_loss": "mse", "hidden_weight": 1.0, "attention_loss": "none"},
+        },
+    }
+    assert run_recipe(hidden) == (
+        "layers 0,5; KD alpha 0.7 T 3.0 + hidden mse x1.0; 96 labelled + 864 unlabelled rows; "
+        "3 epochs; 360 steps"
+    )
+    assert run_recipe(models[-1]["run_config"]).startswith("all layers; CE only; 96 labelled rows")
+    assert run_recipe(None) is None
 
 
 @pytest.mark.parametrize(
@@ -608,6 +717,7 @@ def test_a_baseline_that_saw_the_teacher_gives_no_gain(tmp_path, change, problem
     models, preds, y = gain_models()
     ce = models[-1]
     ce["run_config"] = None if change is None else {**ce["run_config"], **change}
+    students = len(models) - 2
     for m in models:
         m.update(
             accuracy=float((preds[m["name"]] == y).mean()),
@@ -623,7 +733,7 @@ def test_a_baseline_that_saw_the_teacher_gives_no_gain(tmp_path, change, problem
     gain = distillation_gain(models, boot)
     assert not gain["baseline_valid"] and problem in gain["baseline_problems"][0]
     assert gain["students"] == []
-    assert len(gain["not_comparable"]) == 8
+    assert len(gain["not_comparable"]) == students
     assert all(problem in n["differences"][0] for n in gain["not_comparable"])
     results = {
         "models": models,

@@ -6,9 +6,11 @@ each, as the logit cache does), measures how faithfully each student imitates th
 batch 1, throughput), and writes comparison_results.json, teacher_student_comparison.png and
 report.html into a new folder. A cross-entropy-only student (--baseline) turns the numbers into
 the gain distillation itself brings, when it is a fair one: cross-entropy only, the same student
-on the same data for as long. Every accuracy and macro-F1 comes with a 95% bootstrap interval over
-the rows, and each gain with a paired one, so a difference the split's size cannot tell from noise
-is reported as such.
+on the same data with the same learning rate, batch size and schedule, for at least as many
+optimizer steps; what matched and what still differs is named beside each gain. Every accuracy
+and macro-F1 comes with a 95% bootstrap interval over the rows, and each gain with a paired one,
+so a difference the split's size cannot tell from noise is reported as such. Each run's recipe
+(layers, loss, rows, steps) is shown beside its name.
 """
 
 from __future__ import annotations
@@ -342,6 +344,8 @@ def format_summary(results: dict[str, Any]) -> str:
             f"{m['throughput_per_s']:>10.1f}{_count(m['parameters']):>9}"
             f"{m['size_on_disk_bytes'] / 1e6:>8.1f}"
         )
+    # Two runs' folder names may differ only by a timestamp: say how each was made.
+    lines += [f"{m['name']}: {m['recipe']}" for m in models if m.get("recipe")]
     gain = results["distillation_gain"]
     for g in gain["students"] if gain else []:
         lines.append(
@@ -349,6 +353,9 @@ def format_summary(results: dict[str, Any]) -> str:
             f"{_points_ci(g, 'accuracy', 'accuracy')}, "
             f"{_points_ci(g, 'macro_f1', 'macro-F1')}"
         )
+        lines.append(f"  matched: {', '.join(g.get('matched') or ['nothing recorded'])}")
+        if g.get("differs"):
+            lines.append(f"  differs: {'; '.join(g['differs'])}")
     for n in gain["not_comparable"] if gain else []:
         lines.append(
             f"no distillation gain for {n['student']}: not a fair comparison with the "

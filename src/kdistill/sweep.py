@@ -222,23 +222,39 @@ def run_grid(config: SweepConfig, record: dict[str, Any], group_dir: Path, json_
         "reason": reason,
         "groups": [],
     }
-    start = 0
-    while start < len(members):
-        group = members[start : start + (group_size or 1)]
-        if group_size:
-            try:
-                train_lockstep(config, group, record, group_dir, json_path)
-            except _Fallback as e:
-                group_size, record["lockstep"]["reason"] = None, str(e)
-                record["lockstep"]["group_size"] = None
-                continue  # the same members, in turn
-        else:
-            train_in_turn(config, group[0], record, group_dir, json_path)
-        start += len(group)
+    for part in same_batches(config, members):
+        start = 0
+        while start < len(part):
+            group = part[start : start + (group_size or 1)]
+            if group_size:
+                try:
+                    train_lockstep(config, group, record, group_dir, json_path)
+                except _Fallback as e:
+                    group_size, record["lockstep"]["reason"] = None, str(e)
+                    record["lockstep"]["group_size"] = None
+                    continue  # the same members, in turn
+            else:
+                train_in_turn(config, group[0], record, group_dir, json_path)
+            start += len(group)
     record["completed"] = datetime.now().isoformat(timespec="seconds")
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
     finish_record(record, config)
     atomic_write_json(json_path, record)
+
+
+def same_batches(
+    config: SweepConfig, members: list[tuple[int, float, float]]
+) -> list[list[tuple[int, float, float]]]:
+    """The members in parts whose runs alone draw the same batches, in grid order: a lockstep
+    group never spans two parts. With --unlabeled-data the alpha-0 points are a part of their
+    own: distill --alpha 0 drops the unlabelled rows (nothing there for cross-entropy), so its
+    batches and step count are not the other points'."""
+    if not config.unlabeled_data:
+        return [members]
+    zero = [m for m in members if m[2] == 0.0]
+    rest = [m for m in members if m[2] != 0.0]
+    parts = [p for p in (zero, rest) if p]
+    return sorted(parts, key=lambda p: members.index(p[0]))
 
 
 class _Fallback(Exception):  # noqa: N818

@@ -100,9 +100,10 @@ class CompareConfig(TeacherOptions, DataOptions, DeviceOptions, ConfigBase):
         None,
         "A student trained without the teacher (distill --alpha 0): the report states each "
         "student's gain from distillation against it, with a paired 95% interval. It counts "
-        "only for students of the same student flags, data set, labelled rows and max length, "
-        "and a baseline trained for at least as many epochs; for others the differences are "
-        "listed instead.",
+        "only for students of the same student flags, data set, labelled rows, max length, "
+        "tokenizer, learning rate, batch size and schedule, and a baseline trained for at "
+        "least as many optimizer steps (give it more --epochs when the student also learns "
+        "from unlabelled text); for others the differences are listed instead.",
     )
     dataset: str = _opt("dbpedia", "Prepared data, or anything prepare-data accepts.")
     split: str = _opt(

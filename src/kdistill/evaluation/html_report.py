@@ -82,6 +82,7 @@ def _summary_rows(models: list[dict[str, Any]]) -> list[list[str]]:
                 _num(m.get("compression_vs_teacher"), "{:.2f}×"),
                 _num(data.get("labeled_rows"), "{:,}"),
                 _num(data.get("unlabeled_rows"), "{:,}"),
+                html.escape(m.get("recipe") or "—"),
             ]
         )
     return rows
@@ -106,6 +107,7 @@ SUMMARY_HEADER = [
     "compression",
     "labelled train rows",
     "unlabelled train rows",
+    "recipe",
 ]
 
 
@@ -141,6 +143,15 @@ def _points(g: dict[str, Any], metric: str, what: str) -> str:
     return text
 
 
+def _matched_html(g: dict[str, Any]) -> str:
+    """What the student's and the baseline's runs matched and what differs, as a sub-list."""
+    matched = ", ".join(html.escape(x) for x in g.get("matched") or []) or "nothing recorded"
+    items = f"<li>matched: {matched}</li>"
+    if g.get("differs"):
+        items += f"<li>differs: {'; '.join(html.escape(x) for x in g['differs'])}</li>"
+    return f"<ul>{items}</ul>"
+
+
 def _gain_html(gain: dict[str, Any] | None) -> str:
     """The distillation gain section: each fair student's gain, or why there is none."""
     if not gain:
@@ -149,7 +160,7 @@ def _gain_html(gain: dict[str, Any] | None) -> str:
     items = "".join(
         f"<li>student <b>{html.escape(g['student'])}</b>: {_points(g, 'accuracy', 'accuracy')}, "
         f"{_points(g, 'macro_f1', 'macro-F1')} over the cross-entropy-only baseline "
-        f"<b>{base}</b></li>"
+        f"<b>{base}</b>{_matched_html(g)}</li>"
         for g in gain["students"]
     )
     for n in gain.get("not_comparable", []):
@@ -161,8 +172,11 @@ def _gain_html(gain: dict[str, Any] | None) -> str:
     return (
         "<h2>Distillation gain</h2><p>What the teacher adds: each student against the same "
         "student architecture trained on labels alone (alpha = 0, no teacher on any row), on "
-        "the same data set and labelled rows, for as many epochs, at the same max length. "
-        "Intervals are paired bootstraps over the same rows; a gain whose interval spans 0 is "
+        "the same data set and labelled rows, with the same tokenizer, max length, learning "
+        "rate, batch size and schedule, for at least as many optimizer steps (not epochs: a "
+        "student that also learns from unlabelled text takes more steps per epoch). Each gain "
+        "names what the two runs matched and what still differs. Intervals are paired "
+        "bootstraps over the same rows; a gain whose interval spans 0 is "
         f"within noise.</p><ul>{items}</ul>"
     )
 

@@ -126,6 +126,7 @@ def model_record(
     candidate: Candidate | None = None,
 ) -> dict[str, Any]:
     """One entry of comparison_results.json's `models`, before the ratios to the teacher."""
+    from kdistill.evaluation.gain import run_recipe
     from kdistill.evaluation.metrics import (
         agreement,
         classification_metrics,
@@ -165,6 +166,7 @@ def model_record(
             "labeled_rows": data.get("train_rows"),
             "unlabeled_rows": data.get("unlabeled_rows"),
         },
+        "recipe": run_recipe(run_config),
     }
 
 

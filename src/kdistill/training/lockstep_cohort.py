@@ -109,7 +109,14 @@ def open_cohort(
 
     config = points[0].config
     set_seed(config.seed)
-    data, train, val, unlabeled = load_cohort_data(config)
+    # As distill --alpha 0 drops them; sweep.same_batches keeps alpha 0 apart when they exist.
+    with_unlabeled = any(p.alpha != 0.0 for p in points)
+    if config.unlabeled_data and not with_unlabeled:
+        logger.warning(
+            "--alpha 0 trains on the labels alone: the --unlabeled-data rows have no "
+            "labels and nothing to learn from, so they are not used"
+        )
+    data, train, val, unlabeled = load_cohort_data(config, with_unlabeled)
     n_unlabeled = len(unlabeled) if unlabeled is not None else 0
     for p in points:
         check_training_rows(config.dataset, len(train), n_unlabeled, p.config)
@@ -246,9 +253,10 @@ def cohort_teacher_pass(
     return history, cache
 
 
-def load_cohort_data(config: DistillConfig) -> tuple[Any, Any, Any, Any]:
+def load_cohort_data(config: DistillConfig, with_unlabeled: bool) -> tuple[Any, Any, Any, Any]:
     """distill.setup_run's data, without its Accelerator: labelled data, train and validation
-    subsamples, and the unlabelled rows (or None), all seeded by this cohort's seed."""
+    subsamples, and the unlabelled rows (None without --unlabeled-data, or when every point of
+    the cohort is alpha 0), all seeded by this cohort's seed."""
     from kdistill.data.prepare import load_for_training
     from kdistill.data.sampling import subsample
     from kdistill.data.unlabeled import load_unlabeled
@@ -268,7 +276,7 @@ def load_cohort_data(config: DistillConfig) -> tuple[Any, Any, Any, Any]:
         data.splits["validation"], config.max_val_samples, config.seed, "--max-val-samples"
     )
     unlabeled = None
-    if config.unlabeled_data:
+    if config.unlabeled_data and with_unlabeled:
         from kdistill.training.loaders import warn_unlabeled_overlap
 
         unlabeled = load_unlabeled(
