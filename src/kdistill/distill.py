@@ -114,7 +114,10 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     )
 
     # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
+    start = time.perf_counter()
     teacher_metrics, history = check_teacher(config, run, teacher, t, t_dtype)
+    teacher_eval_s = time.perf_counter() - start if teacher is not None else None
+    announce_run_time(config, run, t, teacher_eval_s, history)
     record_dir = partial_dir if checkpoint is None else None  # a resume has it recorded
     t_cal, temperature = resolve_temperatures(config, run, teacher, t, record_dir, history)
     teacher_targets = make_teacher_targets(
@@ -172,6 +175,24 @@ def check_teacher(
     if teacher_metrics is not None:
         check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
     return teacher_metrics, new_history(teacher_metrics, chance)
+
+
+def announce_run_time(
+    config: DistillConfig,
+    run: RunSetup,
+    t: Training,
+    teacher_eval_s: float | None,
+    history: dict[str, Any],
+) -> None:
+    """Log (and record in history.json) how long the run will take on this device, measured
+    from the teacher's validation pass and a few student passes, before the teacher pass and
+    the epochs start: a run of hours should say so at once."""
+    from kdistill.training.estimate import estimate_run_time, log_estimate
+
+    estimate = estimate_run_time(config, run.accelerator, t, teacher_eval_s, len(run.val))
+    if run.accelerator.is_main_process:
+        log_estimate(estimate, run.accelerator.device.type)
+    history["time_estimate"] = estimate.record()
 
 
 def bind_intermediate(
