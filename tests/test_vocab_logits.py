@@ -14,7 +14,7 @@ import torch
 from conftest import CLASSES, build_bpe_tokenizer
 from test_prompt_teacher import MIXED, TEXTS, batch_of
 
-from kdistill.teachers import vocab_logits
+from kdistill.teachers import prompt_scoring, vocab_logits
 from kdistill.teachers.prompt import PromptSettings, PromptTeacher
 
 REAL_VOCAB = 151_936  # Qwen2.5 and DeepSeek-R1-Distill-Qwen's config.json
@@ -68,12 +68,18 @@ def head_outputs(teacher: PromptTeacher, batch: dict) -> list[tuple[int, ...]]:
     return shapes
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("prefix_cache", ["auto", "off"])
-def test_same_logits_as_the_whole_model(wide_vocab, monkeypatch, prefix_cache, padding_side):
+def test_same_logits_as_the_whole_model(
+    wide_vocab, monkeypatch, prefix_cache, padding_side, packed
+):
     """Decoder + output layer over the scored positions, in chunks of 3 rows, equals the logits
     the whole model computes at every position (the path taken before, and still taken by
-    models whose output layer is not plain)."""
+    models whose output layer is not plain); label words packed in one sequence, or repeated
+    per class (models whose attention takes no custom mask)."""
+    if not packed:
+        monkeypatch.setattr(prompt_scoring, "packed_continuations", lambda *a: None)
     teacher = make(wide_vocab, prefix_cache, padding_side)
     batch = batch_of(teacher, TEXTS)
     teacher.chunk_bytes = 3 * REAL_VOCAB * 8  # 3 rows of float32 logits + log-softmax
