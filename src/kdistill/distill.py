@@ -114,10 +114,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     )
 
     # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
-    start = time.perf_counter()
     teacher_metrics, history = check_teacher(config, run, teacher, t, t_dtype)
-    teacher_eval_s = time.perf_counter() - start if teacher is not None else None
-    announce_run_time(config, run, t, teacher_eval_s, history)
     record_dir = partial_dir if checkpoint is None else None  # a resume has it recorded
     t_cal, temperature = resolve_temperatures(config, run, teacher, t, record_dir, history)
     teacher_targets = make_teacher_targets(
@@ -169,12 +166,17 @@ def check_teacher(
     config: DistillConfig, run: RunSetup, teacher: Teacher | None, t: Training, t_dtype: str
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The teacher's validation metrics (None without a teacher) and the run's new history;
-    a teacher near chance stops the run unless --allow-weak-teacher."""
+    a teacher near chance stops the run unless --allow-weak-teacher. The evaluation's time is
+    the teacher's measured rate, so the run's time estimate is logged here."""
+    start = time.perf_counter()
     teacher_metrics = evaluate_teacher(config, run, teacher, t.val_loader, t.val_tok, t_dtype)
+    teacher_eval_s = time.perf_counter() - start if teacher is not None else None
     chance = chance_accuracy(list(run.val["label"]), run.data.num_labels)
     if teacher_metrics is not None:
         check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
-    return teacher_metrics, new_history(teacher_metrics, chance)
+    history = new_history(teacher_metrics, chance)
+    announce_run_time(config, run, t, teacher_eval_s, history)
+    return teacher_metrics, history
 
 
 def announce_run_time(
