@@ -155,7 +155,10 @@ def test_only_the_student_learns(workdir, tiny_models, monkeypatch, cache):
     assert not teacher.training
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     after = teacher.state_dict()
-    assert all(torch.equal(captured["before"][k], after[k]) for k in after)
+    if cache == "memory":  # freed once every epoch's logits were cached: nothing left to change
+        assert all(v.is_meta for v in after.values())
+    else:
+        assert all(torch.equal(captured["before"][k], after[k]) for k in after)
     changed = [
         k
         for k, v in captured["student_after"].items()

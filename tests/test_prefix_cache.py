@@ -103,7 +103,7 @@ def prompt_widths(teacher: PromptTeacher, batch: dict) -> list[int]:
     def hook(module, args, kwargs):
         widths.append(kwargs["input_ids"].shape[1])
 
-    handle = teacher.model.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = teacher.model.get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
     try:
         teacher.logits(batch)
     finally:
@@ -178,7 +178,7 @@ def test_a_long_prefix_cuts_the_batch_without_changing_the_logits(
     monkeypatch.setattr(prefix_cache, "PREFIX_COPY_TOKENS", 3 * shared)  # 3 rows a forward
 
     rows: list[int] = []
-    handle = sliced.model.register_forward_pre_hook(
+    handle = sliced.model.get_decoder().register_forward_pre_hook(
         lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     try:

@@ -105,7 +105,8 @@ def direct_batch(teacher: PromptTeacher, texts: list[str]) -> torch.Tensor:
 @contextmanager
 def count_forwards(teacher: PromptTeacher) -> Iterator[list[int]]:
     calls: list[int] = []
-    handle = teacher.model.register_forward_hook(lambda *_: calls.append(1))
+    # The decoder: every pass runs it, whether the model or only its decoder is called.
+    handle = teacher.model.get_decoder().register_forward_hook(lambda *_: calls.append(1))
     try:
         yield calls
     finally:

@@ -167,12 +167,35 @@ def check_teacher(
     config: DistillConfig, run: RunSetup, teacher: Teacher | None, t: Training, t_dtype: str
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The teacher's validation metrics (None without a teacher) and the run's new history;
-    a teacher near chance stops the run unless --allow-weak-teacher."""
+    a teacher near chance stops the run unless --allow-weak-teacher. The evaluation's time is
+    the teacher's measured rate, so the run's time estimate is logged here."""
+    start = time.perf_counter()
     teacher_metrics = evaluate_teacher(config, run, teacher, t.val_loader, t.val_tok, t_dtype)
+    teacher_eval_s = time.perf_counter() - start if teacher is not None else None
     chance = chance_accuracy(list(run.val["label"]), run.data.num_labels)
     if teacher_metrics is not None:
         check_teacher_strength(teacher_metrics["accuracy"], chance, config.allow_weak_teacher)
-    return teacher_metrics, new_history(teacher_metrics, chance)
+    history = new_history(teacher_metrics, chance)
+    announce_run_time(config, run, t, teacher_eval_s, history)
+    return teacher_metrics, history
+
+
+def announce_run_time(
+    config: DistillConfig,
+    run: RunSetup,
+    t: Training,
+    teacher_eval_s: float | None,
+    history: dict[str, Any],
+) -> None:
+    """Log (and record in history.json) how long the run will take on this device, measured
+    from the teacher's validation pass and a few student passes, before the teacher pass and
+    the epochs start: a run of hours should say so at once."""
+    from kdistill.training.estimate import estimate_run_time, log_estimate
+
+    estimate = estimate_run_time(config, run.accelerator, t, teacher_eval_s, len(run.val))
+    if run.accelerator.is_main_process:
+        log_estimate(estimate, run.accelerator.device.type)
+    history["time_estimate"] = estimate.record()
 
 
 def bind_intermediate(

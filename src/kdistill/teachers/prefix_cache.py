@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kdistill.teachers.vocab_logits import forward_hidden, token_logprobs
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -122,8 +124,7 @@ class PrefixCache:
         key = f"{model.device}|{model.dtype}"
         if key not in self._caches:
             ids = torch.tensor([self.prefix_ids], device=model.device)
-            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            self._caches[key] = out.cache
+            _, self._caches[key] = forward_hidden(model, True, input_ids=ids)
         cache = copy.deepcopy(self._caches[key])
         cache.batch_repeat_interleave(batch)
         return cache
@@ -180,17 +181,20 @@ def packed_continuations(
         offset = torch.cat([torch.arange(len(labels[c]) - 1, device=device) for c in chunk])
         steps = len(inputs)
         allowed = _packed_mask(prompt, owner, offset, impl == "eager", model.dtype)
-        out = model(
+        hidden, _ = forward_hidden(
+            model,
+            False,
             input_ids=inputs.expand(batch, steps),
             attention_mask=allowed,
             position_ids=lengths[:, None] + offset,
             cache=cache,
-            use_cache=True,
-        )
+        )  # (B, T, X)
         if i < len(chunks) - 1:
             cache.crop(-steps)
-        logp = out.logits.float().log_softmax(-1)  # (B, T, V)
-        picked = logp.gather(-1, targets.expand(batch, steps)[..., None])[..., 0]  # (B, T)
+        # (B * T, X) rows into the output layer: only the packed label positions, in chunks.
+        wanted = targets.expand(batch, steps).reshape(-1, 1)
+        flat = hidden.reshape(batch * steps, -1)
+        picked = token_logprobs(model, flat, wanted, chunk_bytes).view(batch, steps)
         summed = torch.zeros((batch, len(chunk)), device=device).index_add_(1, owner, picked)
         result[:, chunk] = summed
     return result

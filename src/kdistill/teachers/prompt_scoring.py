@@ -7,6 +7,9 @@ that cache, packed into one sequence per prompt when the model's attention takes
 (`prefix_cache.packed_continuations`), else with the cache repeated per class in chunks that fit
 a memory bound. Mean rather than sum, so a three-token word is not penalised against a one-token
 word for its length.
+
+Vocabulary logits are computed only where a label token is scored, in row chunks
+(`teachers.vocab_logits`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.teachers.prefix_cache import PrefixCache, packed_continuations, suffix_batch
+from kdistill.teachers.vocab_logits import forward_hidden, token_logprobs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -44,35 +48,31 @@ def score_aligned(
         lengths = mask.sum(1)  # (B,)
         # Positions count real tokens only, so a padded row sees what it would see alone.
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
+        hidden, cache = forward_hidden(
+            model, True, input_ids=ids, attention_mask=mask, position_ids=positions
         )
     else:
         suffix = suffix_batch(ids, mask, len(prefix), pad)
         mask, lengths = suffix["attention_mask"], suffix["lengths"]  # mask: (B, P + S)
-        out = model(
+        hidden, cache = forward_hidden(
+            model,
+            True,
             input_ids=suffix["input_ids"],
             attention_mask=mask,
             position_ids=suffix["position_ids"],
             cache=prefix.expanded(model, ids.shape[0]),
-            use_cache=True,
-            logits_to_keep=1,
         )
     device = ids.device
-    first = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
     labels = [torch.tensor(r, device=device) for r in label_ids]
     n_tokens = torch.tensor([len(r) for r in label_ids], device=device)  # (C,)
-    scores = first[:, torch.stack([r[0] for r in labels])]  # (B, C)
+    firsts = torch.stack([r[0] for r in labels]).expand(ids.shape[0], -1)  # (B, C)
+    scores = token_logprobs(model, hidden[:, -1], firsts, chunk_bytes)  # (B, C)
     longest = int(n_tokens.max())
     if longest > 1:
-        packed = packed_continuations(model, out.cache, mask, lengths, labels, chunk_bytes)
+        packed = packed_continuations(model, cache, mask, lengths, labels, chunk_bytes)
         if packed is None:
             packed = repeated_continuations(
-                model, out.cache, mask, lengths, labels, longest, first.shape[-1], pad, chunk_bytes
+                model, cache, mask, lengths, labels, longest, pad, chunk_bytes
             )
         scores = scores + packed
     return scores / n_tokens
@@ -85,7 +85,6 @@ def repeated_continuations(
     lengths: torch.Tensor,
     labels: list[torch.Tensor],
     longest: int,
-    vocab: int,
     pad: int,
     chunk_bytes: int,
 ) -> torch.Tensor:
@@ -104,7 +103,7 @@ def repeated_continuations(
     inputs, targets, target_real = tokens[:, :-1], tokens[:, 1:], real[:, 1:]
 
     cache_bytes = sum(t.numel() * t.element_size() for kv in cache for t in kv[:2] if t is not None)
-    per_row = cache_bytes / batch + 4 * steps * vocab * 2  # cache + logits + log-softmax
+    per_row = cache_bytes / batch  # the vocabulary logits are bounded by `token_logprobs`
     per_chunk = max(1, min(num_labels, int(chunk_bytes // (per_row * batch))))
     result = torch.empty((batch, num_labels), device=device)
     for start in range(0, num_labels, per_chunk):
@@ -114,7 +113,9 @@ def repeated_continuations(
         # Row b * k + j is prompt b with class start + j; the last chunk may consume the cache.
         rep = cache if last else copy.deepcopy(cache)
         rep.batch_repeat_interleave(k)
-        out = model(
+        hidden, _ = forward_hidden(
+            model,
+            False,
             input_ids=inputs[cs].repeat(batch, 1),
             attention_mask=torch.cat(
                 [mask.repeat_interleave(k, 0), real[cs, :-1].repeat(batch, 1)], dim=1
@@ -123,10 +124,11 @@ def repeated_continuations(
                 k, 0
             ),
             cache=rep,
-            use_cache=True,
-        )
-        logp = out.logits.float().log_softmax(-1)  # (B * k, steps, V)
-        picked = logp.gather(-1, targets[cs].repeat(batch, 1)[..., None])[..., 0]
-        summed = (picked * target_real[cs].repeat(batch, 1)).sum(-1)
-        result[:, cs] = summed.view(batch, k)
+        )  # (B * k, steps, X)
+        # Only positions whose target is a real label token reach the output layer.
+        real_rows = target_real[cs].repeat(batch, 1).bool()  # (B * k, steps)
+        wanted = targets[cs].repeat(batch, 1)[real_rows][:, None]  # (N, 1)
+        picked = torch.zeros(real_rows.shape, device=device)
+        picked[real_rows] = token_logprobs(model, hidden[real_rows], wanted, chunk_bytes)[:, 0]
+        result[:, cs] = picked.sum(-1).view(batch, k)
     return result
