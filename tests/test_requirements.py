@@ -1,10 +1,10 @@
-"""What kdistill needs from its libraries, said in one line: the oldest transformers it runs
-on."""
+"""What kdistill needs from its libraries, said in one line and pinned rather than defaulted: the
+oldest transformers it runs on, and hub kernels off on every model it loads."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import REPO
+from conftest import CLASSES, REPO
 
 import kdistill
 from kdistill import requirements
@@ -58,3 +58,38 @@ def test_pyproject_declares_the_same_floor():
     [spec] = [d for d in project["dependencies"] if d.startswith("transformers")]
     floor = ".".join(map(str, requirements.MIN_TRANSFORMERS))
     assert spec == f"transformers>={floor}"  # no ceiling: the newest release is tested
+
+
+@pytest.fixture()
+def load_kwargs(monkeypatch) -> list[dict]:
+    """The keyword arguments of every model from_pretrained call."""
+    from transformers import PreTrainedModel
+
+    seen: list[dict] = []
+    original = PreTrainedModel.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(spy))
+    return seen
+
+
+def test_every_model_is_loaded_with_hub_kernels_off(tiny_models, load_kwargs):
+    """transformers 5.25 kernelizes by default (and again on every train()/eval()): kdistill
+    says no on each load, and the models stay as their own code wrote them."""
+    from kdistill.students.load import load_student
+    from kdistill.teachers.classifier import load_teacher_classifier
+    from kdistill.teachers.prompt import PromptSettings, load_prompt_teacher
+
+    student, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
+    teacher, _, _ = load_teacher_classifier(str(tiny_models["bert_teacher"]), CLASSES, False)
+    prompt = load_prompt_teacher(str(tiny_models["qwen_lm"]), CLASSES, PromptSettings()).model
+    assert len(load_kwargs) == 3
+    assert all(kwargs.get("use_kernels") is False for kwargs in load_kwargs)
+    for model in (student, teacher, prompt):
+        model.train()
+        model.eval()
+        assert model.use_kernels is False
+        assert getattr(model, "kernels_mode", None) is None
