@@ -350,7 +350,9 @@ def test_names_are_escaped(tmp_path: Path) -> None:
 
 
 def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
-    chromium = shutil.which("chromium")
+    # The names `make browser` accepts: Debian's package installs `chromium`, Ubuntu's
+    # `chromium-browser`.
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.fail("chromium is not installed: run `make browser` (apt-get install chromium)")
     from playwright.sync_api import sync_playwright

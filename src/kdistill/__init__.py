@@ -37,10 +37,20 @@ __all__ = ["__version__", "distill", *_LAZY]
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
+        if name != "KdistillError":
+            _check_transformers()
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # looked up once
         return value
     raise AttributeError(f"module 'kdistill' has no attribute {name!r}")
+
+
+def _check_transformers() -> None:
+    """The API's names need transformers >= the floor in kdistill.requirements: an older one
+    fails here, in one line, rather than deep in a model's forward pass."""
+    from kdistill.requirements import check_transformers
+
+    check_transformers()
 
 
 def __dir__() -> list[str]:
@@ -56,6 +66,7 @@ class _Package(types.ModuleType):
 
     @property
     def distill(self) -> Any:
+        _check_transformers()
         from kdistill.distill import distill
 
         return distill

@@ -28,6 +28,7 @@ from kdistill.config import (
     SweepConfig,
 )
 from kdistill.errors import KdistillError, RunStopped, environment_error
+from kdistill.requirements import check_transformers
 
 logger = logging.getLogger("kdistill")
 
@@ -268,6 +269,7 @@ def main(
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
+        check_transformers()  # before any model is loaded: an old release fails here, in one line
         return args.func(args)
     except KdistillError as e:
         return user_error(prog, e)

@@ -54,12 +54,25 @@ def set_load_policy(allow_pickle: bool = False, trust_remote_code: bool = False)
     _policy = LoadPolicy(allow_pickle, trust_remote_code)
 
 
+# What every model load pins rather than leaving to the transformers release. From 5.25,
+# from_pretrained turns hub kernels on by default (`use_kernels=None` means yes when the
+# `kernels` package is installed, and transformers 5.25 requires it): the model is kernelized
+# at load, layers marked for it (Qwen2's RMSNorm, say) may run code fetched from the Hub on a
+# GPU, and every train()/eval() re-kernelizes it for the new mode, which fails on a meta-device
+# shell. kdistill's numbers should come from the model's own code on every release: off, as
+# 5.24 and earlier had it.
+MODEL_LOAD_KWARGS: dict[str, Any] = {"use_kernels": False}
+
+
 def hf_kwargs(weights: bool = False) -> dict[str, Any]:
     """from_pretrained keyword arguments for the policy: trust_remote_code always explicit (None
-    would ask on the terminal), use_safetensors=True for weights unless pickles are allowed."""
+    would ask on the terminal); for a model's weights, use_safetensors=True unless pickles are
+    allowed, and MODEL_LOAD_KWARGS."""
     kwargs: dict[str, Any] = {"trust_remote_code": _policy.trust_remote_code}
-    if weights and not _policy.allow_pickle:
-        kwargs["use_safetensors"] = True
+    if weights:
+        kwargs.update(MODEL_LOAD_KWARGS)
+        if not _policy.allow_pickle:
+            kwargs["use_safetensors"] = True
     return kwargs
 
 

@@ -13,7 +13,13 @@ import logging
 from pathlib import Path
 
 from kdistill.data.hub import use_cache_if_offline
-from kdistill.data.model_files import cache_root, check_no_pickle_only, hf_kwargs, load_error
+from kdistill.data.model_files import (
+    MODEL_LOAD_KWARGS,
+    cache_root,
+    check_no_pickle_only,
+    hf_kwargs,
+    load_error,
+)
 from kdistill.errors import KdistillError
 
 logger = logging.getLogger(__name__)
@@ -99,7 +105,7 @@ def gguf_to_folder(gguf: Path, flag: str) -> Path:
     try:
         kwargs = {"gguf_file": gguf.name, **hf_kwargs()}
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs, **MODEL_LOAD_KWARGS)
     except Exception as e:
         raise load_error(flag, str(gguf), e) from e
     # The weights are plain floats now; without the GGUF quantizer marks save_pretrained writes
