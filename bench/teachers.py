@@ -16,10 +16,11 @@ stratified 20% validation split (4,000 train / 1,000 validation rows, 14 classes
     python bench/teachers.py                  # everything (~20 minutes on 2 CPU cores)
     python bench/teachers.py --only smol-raw,smol-cal --eval-rows 200
 
-Results are merged into bench/.work/teachers/results.json (each step with the command that
-measured it); the fine-tuned MiniLM is reused by the student steps when it is already there.
-Every run writes bench/results/teachers.txt: its command, the machine, and a markdown table of
-every step in results.json, with the command and time that measured each row;
+Results are merged into bench/.work/teachers/results.json, each step with the command that
+measured it (runs of different steps on one --work may overlap); the fine-tuned MiniLM is
+reused by the student steps when it is already there. Every run writes
+bench/results/teachers.txt: its command, the machine, and a markdown table of every step in
+results.json, with the command and time that measured each row;
 `--table-only` rewrites it from results.json without running a step.
 """
 
@@ -328,17 +329,21 @@ def main() -> None:
     }
     for step in steps:
         print(f"== {step} ...", flush=True)
-        results[step] = runners[step]()
-        results[step]["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        results[step]["command"] = shlex.join(["python", "bench/teachers.py", *sys.argv[1:]])
-        saved.write_text(json.dumps(results, indent=2) + "\n")
-        r = results[step]
+        r = runners[step]()
+        r["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        r["command"] = shlex.join(["python", "bench/teachers.py", *sys.argv[1:]])
+        # Re-read before saving: another run on the same --work (other steps) may have saved.
+        results = {**(json.loads(saved.read_text()) if saved.is_file() else {}), step: r}
+        tmp = saved.with_name(f".results.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(tmp, saved)
         print(
             f"   accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  "
             f"{r['time_s']:.0f} s  ({r['what']})",
             flush=True,
         )
 
+    results = json.loads(saved.read_text()) if saved.is_file() else results  # others' steps too
     print(f"\n{'step':<12}{'accuracy':>10}{'macro-F1':>10}{'time s':>9}  what")
     for step in STEPS:
         if step in results:
