@@ -12,7 +12,8 @@ shared DBpedia sample with a stratified 20% validation split, 4,000 train / 1,00
             autocast too where the CPU has it (what kdistill predict runs there)
 
 It prints one table and the ratios against torch fp32, measured in the same export run, with
-the accuracy each reached so a speed-up never hides a quality loss.
+the accuracy each reached so a speed-up never hides a quality loss, and writes the README's
+table to bench/results/export.txt (its command and the machine first).
 
     python bench/export.py                          # about 10 minutes on 2 CPU cores
     python bench/export.py --work bench/.work/teachers   # reuse bench/teachers.py's models
@@ -27,7 +28,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import markdown_table, short_e, write_results  # noqa: E402
 from teachers import distill_student, finetune_minilm, kd, minilm_path, prepare  # noqa: E402
+
+NAMES = {
+    "torch": "torch fp32",
+    "torch-bf16": "torch, bf16 autocast",
+    "onnx": "ONNX fp32",
+    "onnx-int8": "ONNX dynamic int8",
+}
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,6 +52,53 @@ def completed_run(folder: Path) -> Path | None:
         else []
     )
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def results_table(report: dict, run: Path, seconds: float) -> list[str]:
+    """The README's table: one row per model, ratios in brackets against torch fp32."""
+    bs = report["batch_size"]
+    torch_row = report["torch"]
+    rows = []
+    for variant, s in report["speed"].items():
+        if variant == "torch":
+            p, ratios = {**torch_row, "agreement": None}, False
+        elif variant == "torch-bf16":
+            p, ratios = {**report["torch_bf16"], "size_bytes": torch_row["size_bytes"]}, True
+        else:
+            p, ratios = report["parity"][variant], True
+        diff = p.get("max_abs_logit_diff")
+        smaller = torch_row["size_bytes"] / p["size_bytes"]
+        rows.append(
+            [
+                NAMES.get(variant, variant),
+                f"{100 * p['accuracy']:.2f}%",
+                "-" if p["agreement"] is None else f"{100 * p['agreement']:.2f}%",
+                "-" if diff is None else f"{diff:.2f}" if diff >= 0.1 else short_e(diff),
+                f"{s['latency_ms_batch_1']:.1f} ms"
+                + (f" ({s['speedup_vs_torch']:.2f}x)" if ratios else ""),
+                f"{s['throughput_per_s']:.0f} rows/s"
+                + (f" ({s['throughput_ratio_vs_torch']:.2f}x)" if ratios else ""),
+                f"{p['size_bytes'] / 1e6:.1f} MB"
+                + (f" ({smaller:.1f}x smaller)" if smaller >= 1.5 else ""),
+            ]
+        )
+    columns = [
+        "model",
+        "accuracy",
+        "agreement with torch",
+        "max abs logit diff",
+        "latency, batch 1",
+        f"throughput, batch {bs}",
+        "size",
+    ]
+    return [
+        f"# Student: {run.relative_to(REPO) if run.is_relative_to(REPO) else run}, checked on "
+        f"{report['rows']} validation rows of {report['dataset']}; {report['device_description']}; "
+        f"{report['timing']}; one export run (export + checks {seconds:.0f} s). Ratios in "
+        "brackets are against torch fp32.",
+        "",
+        *markdown_table(columns, rows),
+    ]
 
 
 def main() -> None:
@@ -147,6 +203,12 @@ def main() -> None:
             f"{100 * p['agreement']:.2f}% ({verdict} --min-agreement 0.99)"
         )
     (work / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    verdicts = [
+        f"{v}: agreement {100 * p['agreement']:.2f}%, "
+        f"{'passes' if p['agreement'] >= 0.99 else 'FAILS'} --min-agreement 0.99."
+        for v, p in report["parity"].items()
+    ]
+    write_results([*results_table(report, run, seconds), "", *verdicts])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ calibration and (prefix on) the prefix's own forward. Accuracy is argmax against
 
     python bench/prefix_cache.py                   # 100 rows (~10 min on 2 busy CPU cores)
     python bench/prefix_cache.py --rows 200 --chat-template
+
+It writes bench/results/prefix_cache.txt (the command, the machine, a markdown table); with
+--chat-template or --padding-side left, prefix_cache_chat.txt, _left.txt or _chat_left.txt.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import markdown_table, short_e, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_CSV = REPO.parent / "shared" / "data" / "dbpedia" / "dbpedia_5k.csv"
@@ -166,6 +172,50 @@ def main() -> None:
             f"{r['rows_per_s'] / main_rate:>6.2f}x {r['accuracy']:>8.3f} "
             f"{r['max_diff']:>10.2e}"
         )
+    variant = ("_chat" if args.chat_template else "") + (
+        "_left" if args.padding_side == "left" else ""
+    )
+    write_results(results_table(results, args), name=f"prefix_cache{variant}")
+
+
+def results_table(results: list[dict], args: argparse.Namespace) -> list[str]:
+    """The README's table: one row per prompt setting; speed-ups against main's scoring."""
+    rows, alone = [], []
+    for setting in dict.fromkeys(r["setting"] for r in results):
+        way = {r["way"]: r for r in results if r["setting"] == setting}
+        main, off, on = (way[w] for w in WAYS)
+        accuracy = dict.fromkeys(f"{100 * r['accuracy']:.1f}%" for r in (main, off, on))
+        name = "zero-shot" if setting == "0-shot" else f"`--few-shot {setting.split('-')[0]}`"
+        rows.append(
+            [
+                f"{name} ({on['prefix']} of {on['tokens']:.0f} tokens shared)",
+                f"{main['rows_per_s']:.2f} rows/s",
+                f"{off['rows_per_s']:.2f} ({off['rows_per_s'] / main['rows_per_s']:.2f}x)",
+                f"{on['rows_per_s']:.2f} ({on['rows_per_s'] / main['rows_per_s']:.2f}x)",
+                " / ".join(accuracy),
+                short_e(max(main["max_diff"], on["max_diff"])),
+            ]
+        )
+        alone.append(f"{name} {on['speedup']:.2f}x")
+    columns = [
+        "prompt",
+        "main's scoring",
+        "`--prefix-cache off`",
+        "`--prefix-cache auto`",
+        "accuracy (all three)",
+        "max abs logit diff",
+    ]
+    return [
+        f"# SmolLM2-135M-Instruct (packaged GGUF) calibrated prompt teacher, {args.rows} DBpedia "
+        f"rows (seed {args.seed}), batch {args.batch_size}, {args.padding_side} padding, chat "
+        f"template {'on' if args.chat_template else 'off'}; one run, the three ways back to "
+        "back on every batch. Speed-ups in brackets are against main's scoring; max abs logit "
+        "diff is the largest of main's scoring and --prefix-cache auto against off.",
+        "",
+        *markdown_table(columns, rows),
+        "",
+        f"The prefix cache alone (auto against off): {', '.join(alone)}.",
+    ]
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ stratified 20% validation split (4,000 train / 1,000 validation rows, 14 classes
     python bench/teachers.py                  # everything (~20 minutes on 2 CPU cores)
     python bench/teachers.py --only smol-raw,smol-cal --eval-rows 200
 
-Results are merged into bench/.work/teachers/results.json; the fine-tuned MiniLM is reused by
-the student steps when it is already there.
+Results are merged into bench/.work/teachers/results.json, each step with the command that
+measured it (runs of different steps on one --work may overlap); the fine-tuned MiniLM is
+reused by the student steps when it is already there. Every run writes
+bench/results/teachers.txt: its command, the machine, and a markdown table of every step in
+results.json, with the command and time that measured each row;
+`--table-only` rewrites it from results.json without running a step.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ import argparse
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import markdown_table, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_CSV = REPO.parent / "shared" / "data" / "dbpedia" / "dbpedia_5k.csv"
@@ -219,6 +227,54 @@ def distill_student(
     }
 
 
+def step_label(step: str, r: dict, run: argparse.Namespace) -> str:
+    """The README's name for a step; `run` is the parsed command that measured it."""
+    parameters = f"{r.get('parameters', 0) / 1e6:.1f}M"
+    return {
+        "minilm": "all-MiniLM-L6-v2 fine-tuned 1 epoch on 4,000 rows",
+        "smol-raw": "SmolLM2-135M-Instruct (GGUF) zero-shot prompt, `--no-calibrate`",
+        "smol-cal": "SmolLM2-135M-Instruct (GGUF) zero-shot prompt, calibrated (default)",
+        "smol-4shot": "SmolLM2-135M-Instruct (GGUF) prompt, calibrated, `--few-shot 4`",
+        "smol-lora": f"SmolLM2-135M LoRA (r=8) fine-tuned {run.lora_epochs} epochs on 1,000 rows",
+        "cut-minilm": f"student: 2 of MiniLM's layers ({parameters} parameters), distilled "
+        f"{run.student_epochs} epochs",
+        "bert-tiny": f"student: bert-tiny shape, random init ({parameters}), distilled "
+        f"{run.student_epochs} epochs",
+    }[step]
+
+
+def results_table(results: dict[str, dict], parser: argparse.ArgumentParser) -> list[str]:
+    """The README's table of every step in `results`, and where each row comes from."""
+    rows, sources = [], {}
+    for step in STEPS:
+        if step not in results:
+            continue
+        r = results[step]
+        command = r.get("command", "")
+        run = parser.parse_known_args(shlex.split(command)[2:])[0]
+        rows.append(
+            [step_label(step, r, run), f"{100 * r['accuracy']:.1f}%", f"{r['time_s']:.0f} s"]
+        )
+        sources.setdefault(command, []).append(f"{step} ({r['rows']:,} rows, {r['measured']})")
+    lines = [
+        "# DBpedia sample (4,000 train / 1,000 validation rows, 14 classes); accuracy on the "
+        "validation rows each step scored; time is the wall time of its kdistill command.",
+        "",
+        *markdown_table(["teacher or student", "accuracy", "time"], rows),
+        "",
+    ]
+    for command, steps in sources.items():
+        by = f"`{command}`" if command else "an earlier bench/teachers.py (command not recorded)"
+        lines.append(f"Measured by {by}: {', '.join(steps)}.")
+    if "cut-minilm" in results and "bert-tiny" in results:
+        gap = results["cut-minilm"]["accuracy"] - results["bert-tiny"]["accuracy"]
+        lines.append(f"Layer-cut student minus random-init student: {100 * gap:+.1f} points.")
+    if "smol-raw" in results and "smol-cal" in results:
+        gain = results["smol-cal"]["accuracy"] - results["smol-raw"]["accuracy"]
+        lines.append(f"Calibration gain for the SmolLM2 prompt teacher: {100 * gain:+.1f} points.")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default=",".join(STEPS), help="Comma-separated steps.")
@@ -226,16 +282,26 @@ def main() -> None:
     parser.add_argument("--lora-epochs", type=int, default=2)
     parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=REPO / "bench" / ".work" / "teachers")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="Run no step: write bench/results/teachers.txt from --work's results.json.",
+    )
     args = parser.parse_args()
     steps = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(steps) - set(STEPS)
     if unknown:
         parser.error(f"unknown steps {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    data = prepare(work)
     saved = work / "results.json"
     results: dict[str, dict] = json.loads(saved.read_text()) if saved.is_file() else {}
+    if args.table_only:
+        if not results:
+            raise SystemExit(f"--table-only: no results in {saved}")
+        write_results(results_table(results, parser))
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    data = prepare(work)
     minilm = [
         "--student-model",
         minilm_path(),
@@ -263,16 +329,21 @@ def main() -> None:
     }
     for step in steps:
         print(f"== {step} ...", flush=True)
-        results[step] = runners[step]()
-        results[step]["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        saved.write_text(json.dumps(results, indent=2) + "\n")
-        r = results[step]
+        r = runners[step]()
+        r["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        r["command"] = shlex.join(["python", "bench/teachers.py", *sys.argv[1:]])
+        # Re-read before saving: another run on the same --work (other steps) may have saved.
+        results = {**(json.loads(saved.read_text()) if saved.is_file() else {}), step: r}
+        tmp = saved.with_name(f".results.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(tmp, saved)
         print(
             f"   accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  "
             f"{r['time_s']:.0f} s  ({r['what']})",
             flush=True,
         )
 
+    results = json.loads(saved.read_text()) if saved.is_file() else results  # others' steps too
     print(f"\n{'step':<12}{'accuracy':>10}{'macro-F1':>10}{'time s':>9}  what")
     for step in STEPS:
         if step in results:
@@ -287,6 +358,7 @@ def main() -> None:
     if "smol-raw" in results and "smol-cal" in results:
         gain = results["smol-cal"]["accuracy"] - results["smol-raw"]["accuracy"]
         print(f"calibration gain for the SmolLM2 prompt teacher: {100 * gain:+.1f} points")
+    write_results(results_table(results, parser))
 
 
 if __name__ == "__main__":
