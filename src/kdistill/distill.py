@@ -103,14 +103,8 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     """data, teacher, student, loaders, teacher check; then per epoch: train, evaluate, save."""
     from accelerate.utils import set_seed
 
-    config = with_texts_only(config)  # --label-names: --dataset is the transfer set
-    run = setup_run(config)  # device, precision, a fresh Accelerator, the seed, the data
-    config = with_no_label_recipe(config, len(run.train))
+    config, run, unlabeled, teacher, t_dtype, selection = load_data_and_teacher(config)
     accelerator = run.accelerator
-    unlabeled = load_transfer_set(config, run)
-    teacher, t_dtype = load_frozen_teacher(config, run)
-    # No labelled validation row: a held-out slice of the transfer set, labelled by the teacher.
-    run, unlabeled, selection = teacher_validation(config, run, teacher, unlabeled, t_dtype)
     student, s_tok, n_student, checkpointing = load_trainable_student(config, run)
     loaders = make_run_loaders(config, run, s_tok, teacher, unlabeled)
     intermediate = setup_intermediate_losses(config, student, teacher, loaders[2])
@@ -169,6 +163,21 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     summary = done_summary(state, teacher, teacher_accuracy, n_student)
     finish_run(config, accelerator, history, checkpoints, final_dir, summary)
     return final_dir
+
+
+def load_data_and_teacher(
+    config: DistillConfig,
+) -> tuple[DistillConfig, RunSetup, Dataset | None, Teacher | None, str, dict[str, Any]]:
+    """(config, run, transfer set, teacher, its dtype, how the epoch is chosen): the data with
+    the no-label recipe where it applies, and the frozen teacher. With no labelled validation
+    row, a held-out slice of the transfer set labelled by the teacher stands in for it."""
+    config = with_texts_only(config)  # --label-names: --dataset is the transfer set
+    run = setup_run(config)  # device, precision, a fresh Accelerator, the seed, the data
+    config = with_no_label_recipe(config, len(run.train))
+    unlabeled = load_transfer_set(config, run)
+    teacher, t_dtype = load_frozen_teacher(config, run)
+    run, unlabeled, selection = teacher_validation(config, run, teacher, unlabeled, t_dtype)
+    return config, run, unlabeled, teacher, t_dtype, selection
 
 
 def check_teacher(
