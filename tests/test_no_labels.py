@@ -260,3 +260,33 @@ def test_minilm_template_and_balancing_beat_bare_class_names(minilm_path, dbpedi
     templated = accuracy("A Wikipedia article about a {}.", False)
     both = accuracy("A Wikipedia article about a {}.", True)
     assert 0.5 < bare < templated < both
+
+
+def test_a_prompt_llm_and_an_encoder_make_one_ensemble(tmp_path, tiny_models, workdir):
+    """Heterogeneous ensemble through today's flags: a causal LM (prompt) and a bare encoder
+    (embedding), each told apart by auto, each with its own template, cached per member."""
+    out = tmp_path / "report.json"
+    teachers = f"{tiny_models['qwen_lm']},{tiny_models['bert_student']}"
+    argv = [
+        "eval-teacher",
+        "--dataset",
+        "toy",
+        "--teacher-model",
+        teachers,
+        "--prompt-template",
+        "Text: {text}\nTopic:",  # the LLM's prompt
+        "--prompt-template",
+        "a text about {}",  # the encoder's class descriptions
+        "--output",
+        str(out),
+    ]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["mode"] == "ensemble"
+    members = report["settings"]["members"]
+    assert [m["mode"] for m in members] == ["prompt", "embedding"]
+    assert members[0]["settings"]["template"] == "Text: {text}\nTopic:"
+    assert members[1]["settings"]["descriptions"]["Film"] == ["a text about Film"]
+    # Each member scored, then the ensemble, on the same rows.
+    assert [m["member"] for m in report["members"]][-1] == "ensemble"
+    assert len(report["members"]) == 3 and sum(report["predicted"].values()) == report["rows"]
