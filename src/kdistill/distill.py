@@ -47,6 +47,7 @@ from kdistill.training.loop import (
     student_inputs,
     train_one_epoch,
 )
+from kdistill.training.no_labels import teacher_validation, with_texts_only
 from kdistill.training.records import (
     failure_recorded,
     new_history,
@@ -86,6 +87,10 @@ def distill(config: DistillConfig) -> Path:
 
     A run that fails before its first epoch (bad input found late, a full disk) leaves no run
     directory behind; one that fails while training keeps its `.partial` folder."""
+    if config.rounds > 1:  # self-training: one distill run per round
+        from kdistill.self_training import run_rounds
+
+        return run_rounds(config, distill)
     created: list[Path] = []
     try:
         return _distill(config, created)
@@ -99,11 +104,8 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     """data, teacher, student, loaders, teacher check; then per epoch: train, evaluate, save."""
     from accelerate.utils import set_seed
 
-    run = setup_run(config)  # device, precision, a fresh Accelerator, the seed, the data
-    config = with_no_label_recipe(config, len(run.train))
+    config, run, unlabeled, teacher, t_dtype, selection = load_data_and_teacher(config)
     accelerator = run.accelerator
-    unlabeled = load_transfer_set(config, run)
-    teacher, t_dtype = load_frozen_teacher(config, run)
     student, s_tok, n_student, checkpointing = load_trainable_student(config, run)
     loaders = make_run_loaders(config, run, s_tok, teacher, unlabeled)
     intermediate = setup_intermediate_losses(config, student, teacher, loaders[2])
@@ -116,6 +118,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
     # ---- how good is the teacher? Distilling from a teacher at chance only adds noise.
     teacher_metrics, history = check_teacher(config, run, teacher, t, t_dtype)
+    history.update(selection)
     record_dir = partial_dir if checkpoint is None else None  # a resume has it recorded
     t_cal, temperature = resolve_temperatures(config, run, teacher, t, record_dir, history)
     teacher_targets = make_teacher_targets(
@@ -161,6 +164,21 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     summary = done_summary(state, teacher, teacher_accuracy, n_student)
     finish_run(config, run, history, checkpoints, final_dir, summary)
     return final_dir
+
+
+def load_data_and_teacher(
+    config: DistillConfig,
+) -> tuple[DistillConfig, RunSetup, Dataset | None, Teacher | None, str, dict[str, Any]]:
+    """(config, run, transfer set, teacher, its dtype, how the epoch is chosen): the data with
+    the no-label recipe where it applies, and the frozen teacher. With no labelled validation
+    row, a held-out slice of the transfer set labelled by the teacher stands in for it."""
+    config = with_texts_only(config)  # --label-names: --dataset is the transfer set
+    run = setup_run(config)  # device, precision, a fresh Accelerator, the seed, the data
+    config = with_no_label_recipe(config, len(run.train))
+    unlabeled = load_transfer_set(config, run)
+    teacher, t_dtype = load_frozen_teacher(config, run)
+    run, unlabeled, selection = teacher_validation(config, run, teacher, unlabeled, t_dtype)
+    return config, run, unlabeled, teacher, t_dtype, selection
 
 
 def check_teacher(

@@ -200,6 +200,7 @@ def quality(
         per_class_accuracy,
         soft_target_stats,
     )
+    from kdistill.teachers.label_free import predicted_histogram
 
     metrics = classification_metrics(logits, labels, len(label_names))
     return {
@@ -209,6 +210,8 @@ def quality(
         "chance_accuracy": chance,
         "weak": metrics["accuracy"] <= chance,
         "per_class": per_class_accuracy(logits, labels, label_names),
+        # Rows given each class: a zero-shot teacher's bias shows here, no label needed.
+        "predicted": predicted_histogram(logits, label_names),
         "temperatures": [soft_target_stats(logits, labels, t) for t in temperatures],
         "max_entropy": math.log(len(label_names)),
     }
@@ -224,10 +227,17 @@ def format_report(report: dict[str, Any]) -> str:
         f"chance {report['chance_accuracy']:.4f}"
         + ("   WEAK: at or below chance; distill refuses it" if report["weak"] else ""),
         "",
-        f"{'class':<28}{'accuracy':>10}{'rows':>7}",
+        f"{'class':<28}{'accuracy':>10}{'rows':>7}{'predicted':>11}",
     ]
+    predicted = report.get("predicted") or {}
     for name, c in report["per_class"].items():
-        lines.append(f"{name:<28}{c['accuracy']:>10.4f}{c['n']:>7}")
+        lines.append(f"{name:<28}{c['accuracy']:>10.4f}{c['n']:>7}{predicted.get(name, 0):>11}")
+    balanced = (report.get("teacher_cache") or {}).get("label_free", {}).get("balance")
+    if balanced:
+        lines.append(
+            f"(balanced to the class prior on these {balanced['rows']} rows, no labels read; "
+            "predicted before: " + ",".join(str(n) for n in balanced["predicted_before"]) + ")"
+        )
     if report.get("members"):
         lines += ["", f"{'ensemble member':<60}{'weight':>7}{'accuracy':>10}{'macro-F1':>10}"]
         for m in report["members"]:

@@ -42,6 +42,10 @@ TEACHING_KEYS = (
     "few_shot",
     "chat_template",
     "calibrate",
+    "label_descriptions",
+    "embedding_scale",
+    "class_balance",
+    "class_prior",
 )
 
 C = TypeVar("C")

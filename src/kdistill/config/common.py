@@ -211,15 +211,19 @@ class TeacherOptions(LoadOptions):
     teacher_mode: str = _opt(
         "auto",
         "classifier reads a trained *ForSequenceClassification head; prompt scores each class's "
-        "label words with a causal LM (zero/few-shot); auto picks classifier for a model with a "
-        "classification head and prompt for a causal LM.",
-        choices=["auto", "classifier", "prompt"],
+        "label words with a causal LM (zero/few-shot); embedding scores each text against "
+        "sentence-encoder embeddings of each class's descriptions (zero-shot, no labels); auto "
+        "picks classifier for a model with a classification head, prompt for a causal LM, and "
+        "embedding for a sentence-transformers folder or an encoder with no head.",
+        choices=["auto", "classifier", "prompt", "embedding"],
     )
     prompt_template: str | list[str] | None = _opt(
         None,
         "Prompt teacher: the text before the label word, with a {text} slot and an optional "
-        "{labels} slot (default: a prompt listing the classes, ending 'Category:'). Repeat the "
-        "flag for a prompt ensemble: one member per template.",
+        "{labels} slot (default: a prompt listing the classes, ending 'Category:'). Embedding "
+        "teacher: each class description is put into the template's {} slot, e.g. "
+        "'A Wikipedia article about a {}.' (default: the bare description). Repeat the "
+        "flag for an ensemble: one member per template.",
         repeat=True,
     )
     label_words: str | list[str] | None = _opt(
@@ -235,6 +239,33 @@ class TeacherOptions(LoadOptions):
         "Teacher ensemble: comma-separated weights, one per member (each --teacher-model, times "
         "each --prompt-template x --label-words set), combined as normalise(sum_k w_k log p_k), "
         "weights scaled to sum 1 (default: equal).",
+    )
+    label_descriptions: str | None = _opt(
+        None,
+        "Embedding teacher: a JSON file mapping class names to a sentence or a list of "
+        "sentences that describe the class (averaged); classes left out are described by their "
+        "name split into words.",
+    )
+    embedding_scale: str = _opt(
+        "auto",
+        "Embedding teacher: logits = scale x cosine similarity. auto fits the scale on the texts "
+        "being scored, no labels read: mean entropy of the softmax at half the uniform's "
+        "(with --teacher-cache off: 20, the scale sentence encoders are trained at); a number "
+        "fixes it.",
+    )
+    class_balance: str = _opt(
+        "auto",
+        "Correct the teacher's class prior on the texts it scores (the transfer set in distill, "
+        "the split in eval-teacher), with no labels: Sinkhorn balancing so that its mean "
+        "predicted distribution is the --class-prior. auto: on for embedding teachers (measured: "
+        "bench/no_labels.py), off for the others; needs the teacher's cache pass "
+        "(--teacher-cache not off).",
+        choices=["auto", "on", "off"],
+    )
+    class_prior: str | None = _opt(
+        None,
+        "The class prior --class-balance matches: 'Company=0.2,Film=0.1', classes left out "
+        "sharing the rest equally (default: uniform).",
     )
     few_shot: int = _opt(0, "Prompt teacher: K stratified training examples shown in the prompt.")
     chat_template: bool = _opt(
@@ -273,6 +304,19 @@ class TeacherOptions(LoadOptions):
     )
 
     def _check_teacher(self) -> None:
+        _check(
+            self.class_balance in ("auto", "on", "off"),
+            f"--class-balance must be auto, on or off (got {self.class_balance})",
+        )
+        if str(self.embedding_scale) != "auto":
+            try:
+                scale = float(self.embedding_scale)
+            except (TypeError, ValueError):
+                scale = float("nan")
+            _check(
+                math.isfinite(scale) and scale > 0,
+                f"--embedding-scale must be a number > 0 or auto (got {self.embedding_scale!r})",
+            )
         _check(self.few_shot >= 0, f"--few-shot must be >= 0 (got {self.few_shot})")
         _check(
             self.prefix_cache in ("auto", "off"),
@@ -285,8 +329,9 @@ class TeacherOptions(LoadOptions):
         templates = self.prompt_template
         for template in templates if isinstance(templates, list) else [templates]:
             _check(
-                template is None or "{text}" in template,
-                "--prompt-template must contain the {text} slot where the example goes",
+                template is None or any(slot in template for slot in ("{text}", "{}", "{label}")),
+                "--prompt-template must contain the {text} slot where the example goes (a prompt "
+                "teacher), or the {} slot where a class description goes (an embedding teacher)",
             )
         if self.teacher_weights is not None:
             from kdistill.teachers.ensemble import parse_weights
@@ -309,7 +354,16 @@ def parse_floats(value: str, flag: str) -> list[float]:
 # The no-label path (bench/no_labels.py, README "No labels"): a calibrated prompt teacher is
 # already flat, T=3 flattens it to near-uniform targets, and a short run with a decaying
 # learning rate leaves the student far below its teacher.
-NO_LABEL_RECIPE = {"alpha": 1.0, "temperature": 1.0, "epochs": 10, "lr_scheduler": "constant"}
+# Batch size 16 and learning rate 1e-4 are the bench's (batch size 4 took ~7 min an epoch on
+# 2,000 rows here).
+NO_LABEL_RECIPE = {
+    "alpha": 1.0,
+    "temperature": 1.0,
+    "epochs": 10,
+    "lr_scheduler": "constant",
+    "batch_size": 16,
+    "learning_rate": 1e-4,
+}
 
 
 def no_label_recipe(config: DistillConfig, labeled_rows: int) -> tuple[DistillConfig, dict]:

@@ -211,9 +211,24 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         "auto",
         "With no labelled training rows (a transfer set taught by the teacher alone): auto trains "
         "with the recipe measured to let the student reach its teacher (--alpha 1, --temperature "
-        "1, --epochs 10, --lr-scheduler constant), each where its flag is left at its default; "
+        "1, --epochs 10, --lr-scheduler constant, --batch-size 16, --learning-rate 1e-4), each "
+        "where its flag is left at its default; "
         "off keeps the flags as given.",
         choices=["auto", "off"],
+    )
+    label_names: str | None = _opt(
+        None,
+        "Class names, 'A,B,C' or a JSON file (a list, or an object whose keys are the names): "
+        "--dataset is then text without labels (a CSV/JSONL/Parquet with a text column), all of "
+        "it the transfer set. With no labelled row anywhere the epoch is picked by agreement "
+        "with the teacher on a held-out tenth of the texts (at most 500 rows).",
+    )
+    rounds: int = _opt(
+        1,
+        "Self-training rounds: after a round, its student joins the teacher (an equal-weight "
+        "ensemble) to relabel the transfer set, and a fresh student learns from that. Stops "
+        "early when a round's agreement with the previous round's labels changes by under a "
+        "point. Each round is a run folder under one rounds folder, with rounds.json.",
     )
     seeds: str | None = _opt(
         None,
@@ -232,6 +247,7 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
                 ) from None
         _check_finite(self)
         self.seed_list()
+        _check(1 <= self.rounds <= 10, f"--rounds must be in [1, 10] (got {self.rounds})")
         _check(self.save_steps >= 0, f"--save-steps must be >= 0 (got {self.save_steps})")
         _check(
             not (self.resume and self.resume_from),

@@ -201,4 +201,29 @@ def teacher_logits_for(
             record["path"] = str(path)
             logger.info("teacher logits: saved to %s", path)
     record["time_s"] = time.perf_counter() - start
+    # Cached raw; corrected on these texts each time (the correction reads no label).
+    logits, corrections = label_free_corrections(teacher, logits, config)
+    if corrections:
+        record["label_free"] = corrections
     return logits, record
+
+
+def balancing(teacher: Teacher, config: Any) -> bool:
+    """Whether --class-balance corrects this teacher: auto = embedding teachers only."""
+    choice = getattr(config, "class_balance", "off")
+    return choice == "on" or (choice == "auto" and teacher.mode == "embedding")
+
+
+def label_free_corrections(
+    teacher: Teacher, logits: torch.Tensor, config: Any
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """`teachers.label_free.correct` as the config asks: the embedding scale fitted and the
+    class prior balanced on the rows just scored."""
+    from kdistill.teachers.label_free import correct, parse_class_prior
+
+    mode = "balance" if balancing(teacher, config) else "off"
+    if mode == "off" and not getattr(teacher, "fit_scale", False):
+        return logits, {}
+    names = getattr(teacher, "label_names", None) or [str(i) for i in range(logits.shape[1])]
+    prior = parse_class_prior(getattr(config, "class_prior", None), names)
+    return correct(teacher, logits, mode, prior)

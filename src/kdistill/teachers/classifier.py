@@ -104,11 +104,15 @@ class ClassifierTeacher:
 
 def resolve_mode(requested: str, path: str) -> str:
     """auto: a model whose config names a sequence-classification head is a classifier; a causal
-    LM (the seed's DeepSeek download, SmolLM2) is asked by prompt; anything else goes the
-    classifier way, where the untrained-head guard explains what is wrong."""
+    LM (the seed's DeepSeek download, SmolLM2) is asked by prompt; a sentence-transformers
+    folder or an encoder with no head (BertModel: the packaged MiniLM) is an embedding teacher;
+    anything else goes the classifier way, where the untrained-head guard explains what is
+    wrong."""
     if requested != "auto":
         return requested
     from transformers import AutoConfig
+
+    from kdistill.teachers.embedding import is_sentence_encoder
 
     try:
         architectures = AutoConfig.from_pretrained(path, **hf_kwargs()).architectures or []
@@ -118,6 +122,8 @@ def resolve_mode(requested: str, path: str) -> str:
         return "classifier"
     if any(a.endswith("ForCausalLM") for a in architectures):
         return "prompt"
+    if is_sentence_encoder(path, architectures):
+        return "embedding"
     return "classifier"
 
 
@@ -191,7 +197,37 @@ def load_teacher(
             path, label_names, options.allow_untrained_teacher, dtype
         )
         return ClassifierTeacher(model, tokenizer, columns, path)
+    if mode == "embedding":
+        return _load_embedding(options, path, label_names, dtype)
     return _load_prompt(options, name, path, label_names, dtype, examples, max_length, seed, shots)
+
+
+def _load_embedding(
+    options: TeacherOptions, path: str, label_names: list[str], dtype: torch.dtype | None
+) -> Teacher:
+    """A sentence encoder scoring each text against its class descriptions."""
+    from kdistill.teachers.embedding import (
+        DEFAULT_SCALE,
+        check_embedding_template,
+        load_embedding_teacher,
+        read_descriptions,
+    )
+    from kdistill.teachers.ensemble import as_list
+
+    # The templates with a description slot are this teacher's; those with a {text} slot
+    # belong to the prompt teachers of a mixed ensemble.
+    templates = [t for t in as_list(options.prompt_template) if t and "{text}" not in t]
+    template = templates[0] if templates else None
+    check_embedding_template(template)
+    for flag, value in (("--label-words", options.label_words), ("--few-shot", options.few_shot)):
+        if value:
+            logger.warning("%s applies to prompt teachers only; this teacher is an encoder", flag)
+    descriptions = read_descriptions(options.label_descriptions, template, label_names)
+    auto = str(options.embedding_scale) == "auto"
+    scale = DEFAULT_SCALE if auto else float(options.embedding_scale)
+    teacher = load_embedding_teacher(path, label_names, descriptions, dtype, scale)
+    teacher.fit_scale = auto  # refitted on the texts of each cache pass (teachers.label_free)
+    return teacher
 
 
 def _warn_prompt_flags(options: TeacherOptions) -> None:
@@ -225,11 +261,16 @@ def _load_prompt(
 ) -> Teacher:
     """A prompt teacher with its label words and few-shot examples (picked from `examples`
     unless a run recorded `shots`)."""
+    from kdistill.teachers.ensemble import as_list
     from kdistill.teachers.few_shot import pick_few_shot
     from kdistill.teachers.label_words import check_template, parse_label_words
     from kdistill.teachers.prompt import PromptSettings, load_prompt_teacher
 
-    check_template(options.prompt_template)
+    # The first template with a {text} slot; one with a {} slot describes classes to the
+    # embedding member of a mixed ensemble.
+    prompts = [t for t in as_list(options.prompt_template) if t and "{text}" in t]
+    template = prompts[0] if prompts else None
+    check_template(template)
     words = parse_label_words(options.label_words, label_names)
     if shots is None and options.few_shot:
         if examples is None:
@@ -239,7 +280,7 @@ def _load_prompt(
         )
     shots = shots or []
     settings = PromptSettings(
-        template=options.prompt_template,
+        template=template,
         label_words=words,
         few_shot=shots,
         calibrate=options.calibrate,

@@ -97,11 +97,10 @@ def split_models(value: str | list[str]) -> list[str]:
 
 
 def is_ensemble(options: TeacherOptions, name: str | list[str]) -> bool:
-    return (
-        len(split_models(name)) > 1
-        or len(as_list(options.prompt_template)) > 1
-        or len(as_list(options.label_words)) > 1
-    )
+    """Several models, prompts or label-word sets. Templates with a class-description slot ({})
+    are one embedding teacher's and do not make an ensemble."""
+    prompts = [t for t in as_list(options.prompt_template) if t is None or "{text}" in t]
+    return len(split_models(name)) > 1 or len(prompts) > 1 or len(as_list(options.label_words)) > 1
 
 
 class ByteTokenizer:
@@ -240,12 +239,19 @@ def load_ensemble(
     from kdistill.teachers.label_words import parse_label_words
     from kdistill.teachers.prompt import PromptTeacher
 
-    templates = as_list(options.prompt_template)
+    # Templates with a {text} slot are prompts; the others (a {} slot) describe classes to an
+    # embedding member, which takes the first of them.
+    given = as_list(options.prompt_template)
+    prompts = [t for t in given if t is None or "{text}" in t] or [None]
+    described = [t for t in given if t is not None and "{text}" not in t]
+    templates = prompts
     word_sets = as_list(options.label_words)
     members: list[Teacher] = []
     for model_name in split_models(name):
         single = dataclasses.replace(
-            options, prompt_template=templates[0], label_words=word_sets[0]
+            options,
+            prompt_template=[t for t in (templates[0], *described[:1]) if t] or None,
+            label_words=word_sets[0],
         )
         first = load_member(
             single, model_name, label_names, dtype, examples, max_length, seed, shots

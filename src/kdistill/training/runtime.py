@@ -186,7 +186,11 @@ def start_command(
         device, precision, accumulation, getattr(config, "report_to", "none")
     )
     set_seed(config.seed)
-    # The data set's class names are the label space.
+    # The data set's class names are the label space; with --label-names, those.
+    if getattr(config, "label_names", None):
+        from kdistill.training.no_labels import texts_only_data
+
+        return device, precision, accelerator, texts_only_data(config.dataset, config.label_names)
     data = load_for_training(
         config.dataset,
         config.data_dir,

@@ -100,6 +100,7 @@ def make_teacher_targets(
         return None
     if config.teacher_cache == "off":
         history["teacher_cache"] = {"mode": "off"}
+        check_online_corrections(config, teacher)
 
         def online(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             with accelerator.autocast():
@@ -146,6 +147,24 @@ def release_teacher(teacher: Teacher, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     logger.info("teacher released from memory: its logits for every epoch are cached")
+
+
+def check_online_corrections(config: DistillConfig, teacher: Teacher) -> None:
+    """Label-free corrections are fitted on the whole transfer set, which an online teacher
+    (--teacher-cache off) never sees at once: refused when asked for, said when auto."""
+    from kdistill.errors import KdistillError
+    from kdistill.teachers.cache import balancing
+
+    if config.class_balance == "on":
+        raise KdistillError(
+            "--class-balance on fits the teacher's class prior on the whole transfer set, "
+            "which --teacher-cache off never scores at once; drop --teacher-cache off"
+        )
+    if balancing(teacher, config) or getattr(teacher, "fit_scale", False):
+        logger.warning(
+            "--teacher-cache off: the teacher is not balanced and its embedding scale is 20, "
+            "not fitted (both need the cache pass over the transfer set)"
+        )
 
 
 def teacher_temperatures_for(
