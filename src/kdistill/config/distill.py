@@ -175,9 +175,10 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         "auto",
         "Cut the student's vocabulary to the tokens of its training, transfer and validation text "
         "(plus special tokens), remapping embedding rows and tokenizer together: auto trims a "
-        "random-init or layer-cut student with a WordPiece tokenizer; off keeps it whole. A token "
-        "unseen at inference maps to the unknown token.",
-        choices=["auto", "off"],
+        "random-init or layer-cut student with a WordPiece tokenizer; on trims any WordPiece "
+        "student (a pretrained one too); off keeps it whole. A token unseen at inference maps "
+        "to the unknown token.",
+        choices=["auto", "on", "off"],
     )
     keep_top_tokens: int = _opt(
         0,

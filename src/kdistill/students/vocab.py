@@ -77,13 +77,16 @@ def trim_supported(tokenizer: PreTrainedTokenizerBase) -> str | None:
 def should_trim(
     mode: str, random_init: bool, layer_cut: bool, tokenizer: PreTrainedTokenizerBase
 ) -> bool:
-    """Whether `--trim-vocab mode` trims this student. `auto` trims a random-init student, whose
+    """Whether `--trim-vocab mode` trims this student. `on` trims any student whose tokenizer
+    allows it (else a one-line error); `auto` trims a random-init student, whose
     unused rows are noise, and a layer-cut one (measured: held-out accuracy within noise of the
     full vocabulary, docs/lean-students.md); a full pretrained student keeps its vocabulary.
     A tokenizer that cannot be trimmed is said in the log, and left whole."""
-    if mode == "off" or not (random_init or layer_cut):
+    if mode == "off" or (mode == "auto" and not (random_init or layer_cut)):
         return False
     why = trim_supported(tokenizer)
+    if why is not None and mode == "on":
+        raise KdistillError(f"{TRIM_FLAG} on: cannot trim the student's tokenizer: {why}")
     if why is not None:
         logger.info("%s auto: the student's vocabulary is kept whole: %s", TRIM_FLAG, why)
         return False
