@@ -202,3 +202,13 @@ def test_bad_trim_flags_are_one_line(workdir, tiny_models, capsys, flag, value, 
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert expected in err[-1] and flag in err[-1]
+
+
+def test_trim_on_with_a_bpe_student_is_one_line(workdir, tiny_models, capsys):
+    argv = seed_quick_test(tiny_models["qwen_teacher"], tiny_models["qwen_lm"], "--epochs", "1")
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main([*argv, "--trim-vocab", "on"], command="distill"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("kdistill: error: --trim-vocab on: cannot trim"), err
+    assert "BPE" in err[-1]
