@@ -308,7 +308,8 @@ def setup(work: Path, args: argparse.Namespace) -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-    if not (work / "models" / "teacher" / "teacher_eval.json").is_file():
+    # --alpha 0 trains on the labels alone: no teacher to fine-tune (distill does not load it).
+    if args.alpha > 0 and not (work / "models" / "teacher" / "teacher_eval.json").is_file():
         print("fine-tuning the MiniLM teacher once (about 5 minutes) ...", flush=True)
         subprocess.run(
             [
