@@ -365,7 +365,7 @@ def cpu_description() -> str:
 def kdistill_result(history: dict, wall: float, rss: int) -> dict:
     """A kdistill run's row: its training time counts the teacher's one cached pass."""
     train_s = sum(e["epoch_time_s"] for e in history["epochs"])
-    teacher_s = history["teacher_cache"]["time_s"]
+    teacher_s = history["teacher_cache"].get("time_s") or 0.0  # none with --alpha 0
     return {
         "wall_s": wall,
         "rss_mb": rss,
@@ -410,6 +410,8 @@ def model_flops(history: dict, config: dict, work: Path, args: argparse.Namespac
         return c.num_hidden_layers * layer
 
     student = non_embedding(STUDENT)
+    if args.alpha <= 0:  # cross-entropy only: no teacher pass
+        return 6 * student * tokens * args.epochs
     teacher = non_embedding(work / "models" / "teacher")
     return 6 * student * tokens * args.epochs + 2 * teacher * tokens
 
