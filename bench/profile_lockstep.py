@@ -78,7 +78,7 @@ def make_step(trim: bool, steps: int, texts: list[str]) -> tuple[Callable[[int],
     config = AutoConfig.from_pretrained(STUDENT, num_labels=14)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config)
-    if trim:  # the bench's split: 3,200 training rows, 1,000 validation rows
+    if trim:  # the sample's first 3,200 rows as training text, the next 1,000 as validation
         tok, _ = trim_student(model, tok, texts[:3200], texts[3200:4200], 128)
     stack = StackedStudents([copy.deepcopy(model) for _ in range(K)])  # one init for the grid
     params = list(stack.parameters().values())

@@ -2,7 +2,7 @@
 """How fast is kdistill against the seed's loop and the common Trainer recipe?
 
 One process per variant, same data (the shared DBpedia sample, prepared with a 20% test split
-held out of train: 3,200 train, 1,000 validation, 800 test rows), same teacher (the packaged
+held out of train: 3,200 train, 800 validation, 1,000 test rows), same teacher (the packaged
 all-MiniLM-L6-v2 fine-tuned once, then reused from disk), same student (bert-tiny shape, random
 init, seed 0), same epochs:
 
@@ -49,7 +49,7 @@ DATA_CSV = REPO.parent / "shared" / "data" / "dbpedia" / "dbpedia_5k.csv"
 STUDENT = REPO / "examples" / "students" / "bert-tiny"
 SWEEP_T, SWEEP_ALPHA = (2.0, 3.0, 4.0), (0.5, 0.7, 0.9)
 LR = 1e-3  # a random-init bert-tiny needs more than the 5e-5 default; the same for a, c and d
-# Held out of train for test accuracy: 5,000 rows -> 3,200 train, 800 test, 1,000 validation.
+# Held out for test accuracy: 5,000 rows -> 3,200 train, 800 validation, 1,000 test.
 TEST_SPLIT = 0.2
 # The layer-cut student (m, n): MiniLM's layers 0 and 5, its recipe from tests/test_real.py.
 CUT = ("--student-layers", "0,5", "--batch-size", "32", "--learning-rate", "1e-4")
@@ -630,7 +630,7 @@ def print_results(results: dict[str, dict], args: argparse.Namespace) -> list[st
     rows = int(a["samples"] / args.epochs) if a else args.train_rows
     test_rows = next((r["test_rows"] for r in results.values() if "test_rows" in r), 0)
     out(
-        f"DBpedia sample, {rows} train rows, 1000 validation rows, {test_rows} test rows, "
+        f"DBpedia sample, {rows} train rows, {test_rows} test rows, "
         f"{args.epochs} epochs, T={args.temperature} alpha={args.alpha}, {os.cpu_count()} CPUs "
         f"({cpu_description()}); one run, back to back"
     )

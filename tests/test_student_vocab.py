@@ -161,6 +161,7 @@ def test_layer_cut_student_keeps_its_pretrained_rows_and_token_level_hidden_loss
 
     # A learning rate of 1e-9 leaves the rows where the cut put them (to ~1e-9).
     extra = ("--student-layers", "1", "--hidden-loss", "mse", "--learning-rate", "1e-9")
+    extra += ("--trim-vocab", "on")  # auto keeps a layer-cut student's vocabulary
     run = run_distill(seed_quick_test(trained_teacher, trained_teacher, "--epochs", "1", *extra))
     config = json.loads((run / "config.json").read_text())
     assert config["resolved"]["intermediate"]["hidden_over"] == "tokens"
@@ -181,14 +182,27 @@ def test_layer_cut_student_keeps_its_pretrained_rows_and_token_level_hidden_loss
     )
 
 
-def test_a_bpe_student_is_left_whole_and_said(workdir, tiny_models, caplog):
-    """auto would trim a layer-cut student, but a BPE vocabulary's merges need tokens the data
+def test_a_bpe_student_is_left_whole_and_said(workdir, tiny_models, caplog, tmp_path):
+    """auto would trim a random-init student, but a BPE vocabulary's merges need tokens the data
     never shows: the student keeps its vocabulary, and the log says why."""
-    argv = seed_quick_test(tiny_models["qwen_teacher"], tiny_models["qwen_lm"], "--epochs", "1")
+    from transformers import AutoConfig
+
+    arch = tmp_path / "qwen-arch"
+    AutoConfig.from_pretrained(tiny_models["qwen_lm"]).save_pretrained(arch)
+    tokenizer = str(tiny_models["qwen_lm"])
+    argv = seed_quick_test(tiny_models["qwen_teacher"], arch, "--epochs", "1")
     with caplog.at_level("INFO"):
-        run = run_distill([*argv, "--student-num-layers", "1"])
+        run = run_distill([*argv, "--student-tokenizer", tokenizer])
     assert json.loads((run / "config.json").read_text())["student"]["vocabulary"] is None
     assert "vocabulary is kept whole: its model is BPE" in caplog.text
+
+
+def test_auto_keeps_a_pretrained_students_vocabulary(workdir, tiny_models):
+    """auto trims random-init students only: a pretrained one (layer-cut here) keeps its
+    vocabulary, since trimming it was not measured against the full one."""
+    argv = seed_quick_test(tiny_models["bert_teacher"], tiny_models["bert_teacher"])
+    run = run_distill([*argv, "--epochs", "1", "--student-layers", "1"])
+    assert json.loads((run / "config.json").read_text())["student"]["vocabulary"] is None
 
 
 @pytest.mark.parametrize(

@@ -175,8 +175,8 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         "auto",
         "Cut the student's vocabulary to the tokens of its training, transfer and validation text "
         "(plus special tokens), remapping embedding rows and tokenizer together: auto trims a "
-        "random-init or layer-cut student with a WordPiece tokenizer; on trims any WordPiece "
-        "student (a pretrained one too); off keeps it whole. A token unseen at inference maps "
+        "random-init student with a WordPiece tokenizer; on trims any WordPiece student (a "
+        "pretrained or layer-cut one too); off keeps it whole. A token unseen at inference maps "
         "to the unknown token.",
         choices=["auto", "on", "off"],
     )

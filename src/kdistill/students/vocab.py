@@ -74,15 +74,14 @@ def trim_supported(tokenizer: PreTrainedTokenizerBase) -> str | None:
     return None
 
 
-def should_trim(
-    mode: str, random_init: bool, layer_cut: bool, tokenizer: PreTrainedTokenizerBase
-) -> bool:
+def should_trim(mode: str, random_init: bool, tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether `--trim-vocab mode` trims this student. `on` trims any student whose tokenizer
-    allows it (else a one-line error); `auto` trims a random-init student, whose
-    unused rows are noise, and a layer-cut one (measured: held-out accuracy within noise of the
-    full vocabulary, docs/lean-students.md); a full pretrained student keeps its vocabulary.
-    A tokenizer that cannot be trimmed is said in the log, and left whole."""
-    if mode == "off" or (mode == "auto" and not (random_init or layer_cut)):
+    allows it (else a one-line error). `auto` trims a random-init student, whose unused rows are
+    noise; a pretrained student, layer-cut or whole, keeps its vocabulary: the held-out accuracy
+    of a trimmed layer-cut student against its full-vocabulary twin has not been measured yet
+    (docs/lean-students.md), and `on` opts in. A tokenizer that cannot be trimmed is said in
+    the log, and left whole."""
+    if mode == "off" or (mode == "auto" and not random_init):
         return False
     why = trim_supported(tokenizer)
     if why is not None and mode == "on":
@@ -298,8 +297,7 @@ def trim_for_run(
     from kdistill.data.model_paths import check_model_path
 
     random_init = not has_weights(check_model_path(config.student_model, "--student-model"))
-    layer_cut = config.student_layers is not None or config.student_num_layers is not None
-    if not should_trim(config.trim_vocab, random_init, layer_cut, tokenizer):
+    if not should_trim(config.trim_vocab, random_init, tokenizer):
         if config.keep_top_tokens:
             logger.warning("%s is ignored: the vocabulary is not trimmed", TOP_FLAG)
         return tokenizer, None
