@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """How fast is kdistill against the seed's loop and the common Trainer recipe?
 
-One process per variant, same data (the shared DBpedia sample), same teacher (the packaged
+One process per variant, same data (the shared DBpedia sample, prepared with a 20% test split
+held out of train: 3,200 train, 800 validation, 1,000 test rows), same teacher (the packaged
 all-MiniLM-L6-v2 fine-tuned once, then reused from disk), same student (bert-tiny shape, random
 init, seed 0), same epochs:
 
@@ -9,24 +10,27 @@ init, seed 0), same epochs:
      teacher run on every batch of every epoch
   b  the common Trainer recipe: a Trainer subclass whose compute_loss runs the teacher under
      no_grad, DataCollatorWithPadding, default TrainingArguments with the same batch and epochs
-  c  kdistill's defaults (teacher-logit cache in memory, per-batch padding, bf16 where the CPU
-     has it)
-  d  `kdistill sweep --lockstep off` over T in 2,3,4 x alpha in 0.5,0.7,0.9 (today's sweep: 9 runs
-     one after another in one process, the teacher's logits computed once through the disk cache)
+  c  kdistill's defaults before vocabulary trimming (--trim-vocab off): teacher-logit cache in
+     memory, per-batch padding, bf16 where the CPU has it
+  t  kdistill's defaults: (c) with the vocabulary cut to the data (--trim-vocab auto)
+  m  a layer-cut student, MiniLM's layers 0 and 5 (batch 32, learning rate 1e-4), full vocabulary
+  n  (m) with the vocabulary cut to the data: the measurement behind auto's layer-cut default
+  d  `kdistill sweep --lockstep off --trim-vocab off` over T in 2,3,4 x alpha in 0.5,0.7,0.9
+     (9 runs one after another in one process, the teacher's logits computed once)
   l  the same nine points with --lockstep on: their students trained together, weights stacked
+  L  (l) with the vocabulary trimmed (the default)
   s  the 3 x 3 grid with --seeds 1,2,3 in lockstep: 27 students, against 27 single runs of (c)
   e  (c) with --compile (torch.compile the student): is it worth a default?
 
-The nine points are printed four ways: nine seed runs (9 x (a)), (d), (l) and one single run (c),
-each with its mean per-point accuracy.
+Every shipped model (a's final model, each run's best_model/, a sweep's best point) is measured
+the same way: its parameters, and `kdistill export --format onnx` on the test split (text the
+vocabulary cut never saw): the ONNX file's size and its test accuracy, with a 95% Wilson
+interval. The report is printed as markdown tables; --results NAME also writes it to
+bench/results/NAME.txt (and the raw numbers to NAME.json).
 
-Prints wall time, samples/s, the teacher's share of time, peak RSS and validation accuracy per
-variant, the ratios, and (c)'s achieved FLOP/s against this machine's measured matmul peak in
-the precision (c) ran in (bf16 where the CPU supports it, fp32 elsewhere).
-
-    python bench/throughput.py                         # full sample: 4,000 train rows (~60 min)
-    python bench/throughput.py --train-rows 1000       # a quicker look
-    python bench/throughput.py --variants cldas         # only these, in this order
+    python bench/throughput.py --results throughput_lean           # a, c, t, m, n, d, l, L
+    python bench/throughput.py --train-rows 1600 --variants acdlL  # the sweeps, quicker
+    python bench/throughput.py --variants cldas                    # only these, in this order
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ DATA_CSV = REPO.parent / "shared" / "data" / "dbpedia" / "dbpedia_5k.csv"
 STUDENT = REPO / "examples" / "students" / "bert-tiny"
 SWEEP_T, SWEEP_ALPHA = (2.0, 3.0, 4.0), (0.5, 0.7, 0.9)
 LR = 1e-3  # a random-init bert-tiny needs more than the 5e-5 default; the same for a, c and d
+# Held out for test accuracy: 5,000 rows -> 3,200 train, 800 validation, 1,000 test.
+TEST_SPLIT = 0.2
+# The layer-cut student (m, n): MiniLM's layers 0 and 5, its recipe from tests/test_real.py.
+CUT = ("--student-layers", "0,5", "--batch-size", "32", "--learning-rate", "1e-4")
 
 
 def minilm_path() -> str:
@@ -132,6 +140,10 @@ def worker_seed_loop(work: Path, args: argparse.Namespace) -> dict:
             opt.zero_grad()
         accuracy = evaluate_plain(student, tok, val, padding="max_length")
     wall = time.perf_counter() - start
+    student.config.id2label = dict(enumerate(load_split(work, "train", None)[1]))
+    student.config.label2id = {n: i for i, n in student.config.id2label.items()}
+    student.save_pretrained(work / "model_a")  # the seed's shipped model, exported like ours
+    tok.save_pretrained(work / "model_a")
     return {
         "train_time_s": wall,
         "teacher_time_s": teacher_time,
@@ -275,8 +287,9 @@ def run_child(argv: list[str], env: dict[str, str] | None = None) -> tuple[float
     return time.perf_counter() - start, usage.ru_maxrss // 1024, out
 
 
-def setup(work: Path) -> None:
-    """Prepared data and the fine-tuned teacher, once; later runs reuse them."""
+def setup(work: Path, args: argparse.Namespace) -> None:
+    """Prepared data and the fine-tuned teacher, once; later runs reuse them. The teacher learns
+    from the rows the students get (--train-rows), for --teacher-epochs."""
     kd = [sys.executable, "-m", "kdistill"]
     if not (work / "data" / "bench" / "dataset_info.json").is_file():
         subprocess.run(
@@ -289,11 +302,14 @@ def setup(work: Path) -> None:
                 "bench",
                 "--data-dir",
                 str(work / "data"),
+                "--test-split",
+                str(TEST_SPLIT),
             ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
-    if not (work / "models" / "teacher" / "teacher_eval.json").is_file():
+    # --alpha 0 trains on the labels alone: no teacher to fine-tune (distill does not load it).
+    if args.alpha > 0 and not (work / "models" / "teacher" / "teacher_eval.json").is_file():
         print("fine-tuning the MiniLM teacher once (about 5 minutes) ...", flush=True)
         subprocess.run(
             [
@@ -313,6 +329,9 @@ def setup(work: Path) -> None:
                 "32",
                 "--learning-rate",
                 "1e-4",
+                "--epochs",
+                str(args.teacher_epochs),
+                *(("--max-train-samples", str(args.train_rows)) if args.train_rows else ()),
             ],
             check=True,
             capture_output=True,
@@ -346,7 +365,7 @@ def cpu_description() -> str:
 def kdistill_result(history: dict, wall: float, rss: int) -> dict:
     """A kdistill run's row: its training time counts the teacher's one cached pass."""
     train_s = sum(e["epoch_time_s"] for e in history["epochs"])
-    teacher_s = history["teacher_cache"]["time_s"]
+    teacher_s = history["teacher_cache"].get("time_s") or 0.0  # none with --alpha 0
     return {
         "wall_s": wall,
         "rss_mb": rss,
@@ -391,6 +410,8 @@ def model_flops(history: dict, config: dict, work: Path, args: argparse.Namespac
         return c.num_hidden_layers * layer
 
     student = non_embedding(STUDENT)
+    if args.alpha <= 0:  # cross-entropy only: no teacher pass
+        return 6 * student * tokens * args.epochs
     teacher = non_embedding(work / "models" / "teacher")
     return 6 * student * tokens * args.epochs + 2 * teacher * tokens
 
@@ -412,9 +433,11 @@ def run_sweep(work: Path, args: argparse.Namespace, out: str, *extra: str) -> di
         f"{r['temperature']},{r['alpha']},{r['seed']}": r["best_val_accuracy"]
         for r in sweep["runs"]
     }
+    best = max(sweep["runs"], key=lambda r: r["best_val_accuracy"])
     return {
         "wall_s": wall,
         "rss_mb": rss,
+        "best_run": best["run_dir"],
         "accuracies": accs,
         "val_accuracy_mean": sum(accs.values()) / len(accs),
         "lockstep": sweep["lockstep"],
@@ -426,32 +449,80 @@ def run_variant(v: str, work: Path, args: argparse.Namespace, me: list[str]) -> 
     if v in "ab":
         wall, rss, out = run_child([*me, "--worker", v])
         r = json.loads(out.strip().splitlines()[-1])
+        model = {"a": shipped(work / "model_a", work)} if v == "a" else {}
         return {
             "wall_s": wall,
             "rss_mb": rss,
             **r,
             "teacher_share": r["teacher_time_s"] / r["train_time_s"],
+            **model.get(v, {}),
         }
-    if v in "ce":
+    if v in SINGLE:
         out_dir = work / f"runs_{v}"
-        extra = ("--compile",) if v == "e" else ()
-        wall, rss, _ = run_child(
-            kdistill_argv(work, args, args.temperature, args.alpha, f"runs_{v}", *extra)
-        )
+        argv = kdistill_argv(work, args, args.temperature, args.alpha, f"runs_{v}", *SINGLE[v])
+        if v in "mn":  # the layer-cut student: MiniLM itself, its own tokenizer
+            at = argv.index("--student-tokenizer")
+            argv[at : at + 2] = []
+            argv[argv.index("--student-model") + 1] = minilm_path()
+        wall, rss, _ = run_child(argv)
         h = last_history(out_dir)
-        result = kdistill_result(h, wall, rss)
+        result = {
+            **kdistill_result(h, wall, rss),
+            **shipped(latest_run(out_dir) / "best_model", work),
+        }
         if v == "c":
             config = json.loads((latest_run(out_dir) / "config.json").read_text())
             result["flops_per_s"] = model_flops(h, config, work, args) / result["train_time_s"]
             result["precision"] = config["resolved"]["mixed_precision"]
         return result
-    if v == "d":  # today's sweep: the nine points one after another
-        return run_sweep(work, args, "runs_d", "--lockstep", "off")
-    if v == "l":  # the same nine points in lockstep
-        return run_sweep(work, args, "runs_l", "--lockstep", "on")
-    if v == "s":  # 3 x 3 grid x 3 seeds: 27 students in lockstep
-        return run_sweep(work, args, "runs_s", "--lockstep", "on", "--seeds", "1,2,3")
+    if v in SWEEPS:
+        result = run_sweep(work, args, f"runs_{v}", *SWEEPS[v])
+        return {**result, **shipped(Path(result["best_run"]) / "best_model", work)}
     raise SystemExit(f"unknown variant {v!r}")
+
+
+# Single runs: extra flags. c is today's defaults (no trim), t the defaults (trim auto).
+SINGLE = {
+    "c": ("--trim-vocab", "off"),
+    "t": (),
+    "e": ("--compile", "--trim-vocab", "off"),
+    "m": (*CUT, "--trim-vocab", "off"),
+    "n": (*CUT, "--trim-vocab", "on"),
+}
+SWEEPS = {
+    "d": ("--lockstep", "off", "--trim-vocab", "off"),  # the nine points one after another
+    "l": ("--lockstep", "on", "--trim-vocab", "off"),  # the same nine points in lockstep
+    "L": ("--lockstep", "on"),  # in lockstep, trimmed (the default)
+    "s": ("--lockstep", "on", "--seeds", "1,2,3"),  # 3 x 3 grid x 3 seeds: 27 students
+}
+
+
+def shipped(model_dir: Path, work: Path) -> dict:
+    """The shipped model's size and held-out accuracy: its parameters, and `kdistill export
+    --format onnx` on the test split (rows the vocabulary cut never saw): the ONNX file's size
+    and its accuracy there (the export checks it against torch)."""
+    import shutil
+
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    out = model_dir.parent / f"{model_dir.name}_onnx"
+    shutil.rmtree(out, ignore_errors=True)
+    argv = [sys.executable, "-m", "kdistill", "export", "--model", str(model_dir)]
+    argv += ["--output-dir", str(out), "--dataset", "bench", "--data-dir", str(work / "data")]
+    argv += ["--split", "test", "--max-samples", "100000", "--latency-rows", "8"]
+    argv += ["--repeats", "1", "--min-agreement", "0"]
+    run_child(argv)
+    report = json.loads((out / "export_report.json").read_text())
+    onnx = report["parity"]["onnx"]
+    rows = report["rows"]
+    return {
+        "parameters": params,
+        "onnx_mb": (out / "model.onnx").stat().st_size / 1e6,
+        "test_accuracy": onnx["accuracy"],
+        "test_rows": rows,
+    }
 
 
 LABELS = {
@@ -462,6 +533,10 @@ LABELS = {
     "d": "running (d): kdistill sweep --lockstep off, 9 points",
     "l": "running (l): kdistill sweep --lockstep on, 9 points",
     "s": "running (s): kdistill sweep --lockstep on --seeds 1,2,3, 27 students",
+    "t": "running (t): kdistill defaults (--trim-vocab auto trims)",
+    "m": "running (m): MiniLM layers 0,5, --trim-vocab off",
+    "n": "running (n): MiniLM layers 0,5, --trim-vocab on",
+    "L": "running (L): kdistill sweep --lockstep on, trimmed vocabulary, 9 points",
 }
 
 
@@ -469,13 +544,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-rows", type=int, default=None, help="Stratified subsample.")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--teacher-epochs", type=int, default=1, help="The teacher's fine-tune.")
     parser.add_argument("--temperature", type=float, default=3.0)
     parser.add_argument("--alpha", type=float, default=0.7)
     parser.add_argument(
-        "--variants", default="abcdels", help="Which variants to run, in this order."
+        "--variants", default="actmndlL", help="Which variants to run, in this order."
     )
     parser.add_argument("--work", default=str(REPO / "bench" / ".work"))
     parser.add_argument("--worker", choices=["a", "b"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--results", help="Also write the report to bench/results/<name>.txt (and .json)."
+    )
     args = parser.parse_args()
     work = Path(args.work)
 
@@ -484,7 +563,7 @@ def main() -> None:
         print(json.dumps(fn(work, args)))
         return
 
-    setup(work)
+    setup(work, args)
     me = [
         sys.executable,
         __file__,
@@ -508,117 +587,147 @@ def main() -> None:
         print(f"{LABELS[v]} ...", flush=True)
         results[v] = run_variant(v, work, args, me)
         saved.write_text(json.dumps(results, indent=2))
-    print_results(results, args)
+    lines = print_results(results, args)
+    if args.results:
+        (REPO / "bench" / "results" / f"{args.results}.txt").write_text("\n".join(lines) + "\n")
+        (REPO / "bench" / "results" / f"{args.results}.json").write_text(
+            json.dumps(results, indent=2) + "\n"
+        )
 
 
-def print_results(results: dict[str, dict], args: argparse.Namespace) -> None:
-    precision = results.get("c", {}).get("precision", "bf16")
-    peak = matmul_peak_flops(precision)
-    rows = args.train_rows or 4000
-    print(
-        f"\nDBpedia sample, {rows} train rows, 1000 validation rows, {args.epochs} epochs, "
-        f"T={args.temperature} alpha={args.alpha}, {os.cpu_count()} CPUs "
-        f"({cpu_description()})"
+def wilson(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson interval of an accuracy measured on n rows."""
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def test_cell(r: dict) -> str:
+    lo, hi = wilson(r["test_accuracy"], r["test_rows"])
+    return f"{100 * r['test_accuracy']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def size_cells(r: dict) -> str:
+    return f"{r['parameters'] / 1e6:.2f}M | {r['onnx_mb']:.1f}"
+
+
+SINGLE_NAMES = {
+    "a": "(a) seed loop",
+    "b": "(b) Trainer recipe",
+    "c": "(c) defaults, --trim-vocab off (before)",
+    "t": "(t) defaults (trimmed: --trim-vocab auto)",
+    "e": "(e) (c) with --compile",
+    "m": "(m) MiniLM layers 0,5, full vocabulary",
+    "n": "(n) MiniLM layers 0,5, trimmed",
+}
+
+
+def print_results(results: dict[str, dict], args: argparse.Namespace) -> list[str]:
+    """The bench's report as markdown tables (copied into docs as they are); returns its lines."""
+    lines: list[str] = []
+    out = lines.append
+    a = results.get("a")
+    rows = int(a["samples"] / args.epochs) if a else args.train_rows
+    test_rows = next((r["test_rows"] for r in results.values() if "test_rows" in r), 0)
+    out(
+        f"DBpedia sample, {rows} train rows, {test_rows} test rows, "
+        f"{args.epochs} epochs, T={args.temperature} alpha={args.alpha}, {os.cpu_count()} CPUs "
+        f"({cpu_description()}); one run, back to back"
     )
-    print(
-        f"{'variant':<28}{'wall s':>9}{'samples/s':>11}{'teacher %':>11}{'peak RSS MB':>13}"
-        f"{'val acc':>9}"
-    )
-    labels = {
-        "a": "(a) seed loop",
-        "b": "(b) Trainer recipe",
-        "c": "(c) kdistill defaults",
-        "e": "(e) (c) with --compile",
-    }
-    for v, name in labels.items():
-        if v in results:
+    out("")
+    out("| single run | wall s | vs (a) | val acc | test acc [95% CI] | parameters | ONNX MB |")
+    out("|---|---|---|---|---|---|---|")
+    for v, name in SINGLE_NAMES.items():
+        if v not in results:
+            continue
+        r = results[v]
+        vs_a = f"{a['wall_s'] / r['wall_s']:.2f}x" if a else "-"
+        sizes = size_cells(r) if "parameters" in r else "- | -"
+        test = test_cell(r) if "test_accuracy" in r else "-"
+        out(
+            f"| {name} | {r['wall_s']:.1f} | {vs_a} | {100 * r['val_accuracy']:.2f}% | {test} "
+            f"| {sizes} |"
+        )
+    out("")
+    for v in "ct":
+        if a and v in results and "test_accuracy" in a:
             r = results[v]
-            print(
-                f"{name:<28}{r['wall_s']:>9.1f}{r['samples'] / r['train_time_s']:>11.1f}"
-                f"{100 * r['teacher_share']:>10.1f}%{r['rss_mb']:>13}"
-                f"{100 * r['val_accuracy']:>8.2f}%"
+            out(
+                f"({v}) vs (a): {a['wall_s'] / r['wall_s']:.2f}x faster end to end (target >= 5x); "
+                f"test accuracy {100 * (r['test_accuracy'] - a['test_accuracy']):+.2f} points"
             )
-    print()
-    if "a" in results and "c" in results:
-        speedup = results["a"]["wall_s"] / results["c"]["wall_s"]
-        delta = 100 * (results["c"]["val_accuracy"] - results["a"]["val_accuracy"])
-        print(
-            f"(c) vs (a): {speedup:.2f}x faster end to end (target >= 5x); accuracy "
-            f"{delta:+.2f} points (target within 0.5)"
-        )
-    if "b" in results and "c" in results:
-        print(
-            f"(c) vs (b): {results['b']['wall_s'] / results['c']['wall_s']:.2f}x faster "
-            "(target >= 2.5x)"
-        )
-    if "c" in results and "e" in results:
-        print(
-            f"(e) vs (c): --compile takes {results['e']['wall_s'] / results['c']['wall_s']:.2f}x "
-            "the wall time of the defaults"
-        )
-    if "c" in results:
+    for full, cut in (("c", "t"), ("m", "n")):
+        if full in results and cut in results and "parameters" in results[full]:
+            f, c = results[full], results[cut]
+            out(
+                f"({cut}) vs ({full}): {100 * c['parameters'] / f['parameters']:.1f}% of the "
+                f"parameters (target <= 60%), ONNX {c['onnx_mb']:.1f} MB vs {f['onnx_mb']:.1f} MB, "
+                f"{f['wall_s'] / c['wall_s']:.2f}x the speed, test accuracy "
+                f"{100 * (c['test_accuracy'] - f['test_accuracy']):+.2f} points"
+            )
+    if "c" in results and "flops_per_s" in results["c"]:
+        precision = results["c"].get("precision", "bf16")
+        peak = matmul_peak_flops(precision)
         achieved = results["c"]["flops_per_s"]
-        print(
+        out(
             f"(c) model FLOP/s {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.1f}% of "
             f"this machine's {'bf16' if precision == 'bf16' else 'fp32'} matmul peak "
             f"({peak / 1e9:.0f} GFLOP/s; (c) ran with mixed precision {precision})"
         )
-    print_sweeps(results)
+    print_sweeps(results, out)
+    print("\n".join(lines), flush=True)
+    return lines
 
 
-def print_sweeps(results: dict[str, dict]) -> None:
-    """The nine grid points four ways, and the 27-student seeds grid against 27 single runs."""
+def print_sweeps(results: dict[str, dict], out) -> None:
+    """The nine grid points several ways, and the 27-student seeds grid against 27 single runs."""
     grid = f"T in {','.join(map(str, SWEEP_T))} x alpha in {','.join(map(str, SWEEP_ALPHA))}"
-    print(f"\nnine points, {grid}: four ways to train them")
-    print(
-        f"{'way':<44}{'wall s':>9}{'peak RSS MB':>13}{'mean acc':>10}{'vs 9 seed runs':>16}"
-        f"{'vs sequential':>15}{'single runs':>13}"
+    if not any(v in results for v in "dlLs"):
+        return
+    out("")
+    out(f"nine points, {grid}: ways to train them")
+    out("")
+    out(
+        "| way | wall s | vs 9 seed runs | vs sequential | single runs | mean val acc "
+        "| shipped test acc [95% CI] | parameters | ONNX MB |"
     )
-    single = results.get("c", {}).get("wall_s")
-    rows = []
-    if "a" in results:
-        a = results["a"]
-        rows.append(
-            (
-                "nine seed runs (9 x (a), T=3 alpha=0.7 acc)",
-                9 * a["wall_s"],
-                a["rss_mb"],
-                a["val_accuracy"],
-            )
-        )
+    out("|---|---|---|---|---|---|---|---|---|")
+    a, c = results.get("a"), results.get("c")
+    nine = 9 * a["wall_s"] if a else None
+    seq = results.get("d", {}).get("wall_s")
+    table = []
+    if a:
+        table.append(("nine seed runs (9 x (a), T=3 alpha=0.7)", nine, a["val_accuracy"], a))
     for v, name in (
-        ("d", "today's sequential sweep (--lockstep off)"),
-        ("l", "lockstep sweep (--lockstep on)"),
+        ("d", "sequential sweep (--lockstep off)"),
+        ("l", "lockstep sweep (--lockstep on, --trim-vocab off)"),
+        ("L", "lockstep sweep, trimmed (--lockstep on)"),
     ):
         if v in results:
             r = results[v]
-            rows.append((name, r["wall_s"], r["rss_mb"], r["val_accuracy_mean"]))
-    if single is not None:
-        rows.append(
-            (
-                "one single run ((c), T=3 alpha=0.7)",
-                single,
-                results["c"]["rss_mb"],
-                results["c"]["val_accuracy"],
-            )
-        )
-    nine = 9 * results["a"]["wall_s"] if "a" in results else None
-    seq = results.get("d", {}).get("wall_s")
-    for name, wall, rss, acc in rows:
+            table.append((name, r["wall_s"], r["val_accuracy_mean"], r))
+    if c:
+        table.append(("one single run ((c), T=3 alpha=0.7)", c["wall_s"], c["val_accuracy"], c))
+    for name, wall, acc, r in table:
         ratio = f"{nine / wall:.2f}x" if nine else "-"
         vs_seq = f"{seq / wall:.2f}x" if seq else "-"
-        singles = f"{wall / single:.2f}" if single else "-"
-        print(
-            f"{name:<44}{wall:>9.1f}{rss:>13}{100 * acc:>9.2f}%{ratio:>16}{vs_seq:>15}{singles:>13}"
+        singles = f"{wall / c['wall_s']:.2f}" if c else "-"
+        test = test_cell(r) if "test_accuracy" in r else "-"
+        sizes = size_cells(r) if "parameters" in r else "- | -"
+        out(
+            f"| {name} | {wall:.1f} | {ratio} | {vs_seq} | {singles} | {100 * acc:.2f}% | {test} "
+            f"| {sizes} |"
         )
-    if "d" in results and "l" in results:
-        d, lock = results["d"]["accuracies"], results["l"]["accuracies"]
-        deltas = [100 * abs(lock[k] - d[k]) for k in d if k in lock]
-        print(
-            f"lockstep vs sequential, per point: mean |delta acc| {sum(deltas) / len(deltas):.2f} "
-            f"points, max {max(deltas):.2f} (targets: lockstep >= 3x sequential, >= 15x nine "
-            "seed runs, <= 3 single runs)"
-        )
+    out("")
+    for v in "lL":
+        if "d" in results and v in results:
+            d, lock = results["d"]["accuracies"], results[v]["accuracies"]
+            deltas = [100 * abs(lock[k] - d[k]) for k in d if k in lock]
+            out(
+                f"({v}) vs sequential, per point: mean |delta val acc| "
+                f"{sum(deltas) / len(deltas):.2f} points, max {max(deltas):.2f} (targets: lockstep "
+                ">= 3x sequential, >= 15x nine seed runs, <= 3 single runs)"
+            )
     if "s" in results:
         s = results["s"]
         stds = [p["val_accuracy_std"] for p in s["points"] or [] if p["val_accuracy_std"]]
@@ -627,13 +736,13 @@ def print_sweeps(results: dict[str, dict]) -> None:
             f"{s['rss_mb']} MB, mean acc {100 * s['val_accuracy_mean']:.2f}%, mean seed "
             f"std {100 * sum(stds) / max(len(stds), 1):.2f} points"
         )
-        if single is not None:
+        if c is not None:
             line += (
-                f"; 27 single runs would take {27 * single:.1f} s: "
-                f"{27 * single / s['wall_s']:.2f}x faster"
+                f"; 27 single runs would take {27 * c['wall_s']:.1f} s: "
+                f"{27 * c['wall_s'] / s['wall_s']:.2f}x faster"
             )
-        print(line)
-    print("(the machine is shared with other jobs: compare ratios measured in one run)")
+        out(line)
+    out("(the machine is shared with other jobs: compare ratios measured in one run)")
 
 
 if __name__ == "__main__":

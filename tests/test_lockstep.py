@@ -210,6 +210,10 @@ def test_lockstep_points_equal_their_runs_alone_without_dropout(workdir, tiny_mo
     for entry in record["runs"]:
         key = (entry["temperature"], entry["alpha"], entry["seed"])
         assert_same_run(Path(entry["run_dir"]), alone[key])
+        # a random-init student: its vocabulary cut to the data (--trim-vocab auto), in lockstep
+        # as alone (assert_same_run compared the configs and weights)
+        vocab = json.loads((alone[key] / "config.json").read_text())["student"]["vocabulary"]
+        assert vocab["kept"] < vocab["source_size"]
     # the seeds trained different students
     a1, a2 = (json.loads((alone[2.0, 0.7, s] / "history.json").read_text()) for s in (1, 2))
     assert a1["epochs"][0]["train_loss"] != a2["epochs"][0]["train_loss"]

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
     from transformers import PreTrainedTokenizerBase
 
+    from kdistill.students.vocab import VocabTrim
     from kdistill.teachers.classifier import Teacher
     from kdistill.training.intermediate import IntermediateLoss
     from kdistill.training.loop import EpochProgress, Training
@@ -106,9 +107,10 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
     config, run, unlabeled, teacher, t_dtype, selection = load_data_and_teacher(config)
     accelerator = run.accelerator
-    student, s_tok, n_student, checkpointing = load_trainable_student(config, run)
+    student, s_tok, vocab, n_student, checkpointing = load_trainable_student(config, run, unlabeled)
     loaders = make_run_loaders(config, run, s_tok, teacher, unlabeled)
-    intermediate = setup_intermediate_losses(config, student, teacher, loaders[2])
+    kept_ids = vocab.kept_ids if vocab is not None else None
+    intermediate = setup_intermediate_losses(config, student, teacher, loaders[2], kept_ids)
     t = prepare_training(
         config, accelerator, student, teacher, *loaders, checkpointing, intermediate
     )
@@ -302,11 +304,13 @@ def load_frozen_teacher(config: DistillConfig, run: RunSetup) -> tuple[Teacher |
 
 
 def load_trainable_student(
-    config: DistillConfig, run: RunSetup
-) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, int, bool]:
-    """The student with a fresh head for these classes: (model, tokenizer, parameter count,
-    whether gradient checkpointing is on), compiled with --compile."""
+    config: DistillConfig, run: RunSetup, unlabeled: Dataset | None = None
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, VocabTrim | None, int, bool]:
+    """The student with a fresh head for these classes: (model, tokenizer, its vocabulary cut
+    (--trim-vocab) or None, parameter count, whether gradient checkpointing is on), compiled
+    with --compile. The cut keeps the tokens of the training, transfer and validation text."""
     from kdistill.students.load import count_parameters, load_student
+    from kdistill.students.vocab import trim_for_run
 
     student, s_tok = load_student(
         config.student_model,
@@ -316,6 +320,8 @@ def load_trainable_student(
         config.student_layers,
         config.student_num_layers,
     )
+    seen = list(run.train["text"]) + (list(unlabeled["text"]) if unlabeled is not None else [])
+    s_tok, vocab = trim_for_run(student, s_tok, config, seen, list(run.val["text"]))
     n_student = count_parameters(student)
     if config.calibrate_student == "auto":
         from kdistill.training.calibration import classification_head
@@ -324,7 +330,7 @@ def load_trainable_student(
     checkpointing = apply_gradient_checkpointing(student, config.gradient_checkpointing, run.device)
     if config.compile:
         student = torch.compile(student)
-    return student, s_tok, n_student, checkpointing
+    return student, s_tok, vocab, n_student, checkpointing
 
 
 def make_run_loaders(

@@ -184,6 +184,20 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
     student_num_layers: int | None = _opt(
         None, "Keep this many evenly spaced layers of a pretrained student (first and last kept)."
     )
+    trim_vocab: str = _opt(
+        "auto",
+        "Cut the student's vocabulary to the tokens of its training, transfer and validation text "
+        "(plus special tokens), remapping embedding rows and tokenizer together: auto trims a "
+        "random-init student with a WordPiece tokenizer; on trims any WordPiece student (a "
+        "pretrained or layer-cut one too); off keeps it whole. A token unseen at inference maps "
+        "to the unknown token.",
+        choices=["auto", "on", "off"],
+    )
+    keep_top_tokens: int = _opt(
+        0,
+        "With a trimmed vocabulary, also keep this many of the tokenizer's most frequent tokens "
+        "(its lowest ids), for inference text the data did not show.",
+    )
     report_to: str = _opt(
         "none",
         "Also log metrics to an experiment tracker through Accelerate (tensorboard writes "
@@ -264,6 +278,10 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         _check(
             self.student_layers is None or self.student_num_layers is None,
             "--student-layers and --student-num-layers: pass one of them, not both",
+        )
+        _check(
+            self.keep_top_tokens >= 0,
+            f"--keep-top-tokens must be >= 0 (got {self.keep_top_tokens})",
         )
         self._check_unlabeled()
         _check_push_to_hub(self.push_to_hub)

@@ -151,6 +151,27 @@ def _summary(no_teacher: bool) -> str:
     )
 
 
+def _vocabulary_rows(vocabulary: dict[str, Any] | None) -> list[list[str]]:
+    """The cut vocabulary (--trim-vocab), and what it means at inference."""
+    if not vocabulary:
+        return []
+    coverage = vocabulary.get("heldout_coverage")
+    covers = (
+        f"; a vocabulary from the training text alone covers {pct(coverage)} of validation tokens"
+        if coverage is not None
+        else ""
+    )
+    return [
+        [
+            "vocabulary",
+            f"cut to {vocabulary.get('kept'):,} of {vocabulary.get('source_size'):,} "
+            f"tokens: those of the training, transfer and validation text, the special tokens "
+            f"and {vocabulary.get('from_top') or 0} of the tokenizer's most frequent{covers}. "
+            "A token outside it maps to the unknown token.",
+        ]
+    ]
+
+
 def _training_rows(
     config: dict[str, Any],
     history: dict[str, Any],
@@ -179,6 +200,7 @@ def _training_rows(
     return [
         ["student base", student_base],
         ["student", f"{student.get('class', '?')}, {count(student.get('parameters'))} parameters"],
+        *_vocabulary_rows(student.get("vocabulary")),
         ["teacher", _teacher_cell(config, history)],
         ["loss", loss_cell],
         ["temperature T", _temperature_cell(config)],

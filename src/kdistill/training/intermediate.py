@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kdistill.errors import KdistillError
+from kdistill.students.vocab import source_ids
 from kdistill.training.layer_losses import HiddenProjection
 from kdistill.training.layer_map import LayerPair, format_layer_map, resolve_layer_map
 from kdistill.training.losses import DistillLoss, IntermediateStates, distill_loss
@@ -301,10 +302,16 @@ def cut_layers(config: DistillConfig) -> tuple[list[int] | None, int | None]:
 
 
 def setup_intermediate(
-    config: DistillConfig, student: Any, teacher: Any, train_tok: Any
+    config: DistillConfig,
+    student: Any,
+    teacher: Any,
+    train_tok: Any,
+    kept_ids: Sequence[int] | None = None,
 ) -> IntermediateLoss | None:
     """The run's IntermediateLoss, or None when the loss reads logits only. `train_tok` holds
-    both models' token ids; they decide whether hidden states compare token by token."""
+    both models' token ids; they decide whether hidden states compare token by token. A student
+    with a trimmed vocabulary (`kept_ids`: new id -> full-vocabulary id) is compared through the
+    full vocabulary's ids, which a teacher sharing its tokenizer still uses."""
     if not config.uses_intermediate():
         return None
     if getattr(teacher, "mode", "classifier") != "classifier":
@@ -314,7 +321,8 @@ def setup_intermediate(
             "the teacher (finetune-teacher)"
         )
     ids = train_tok.select_columns(["student_input_ids", "teacher_input_ids"])[:]
-    token_level = tokens_agree(ids["student_input_ids"], ids["teacher_input_ids"])
+    student_ids = source_ids(ids["student_input_ids"], kept_ids)
+    token_level = tokens_agree(student_ids, ids["teacher_input_ids"])
     cut_from, source_blocks = cut_layers(config)
     inter = IntermediateLoss(config, student, teacher.model, token_level, cut_from, source_blocks)
     record = inter.describe()
@@ -339,11 +347,15 @@ def setup_intermediate(
 
 
 def setup_intermediate_losses(
-    config: DistillConfig, student: torch.nn.Module, teacher: Teacher | None, train_tok: Dataset
+    config: DistillConfig,
+    student: torch.nn.Module,
+    teacher: Teacher | None,
+    train_tok: Dataset,
+    kept_ids: Sequence[int] | None = None,
 ) -> IntermediateLoss | None:
     """--hidden-loss / --attention-loss: the layer map, projection and hooks; None when the
     loss reads logits only (or there is no teacher, alpha 0)."""
     if teacher is None or not config.uses_intermediate():
         return None
 
-    return setup_intermediate(config, student, teacher, train_tok)
+    return setup_intermediate(config, student, teacher, train_tok, kept_ids)

@@ -105,6 +105,7 @@ def open_cohort(
     the teacher's validation accuracy and its cached logits."""
     from accelerate.utils import set_seed
 
+    from kdistill.students.vocab import trim_for_run
     from kdistill.training.loaders import check_training_rows
 
     config = points[0].config
@@ -123,6 +124,8 @@ def open_cohort(
     teacher, t_dtype_name, student, s_tok = load_cohort_models(
         config, data, train, device, precision
     )
+    seen = list(train["text"]) + (list(unlabeled["text"]) if unlabeled is not None else [])
+    s_tok, _ = trim_for_run(student, s_tok, config, seen, list(val["text"]))
     train_loader, val_loader, train_tok = make_loaders(
         _with_unlabeled(train, unlabeled),
         val,
@@ -342,6 +345,7 @@ def shared_config(
             "model": config.student_model,
             "class": type(student).__name__,
             "parameters": count_parameters(student),
+            "vocabulary": getattr(student.config, "kdistill_vocabulary", None),
         },
         "loss": "mean over rows of: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) "
         "+ (1 - alpha) * CE(s, label) for a labelled row, T^2 * KL for an unlabelled row",

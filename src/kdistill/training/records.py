@@ -129,6 +129,7 @@ def resolved_config(
 
     accelerator, data, n_train = run.accelerator, run.data, len(run.train)
     n_unlabeled = len(t.train_tok) - n_train  # the transfer set follows the labelled rows
+    student = accelerator.unwrap_model(t.student, keep_torch_compile=False)
     return {
         "kind": "distill",
         **config.to_dict(),
@@ -164,8 +165,10 @@ def resolved_config(
         "teacher": teacher_record(config, teacher, t_dtype),
         "student": {
             "model": config.student_model,
-            "class": type(accelerator.unwrap_model(t.student, keep_torch_compile=False)).__name__,
+            "class": type(student).__name__,
             "parameters": n_student,
+            # --trim-vocab: what the vocabulary was cut to (None: kept whole).
+            "vocabulary": getattr(student.config, "kdistill_vocabulary", None),
         },
         "loss": (KD_LOSS + (INTERMEDIATE_LOSS if t.intermediate is not None else ""))
         if teacher is not None
