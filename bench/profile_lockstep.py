@@ -199,7 +199,9 @@ def main() -> None:
     )
     print("\n".join(lines))
     if args.results:
-        (REPO / "bench" / "results" / f"{args.results}.txt").write_text("\n".join(lines) + "\n")
+        from results_file import write_results  # bench/ is on sys.path as the script's folder
+
+        write_results(lines, args.results)
 
 
 if __name__ == "__main__":

@@ -589,7 +589,9 @@ def main() -> None:
         saved.write_text(json.dumps(results, indent=2))
     lines = print_results(results, args)
     if args.results:
-        (REPO / "bench" / "results" / f"{args.results}.txt").write_text("\n".join(lines) + "\n")
+        from results_file import write_results  # bench/ is on sys.path as the script's folder
+
+        write_results(lines, args.results)
         (REPO / "bench" / "results" / f"{args.results}.json").write_text(
             json.dumps(results, indent=2) + "\n"
         )
