@@ -69,8 +69,8 @@ def test_distill_is_the_function_whatever_was_imported_first(first):
 
 
 def readme_example() -> str:
-    """The first python block of the README's "Python API" section."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    """The first python block of the guide's "Python API" section (docs/guide.md)."""
+    readme = (REPO / "docs" / "guide.md").read_text(encoding="utf-8")
     section = readme.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, re.S)[:1]
     return block
@@ -86,7 +86,7 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, trained_teacher, labelle
     shutil.copytree(trained_teacher, tmp_path / "models" / "minilm-dbpedia")
     shutil.copytree(REPO / "examples" / "students", tmp_path / "examples" / "students")
     namespace: dict = {}
-    exec(compile(readme_example(), "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(readme_example(), "docs/guide.md", "exec"), namespace)  # noqa: S102
     run_dir = namespace["run_dir"]
     assert run_dir.parent.resolve() == tmp_path.resolve() / "outputs" / "student_soft_distill"
     assert (run_dir / "best_model" / "model.safetensors").is_file()

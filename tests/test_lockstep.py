@@ -293,7 +293,7 @@ def test_bad_seeds_are_one_line(workdir, tiny_models, capsys, value):
 
 
 def test_the_best_mean_is_a_clear_lead_only_beyond_one_spread():
-    from kdistill.sweep import best_by_mean
+    from kdistill.training.seed_stats import best_by_mean
 
     def point(t, mean, std):
         return {"temperature": t, "alpha": 0.5, "val_accuracy_mean": mean, "val_accuracy_std": std}

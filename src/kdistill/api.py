@@ -68,7 +68,9 @@ def load_teacher(
     draws from. Bad values raise KdistillError with one line naming the fix.
 
     `teacher.logits(batch)` gives (batch, num_labels) logits from `teacher_input_ids` and
-    `teacher_attention_mask`; `teacher.encode(texts, max_length)` makes those inputs.
+    `teacher_attention_mask`; `teacher.encode(texts, max_length)` makes those inputs. A head that
+    finetune-teacher calibrated gives its logits as trained, as distill teaches them (and caches
+    them), so the soft targets and the cache entries here are distill's.
     """
     from kdistill.config import TeacherOptions
     from kdistill.data.model_files import quiet_transformers, set_load_policy
@@ -93,7 +95,11 @@ def load_teacher(
     options._check_teacher()  # the CLI's range checks, the CLI's one-line errors
     quiet_transformers()
     set_load_policy(allow_pickle, trust_remote_code)
-    return load(options, model, list(label_names), DTYPES[dtype], examples, max_length, seed)
+    from kdistill.training.calibration import logits_as_trained
+
+    teacher = load(options, model, list(label_names), DTYPES[dtype], examples, max_length, seed)
+    logits_as_trained(teacher)
+    return teacher
 
 
 def num_labels(teacher: Teacher) -> int:

@@ -32,7 +32,7 @@ import torch
 from kdistill.config import DistillConfig
 from kdistill.files import atomic_write_json
 from kdistill.teachers.guards import chance_accuracy, check_teacher_strength
-from kdistill.training.calibration import logits_as_trained
+from kdistill.training.calibration import calibrate_run_models, logits_as_trained
 from kdistill.training.checkpoint import CHECKPOINTS, save_model
 from kdistill.training.intermediate import setup_intermediate_losses
 from kdistill.training.loaders import (
@@ -44,11 +44,12 @@ from kdistill.training.loaders import (
 from kdistill.training.loop import (
     apply_gradient_checkpointing,
     prepare_training,
-    student_inputs,
     train_one_epoch,
 )
 from kdistill.training.no_labels import teacher_validation, with_texts_only
 from kdistill.training.records import (
+    done_summary,
+    evaluate_student,
     failure_recorded,
     new_history,
     record_epoch,
@@ -78,7 +79,6 @@ if TYPE_CHECKING:
     from kdistill.teachers.classifier import Teacher
     from kdistill.training.intermediate import IntermediateLoss
     from kdistill.training.loop import EpochProgress, Training
-    from kdistill.training.records import TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -368,22 +368,6 @@ def make_run_loaders(
 # --------------------------------------------------------------------------- each epoch
 
 
-def evaluate_student(
-    student: torch.nn.Module, val_loader: DataLoader, accelerator: Accelerator, num_labels: int
-) -> dict[str, Any]:
-    """Validation metrics with dropout off: the numbers must be the model's, not a noisy draw."""
-    from kdistill.evaluation.metrics import evaluate
-
-    student.eval()
-    return evaluate(
-        lambda b: student(**student_inputs(b)).logits,
-        val_loader,
-        accelerator,
-        num_labels,
-        "validation",
-    )
-
-
 # --------------------------------------------------------------------------- the end
 
 
@@ -402,7 +386,15 @@ def finish_run(
     partial_dir, accelerator = checkpoints.run_dir, run.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        calibrate_run(config, run, partial_dir)
+        calibrate_run_models(
+            partial_dir,
+            config.calibrate_student,
+            list(run.val["text"]),
+            list(run.val["label"]),
+            config.max_length,
+            config.batch_size,
+            accelerator.device,
+        )
         history["total_time_s"] = time.perf_counter() - checkpoints.run_start
         history["completed"] = datetime.now().isoformat(timespec="seconds")
         atomic_write_json(partial_dir / "history.json", history)
@@ -420,30 +412,3 @@ def finish_run(
         from kdistill.shipping.publish import push_folder
 
         push_folder(final_dir / "best_model", config.push_to_hub, not config.hub_public)
-
-
-def calibrate_run(config: DistillConfig, run: RunSetup, run_dir: Path) -> None:
-    """--calibrate-student: fold a temperature fitted on validation into each saved model's head
-    (training/calibration.py), or record that the logits are left as trained."""
-    from kdistill.training.calibration import calibrate_run_models
-
-    texts, labels = list(run.val["text"]), list(run.val["label"])
-    args = (config.max_length, config.batch_size, run.accelerator.device)
-    calibrate_run_models(run_dir, config.calibrate_student, texts, labels, *args)
-
-
-def done_summary(
-    state: TrainState, teacher: Teacher | None, teacher_accuracy: float | None, n_student: int
-) -> str:
-    """The closing log line: what the student reached, against the teacher and their sizes."""
-    from kdistill.students.load import count_parameters
-
-    teacher_part = (
-        f"teacher {teacher_accuracy:.4f}, {count_parameters(teacher.model) / 1e6:.1f}M parameters"
-        if teacher is not None
-        else "no teacher (alpha 0)"
-    )
-    return (
-        f"done: best validation accuracy {state.best_accuracy:.4f} at epoch {state.best_epoch}; "
-        f"{teacher_part}; student {n_student / 1e6:.1f}M parameters"
-    )

@@ -31,6 +31,7 @@ from kdistill.config import DistillConfig, SweepConfig
 from kdistill.errors import KdistillError
 from kdistill.files import atomic_write_json
 from kdistill.training.runs import finish_run_dir, format_float, new_run_dir
+from kdistill.training.seed_stats import best_by_mean, seed_summary
 
 logger = logging.getLogger(__name__)
 
@@ -78,48 +79,6 @@ def best_point(points: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The highest validation accuracy; ties go to the point run first (grid order)."""
     done = [p for p in points if p["status"] == "completed"]
     return max(done, key=lambda p: p["best_val_accuracy"]) if done else None
-
-
-def seed_summary(runs: list[dict[str, Any]], temperature: float, alpha: float) -> dict[str, Any]:
-    """A point's seeds: mean and sample standard deviation of their best validation accuracy."""
-    from kdistill.training.lockstep import mean_std
-
-    mine = [r for r in runs if (r["temperature"], r["alpha"]) == (temperature, alpha)]
-    done = [r for r in mine if r["status"] == "completed"]
-    mean, std = mean_std([r["best_val_accuracy"] for r in done])
-    return {
-        "temperature": temperature,
-        "alpha": alpha,
-        "seeds": [r["seed"] for r in done],
-        "failed_seeds": [r["seed"] for r in mine if r["status"] != "completed"],
-        "val_accuracy_mean": mean,
-        "val_accuracy_std": std,
-        "val_accuracy_min": min((r["best_val_accuracy"] for r in done), default=None),
-        "val_accuracy_max": max((r["best_val_accuracy"] for r in done), default=None),
-        "run_dirs": [r["run_dir"] for r in done],
-    }
-
-
-def best_by_mean(points: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The highest mean, with its lead over the runner-up and whether that lead is more than one
-    spread (the larger of the two points' standard deviations): `clear_lead` false means the
-    seeds cannot tell the two apart."""
-    done = sorted(
-        (p for p in points if p["val_accuracy_mean"] is not None),
-        key=lambda p: -p["val_accuracy_mean"],
-    )
-    if not done:
-        return None
-    best = dict(done[0])
-    if len(done) > 1:
-        runner = done[1]
-        spreads = [
-            s for s in (best["val_accuracy_std"], runner["val_accuracy_std"]) if s is not None
-        ]
-        best["lead"] = best["val_accuracy_mean"] - runner["val_accuracy_mean"]
-        best["spread"] = max(spreads) if spreads else None
-        best["clear_lead"] = best["spread"] is not None and best["lead"] > best["spread"]
-    return best
 
 
 def peak_rss_mb() -> float:

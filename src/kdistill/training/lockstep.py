@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -396,30 +395,3 @@ def stacked_kd_loss(
     return StackedLoss(
         loss, kl.detach(), ce.detach(), labeled_loss.detach(), kl_unl.detach(), n_l, n_u
     )
-
-
-# --------------------------------------------------------------------------- random streams
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """The generators dropout draws from: the CPU one, and the device's on CUDA."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (None with fewer than two values)."""
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))

@@ -23,11 +23,7 @@ from kdistill.config import DistillConfig, SweepConfig
 from kdistill.data.prepare import split_record
 from kdistill.files import atomic_write_json
 from kdistill.training.loaders import make_loaders
-from kdistill.training.lockstep import (
-    CannotStack,
-    rng_state,
-    set_rng_state,
-)
+from kdistill.training.lockstep import CannotStack
 from kdistill.training.records import CE_LOSS, TrainState, teacher_record
 from kdistill.training.runs import new_run_dir, run_name
 from kdistill.training.runtime import library_versions
@@ -379,3 +375,20 @@ def start_run(point: Point, cohort: Cohort, total_steps: int, students: int) -> 
         point.history["teacher"] = {"used": False, **dict.fromkeys(keys)}
         point.history["teacher_cache"] = {"mode": "none", "reason": "--alpha 0: no teacher"}
     atomic_write_json(point.partial_dir / "history.json", point.history)
+
+
+# --------------------------------------------------------------------------- random streams
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators dropout draws from: the CPU one, and the device's on CUDA."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -21,7 +21,9 @@ from kdistill.files import atomic_write_json
 from kdistill.training.runtime import library_versions
 
 if TYPE_CHECKING:
+    import torch
     from accelerate import Accelerator
+    from torch.utils.data import DataLoader
 
     from kdistill.config import DistillConfig
     from kdistill.evaluation.calibration import TemperatureFit
@@ -317,3 +319,37 @@ def loss_parts(stats: dict[str, Any]) -> str:
             f"{stats['train_loss_unlabeled']:.4f}"
         )
     return ", ".join(parts)
+
+
+def done_summary(
+    state: TrainState, teacher: Teacher | None, teacher_accuracy: float | None, n_student: int
+) -> str:
+    """The closing log line: what the student reached, against the teacher and their sizes."""
+    from kdistill.students.load import count_parameters
+
+    teacher_part = (
+        f"teacher {teacher_accuracy:.4f}, {count_parameters(teacher.model) / 1e6:.1f}M parameters"
+        if teacher is not None
+        else "no teacher (alpha 0)"
+    )
+    return (
+        f"done: best validation accuracy {state.best_accuracy:.4f} at epoch {state.best_epoch}; "
+        f"{teacher_part}; student {n_student / 1e6:.1f}M parameters"
+    )
+
+
+def evaluate_student(
+    student: torch.nn.Module, val_loader: DataLoader, accelerator: Accelerator, num_labels: int
+) -> dict[str, Any]:
+    """Validation metrics with dropout off: the numbers must be the model's, not a noisy draw."""
+    from kdistill.evaluation.metrics import evaluate
+    from kdistill.training.loop import student_inputs
+
+    student.eval()
+    return evaluate(
+        lambda b: student(**student_inputs(b)).logits,
+        val_loader,
+        accelerator,
+        num_labels,
+        "validation",
+    )
