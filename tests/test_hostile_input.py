@@ -550,7 +550,12 @@ def test_teacher_with_unnamed_labels(capsys, project, models):
 
 
 def test_untrained_head_teacher(capsys, project, models):
-    # The student checkpoint is a bare encoder: as a teacher its head would be random.
+    """A classifier checkpoint whose head was never trained: its logits would be random. (A bare
+    encoder, with no head at all, is an embedding teacher since the no-label work.)"""
+    folder = Path(models["student"])
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["BertForSequenceClassification"]
+    (folder / "config.json").write_text(json.dumps(config))
     refused(
         capsys,
         project,
