@@ -127,3 +127,33 @@ def test_the_demo_table_has_real_counts_recipes_and_paired_gains(tmp_path: Path)
     ce_row = next(r for r in rows if "demo_T3.0_A0.0_3" in r)
     assert "CE only" in ce_row and "30 epochs" in ce_row and "| 360 + 0 | 360 |" in ce_row
     assert "make demo ran end to end in 2 min" in text
+
+
+def test_a_demo_stopped_before_its_last_compare_says_which_rows_are_missing(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    out.mkdir()
+    teacher = model("minilm-demo", "teacher", 0.94, None)
+    ce = run_config(0.0, 30, "none", 0, 360)
+    kd = run_config(0.7, 3, "none", 3240, 360)
+    write_comparison(
+        tmp_path / "cmp_tiny",
+        [teacher, model("tiny_kd", "student", 0.842, kd), model("tiny_ce", "baseline", 0.77, ce)],
+        [{"student": "tiny_kd", "accuracy_points": 7.2, "accuracy_points_ci": [3.0, 11.0]}],
+    )
+    (out / "compare_tiny.path").write_text(str(tmp_path / "cmp_tiny"))
+    data = tmp_path / "data"
+    data.mkdir()
+    info = {"source": "x.csv", "unlabeled_rows": 3240, "splits": {"train": {"rows": 360}}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    results = tmp_path / "demo.txt"
+    subprocess.run(
+        [sys.executable, str(REPO / "bench" / "demo_table.py"), "--demo-out", str(out)]
+        + ["--data", str(data), "--command", "make demo", "--started", "0"]
+        + ["--output", str(results)],
+        check=True,
+        capture_output=True,
+    )
+    text = results.read_text()
+    assert "not in this table: compare_cut (the demo stopped before it)" in text
+    assert "ran end to end" not in text
+    assert "tiny_kd" in text
