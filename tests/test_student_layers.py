@@ -123,10 +123,10 @@ def tiny_qwen2(num_layers: int, seed: int = 0, **extra: Any) -> Any:
     return Qwen2ForSequenceClassification(qwen2_config(num_layers, num_labels=3, **extra)).eval()
 
 
-def batch(seed: int = 0, length: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(seed: int = 0, length: int = 9, vocab: int = VOCAB) -> tuple[torch.Tensor, torch.Tensor]:
     """Two rows of token ids (never 0, the pad id), the second right-padded by 3."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, VOCAB, (2, length), generator=g)
+    ids = torch.randint(1, vocab, (2, length), generator=g)
     mask = torch.ones_like(ids)
     ids[1, -3:], mask[1, -3:] = 0, 0
     return ids, mask
@@ -323,7 +323,7 @@ def test_save_and_reload(
     if source == "distilbert":
         assert model.distilbert.transformer.n_layers == len(kept)
 
-    ids, mask = batch(seed=5)
+    ids, mask = batch(seed=5, vocab=model.config.vocab_size)  # the toy BERTs' is their own
     with torch.no_grad():
         before = model(input_ids=ids, attention_mask=mask).logits
     model.save_pretrained(tmp_path)
