@@ -38,6 +38,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import markdown_table, write_results  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_CSV = REPO.parent / "shared" / "data" / "dbpedia" / "dbpedia_5k.csv"
 RESULTS = REPO / "bench" / "results" / "seed_pair.txt"
@@ -214,6 +217,7 @@ def measure(name: str, extra: list[str], args, work: Path, folders, env) -> dict
         "teacher_s_per_row": cache.get("time_s", float("nan")) / epoch["train_samples"],
         "estimate_s": history.get("time_estimate", {}).get("total_s", float("nan")),
         "train_s": history["total_time_s"],
+        "measured_s": cache.get("time_s", 0.0) + history["total_time_s"],
         "tokens_per_s": tokens / epoch["epoch_time_s"],
     }
 
@@ -240,9 +244,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--work", type=Path, default=REPO / "bench" / ".work" / "seed_pair")
     parser.add_argument("--out", type=Path, default=None, help="results file (real: bench/results)")
-    parser.add_argument("--skip-full", action="store_true", help="the quick command only")
+    parser.add_argument(
+        "--runs",
+        default="quick,full",
+        help="comma-separated, from: quick (the seed's Quick Testing), quick-lora (the same with "
+        "--student-lora 16 --learning-rate 5e-4), quick-no-ckpt (with --gradient-checkpointing "
+        "off: what checkpointing saves), full (Step 3's flags, one epoch on --rows rows)",
+    )
     args = parser.parse_args(argv)
     flags = " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"python bench/seed_pair.py {flags}".rstrip()
     out = args.out or (RESULTS if args.shape == "real" else args.work / "seed_pair_tiny.txt")
 
     import torch
@@ -261,48 +272,67 @@ def main(argv: list[str] | None = None) -> None:
     peak = matmul_peak(device)
 
     quick = ["--max-train-samples", "100", "--max-val-samples", "100", "--batch-size", "2"]
-    runs = [("quick", [*quick, "--max-length", "128", "--epochs", "2"])]
-    if not args.skip_full:
-        step3 = ["--epochs", "1", "--batch-size", "4", "--max-length", "128"]
-        step3 += ["--temperature", "3.0", "--alpha", "0.7", "--max-train-samples", str(args.rows)]
-        runs.append(("full", [*step3, "--max-val-samples", str(args.max_val_samples)]))
+    quick += ["--max-length", "128", "--epochs", "2"]
+    step3 = ["--epochs", "1", "--batch-size", "4", "--max-length", "128"]
+    step3 += ["--temperature", "3.0", "--alpha", "0.7", "--max-train-samples", str(args.rows)]
+    variants = {
+        "quick": quick,
+        "quick-lora": [*quick, "--student-lora", "16", "--learning-rate", "5e-4"],
+        "quick-no-ckpt": [*quick, "--gradient-checkpointing", "off"],
+        "full": [*step3, "--max-val-samples", str(args.max_val_samples)],
+    }
+    names = [n.strip() for n in args.runs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in variants]
+    if unknown or not names:
+        raise SystemExit(f"--runs: unknown {unknown or names}; choose from {', '.join(variants)}")
+    runs = [(name, variants[name]) for name in names]
     n_student = non_embedding_params(folders[1])
     counts = parameter_counts(shape)
-    lines = [
-        f"# python bench/seed_pair.py {flags}".rstrip(),
-        f"device: {device}"
-        + (
-            f" ({torch.cuda.get_device_name()})"
-            if device == "cuda"
-            else f" ({os.cpu_count()} cores)"
-        ),
-        f"teacher {counts['teacher'] / 1e9:.3f}B parameters, "
-        f"student {counts['student'] / 1e9:.3f}B ({args.shape} shapes, random weights, bf16)",
-        f"measured bf16 matmul peak: {peak / 1e9:.1f} GFLOP/s",
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} CPU cores"
+    body = [
+        f"# device: {device} ({where}); teacher {counts['teacher'] / 1e9:.3f}B parameters, "
+        f"student {counts['student'] / 1e9:.3f}B ({args.shape} shapes, random weights, bf16); "
+        f"measured bf16 matmul peak {peak / 1e9:.1f} GFLOP/s",
         "",
-        f"{'run':<7}{'wall s':>9}{'peak RSS MB':>13}{'s/step':>9}{'teacher s/row':>15}"
-        f"{'estimate s':>12}{'train s':>9}{'tokens/s':>10}{'% bf16 peak':>13}",
     ]
+    columns = ["run", "wall s", "peak RSS MB", "s/step", "teacher s/row", "estimate s"]
+    columns += ["measured s", "estimate / measured", "tokens/s", "% bf16 peak"]
+    rows = []
     for name, extra in runs:
         r = measure(name, extra, args, work, folders, env)
         achieved = 6 * n_student * r["tokens_per_s"]
-        lines.append(
-            f"{name:<7}{r['wall_s']:>9.1f}{r['peak_rss_mb']:>13}{r['s_per_step']:>9.3f}"
-            f"{r['teacher_s_per_row']:>15.4f}{r['estimate_s']:>12.1f}{r['train_s']:>9.1f}"
-            f"{r['tokens_per_s']:>10.1f}{100 * achieved / peak:>13.2f}"
+        rows.append(
+            [
+                name,
+                f"{r['wall_s']:.1f}",
+                str(r["peak_rss_mb"]),
+                f"{r['s_per_step']:.3f}",
+                f"{r['teacher_s_per_row']:.4f}",
+                f"{r['estimate_s']:.1f}",
+                f"{r['measured_s']:.1f}",
+                f"{r['estimate_s'] / r['measured_s']:.2f}",
+                f"{r['tokens_per_s']:.1f}",
+                f"{100 * achieved / peak:.2f}",
+            ]
         )
-        print(lines[-1], flush=True)
-    lines += [
+        print(" | ".join(rows[-1]), flush=True)
+    body += markdown_table(columns, rows)
+    body += [
         "",
         "s/step: the first epoch's time over its optimizer steps; teacher s/row: the cached "
         "teacher pass over the training rows; estimate s: the run's own estimate before training "
-        "(teacher pass + epochs); train s: history.json total_time_s (the epochs); % bf16 peak: "
-        "6 x student non-embedding parameters x student tokens/s over the measured peak.",
+        "(teacher pass + epochs); measured s: the teacher pass plus history.json total_time_s "
+        "(the epochs, evaluation and saving); % bf16 peak: 6 x student non-embedding parameters "
+        "x student tokens/s over the measured peak; peak RSS: the kdistill process's.",
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"written to {out}")
+    if args.out is None and args.shape == "real":
+        write_results(body, "seed_pair", command)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text("\n".join([f"# {command}", *body]) + "\n")
+        tmp.replace(out)
+        print(f"written to {out}")
 
 
 if __name__ == "__main__":

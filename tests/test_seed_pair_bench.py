@@ -25,6 +25,7 @@ def test_real_shapes_have_the_published_parameter_counts():
 def test_tiny_bench_end_to_end(tmp_path, dbpedia_csv):
     out = tmp_path / "seed_pair.txt"
     argv = ["--shape", "tiny", "--rows", "40", "--max-val-samples", "20"]
+    argv += ["--runs", "quick,quick-lora,full"]
     seed_pair.main([*argv, "--work", str(tmp_path / "work"), "--out", str(out)])
     lines = out.read_text().splitlines()
     assert (
@@ -36,10 +37,12 @@ def test_tiny_bench_end_to_end(tmp_path, dbpedia_csv):
     for name in ("DeepSeek-R1-Distill-Qwen-1.5B-shape", "Qwen2.5-0.5B-shape"):
         folder = tmp_path / "work" / "models" / name
         assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
-    rows = {line.split()[0]: line.split()[1:] for line in lines if line[:5] in ("quick", "full ")}
-    assert set(rows) == {"quick", "full"}
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    rows = {row[0]: row[1:] for row in cells if row[0] in ("quick", "quick-lora", "full")}
+    assert set(rows) == {"quick", "quick-lora", "full"}
     for values in rows.values():
-        wall, rss, step, per_row, estimate, train, tokens, peak = map(float, values)
-        assert wall > train > 0 and rss > 0 and step > 0 and per_row > 0 and estimate > 0
+        wall, rss, step, per_row, estimate, measured, ratio, tokens, peak = map(float, values)
+        assert wall > measured > 0 and rss > 0 and step > 0 and per_row > 0 and estimate > 0
+        assert ratio == pytest.approx(estimate / measured, rel=0.05)
         assert tokens > 0 and 0 < peak < 100
     assert not seed_pair.RESULTS.with_name("seed_pair_tiny.txt").exists()

@@ -159,15 +159,15 @@ def test_lora_target_modules_must_exist(capsys, tmp_path, labelled_csv, tiny_mod
 def test_lora_default_targets_by_layout(tiny_models):
     from transformers import AutoModelForSequenceClassification
 
-    from kdistill.finetune import lora_targets
+    from kdistill.students.lora import lora_targets
 
     bert = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert_teacher"])
     qwen = AutoModelForSequenceClassification.from_pretrained(tiny_models["qwen_teacher"])
-    assert lora_targets(bert, None) == ["query", "key", "value"]
-    assert lora_targets(qwen, None) == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert lora_targets(qwen, "q_proj, v_proj") == ["q_proj", "v_proj"]
+    assert lora_targets(bert, None, "--method lora") == ["query", "key", "value"]
+    assert lora_targets(qwen, None, "--method lora") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert lora_targets(qwen, "q_proj, v_proj", "--method lora") == ["q_proj", "v_proj"]
     with pytest.raises(KdistillError, match="--method lora"):
-        lora_targets(torch.nn.Sequential(torch.nn.Linear(2, 2)), None)
+        lora_targets(torch.nn.Sequential(torch.nn.Linear(2, 2)), None, "--method lora")
 
 
 def test_lora_learning_rate_default_and_ranges():

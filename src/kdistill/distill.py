@@ -328,6 +328,11 @@ def load_trainable_student(
 
         classification_head(student)  # a head it cannot find is refused now, not after training
     checkpointing = apply_gradient_checkpointing(student, config.gradient_checkpointing, run.device)
+    if config.student_lora:
+        from kdistill.students.lora import add_lora, lora_targets
+
+        targets = lora_targets(student, None, "--student-lora")
+        student = add_lora(student, config.student_lora, 2.0 * config.student_lora, 0.05, targets)
     if config.compile:
         student = torch.compile(student)
     return student, s_tok, vocab, n_student, checkpointing

@@ -28,74 +28,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Adapter targets by layout, first match wins: attention projections, as in the LoRA paper.
-DEFAULT_TARGETS = (
-    ("q_proj", "k_proj", "v_proj", "o_proj"),  # Qwen2, Llama, Mistral, Gemma
-    ("query", "key", "value"),  # BERT, RoBERTa, ELECTRA, MiniLM
-    ("q_lin", "k_lin", "v_lin"),  # DistilBERT
-    ("c_attn",),  # GPT-2
-)
-
-
-def lora_targets(model: torch.nn.Module, requested: str | None) -> list[str]:
-    """The module names to adapt: the user's (each must exist) or the first known layout."""
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    if requested:
-        wanted = [t.strip() for t in requested.split(",") if t.strip()]
-        missing = [t for t in wanted if t not in present]
-        if missing or not wanted:
-            raise KdistillError(
-                f"--target-modules: the model has no modules named {', '.join(missing) or '?'}; "
-                f"its linear layers include {', '.join(sorted(linear_names(model))[:8])}"
-            )
-        return wanted
-    for layout in DEFAULT_TARGETS:
-        if all(t in present for t in layout):
-            return list(layout)
-    raise KdistillError(
-        "--method lora: no known attention projections in this model; name them with "
-        f"--target-modules (its linear layers include {', '.join(sorted(linear_names(model))[:8])})"
-    )
-
-
-def linear_names(model: torch.nn.Module) -> set[str]:
-    import torch
-
-    linear = torch.nn.Linear
-    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, linear)}
-
 
 def apply_lora(model: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
-    """Wrap the classifier in LoRA adapters; the new head stays fully trainable (peft's
-    SEQ_CLS task keeps `classifier`/`score` in modules_to_save)."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    """Wrap the classifier in LoRA adapters (students/lora.py); the new head stays trainable."""
+    from kdistill.students.lora import add_lora, lora_targets
 
-    targets = lora_targets(model, config.target_modules)
-    lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=targets,
-    )
-    peft_model = get_peft_model(model, lora)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in peft_model.parameters())
-    logger.info(
-        "LoRA r=%d on %s: %.2fM of %.1fM parameters trainable",
-        config.lora_r,
-        ",".join(targets),
-        trainable / 1e6,
-        total / 1e6,
-    )
-    return peft_model
-
-
-def merged(model: torch.nn.Module) -> torch.nn.Module:
-    """A plain transformers model: LoRA deltas folded into the weights, wrappers gone."""
-    from peft import PeftModel
-
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+    targets = lora_targets(model, config.target_modules, "--method lora")
+    return add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, targets)
 
 
 def finetune_teacher(config: FinetuneConfig) -> Path:
@@ -260,6 +199,7 @@ def save_teacher(
     teacher_eval.json and card into a temporary folder, renamed to `target` when complete.
     Main process only."""
     from kdistill.shipping.teacher_card import write_teacher_card
+    from kdistill.students.lora import merged
     from kdistill.training.calibration import calibrate_model_folder, log_fit
 
     with atomic_dir(target) as tmp:

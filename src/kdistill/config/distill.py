@@ -184,6 +184,13 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
     student_num_layers: int | None = _opt(
         None, "Keep this many evenly spaced layers of a pretrained student (first and last kept)."
     )
+    student_lora: int = _opt(
+        0,
+        "LoRA rank for the student (peft): 0 trains every weight; R trains rank-R adapters on "
+        "the attention projections and the new head, folded into the weights on save. For a "
+        "student whose AdamW state does not fit (a 0.5B model needs about 8 GB); adapters learn "
+        "best at a higher --learning-rate (5e-4).",
+    )
     trim_vocab: str = _opt(
         "auto",
         "Cut the student's vocabulary to the tokens of its training, transfer and validation text "
@@ -261,6 +268,7 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
                 ) from None
         _check_finite(self)
         self.seed_list()
+        _check(self.student_lora >= 0, f"--student-lora must be >= 0 (got {self.student_lora})")
         _check(1 <= self.rounds <= 10, f"--rounds must be in [1, 10] (got {self.rounds})")
         _check(self.save_steps >= 0, f"--save-steps must be >= 0 (got {self.save_steps})")
         _check(

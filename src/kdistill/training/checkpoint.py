@@ -120,8 +120,10 @@ def save_model(
     state_dict = accelerator.get_state_dict(model) if sharded else None
     if not accelerator.is_main_process:
         return
-    with atomic_dir(path) as tmp:
-        accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
+    from kdistill.students.lora import merged_copy
+
+    with atomic_dir(path) as tmp:  # a LoRA student is saved with its adapters folded in
+        merged_copy(accelerator.unwrap_model(model, keep_torch_compile=False)).save_pretrained(
             tmp, state_dict=state_dict
         )
         tokenizer.save_pretrained(tmp)

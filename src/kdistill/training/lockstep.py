@@ -60,6 +60,7 @@ def unsupported_reason(config: SweepConfig, num_processes: int = 1) -> str | Non
         (config.gradient_accumulation_steps > 1, "--gradient-accumulation-steps > 1"),
         (config.gradient_checkpointing == "on", "--gradient-checkpointing on"),
         (config.compile, "--compile"),
+        (config.student_lora > 0, "--student-lora"),
         (config.save_steps > 0, "--save-steps (mid-epoch checkpoints)"),
         (config.report_to != "none", f"--report-to {config.report_to}"),
         (num_processes > 1, f"{num_processes} processes (accelerate launch)"),

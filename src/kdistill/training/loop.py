@@ -48,6 +48,7 @@ def make_optimizer(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        name = name.removeprefix("base_model.model.")  # a LoRA student's (peft) names
         no_decay = p.ndim < 2 or "norm" in name.lower()
         head = head_lr_scale != 1.0 and not name.startswith(prefix)
         groups.setdefault((head, no_decay), []).append(p)
