@@ -257,6 +257,20 @@ def test_a_weighted_round_records_its_confidence_weights(tmp_path, tiny_models):
     assert history["epochs"][0]["train_samples"] == 36
 
 
+def test_agreement_weights_need_no_label_and_are_recorded(tmp_path, tiny_models):
+    """A three-member ensemble on texts alone, weighted by agreement: config.json shows the
+    weights fitted on the held-out slice's pass, history.json those of the transfer set's."""
+    more = [str(tiny_models["bert_student"]), str(tiny_models["qwen_lm"])]
+    argv = one_command(tmp_path, tiny_models, "--epochs", "1", "--teacher-weights", "agreement")
+    assert main([*argv, "--teacher-model", more[0], "--teacher-model", more[1]]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    settings = json.loads((run / "config.json").read_text())["teacher"]["settings"]
+    assert settings["weight_rule"] == "agreement" and settings["weights_fitted_on"] == 4
+    cache = json.loads((run / "history.json").read_text())["teacher_cache"]
+    assert cache["weight_rule"] == "agreement" and len(cache["weights"]) == 3
+    assert sum(cache["weights"]) == pytest.approx(1.0)
+
+
 def test_eval_teacher_reports_the_predicted_class_histogram(tmp_path, tiny_models, workdir):
     out = tmp_path / "report.json"
     argv = ["eval-teacher", "--dataset", "toy", "--teacher-model", str(tiny_models["bert_student"])]

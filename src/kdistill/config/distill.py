@@ -291,6 +291,11 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         _check_training(self)
         self._check_teacher()
         _check(
+            not (str(self.teacher_weights).strip() == "agreement" and self.teacher_cache == "off"),
+            "--teacher-weights agreement fits the weights on the whole transfer set, which "
+            "--teacher-cache off never scores at once; drop --teacher-cache off",
+        )
+        _check(
             self.student_layers is None or self.student_num_layers is None,
             "--student-layers and --student-num-layers: pass one of them, not both",
         )
