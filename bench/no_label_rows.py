@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -64,11 +65,18 @@ def texts_only(work: Path, data: list[str], rows: int) -> tuple[Path, Path]:
     import pandas as pd
 
     folder = work / "data" / data[1]
-    texts = pd.read_parquet(folder / "unlabeled.parquet")[["text"]].head(rows)
     csv, names = work / f"texts_{rows}.csv", work / "label_names.json"
-    texts.to_csv(csv, index=False)
+    if csv.is_file() and names.is_file():  # another row's process may be reading them
+        return csv, names
+    texts = pd.read_parquet(folder / "unlabeled.parquet")[["text"]].head(rows)
     info = json.loads((folder / "dataset_info.json").read_text())
-    names.write_text(json.dumps(info["label_names"]))
+    for path, write in (
+        (csv, lambda tmp: texts.to_csv(tmp, index=False)),
+        (names, lambda tmp: tmp.write_text(json.dumps(info["label_names"]))),
+    ):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        write(tmp)
+        os.replace(tmp, path)  # whole or absent, for a row running beside this one
     return csv, names
 
 
