@@ -25,18 +25,28 @@ skips every teacher pass already made.
 
     python bench/no_labels.py                                   # the full sizes: hours on 2 cores
     python bench/no_labels.py --transfer-rows 400 --test-rows 200 --only a,c,b
+
+Issue 30's rows (bench/no_label_rows.py has what each does) use no labelled row anywhere, not
+even for validation; each runs alone, at the full sizes by default (3,800 transfer texts,
+1,000 test rows, 10 epochs), and writes bench/results/no_labels_zero.txt:
+
+    python bench/no_labels.py --only embedding
+    python bench/no_labels.py --only smol --smol-students calibrated,balanced
+    python bench/no_labels.py --only ensemble --ensemble-weights agreement --ensemble-prompts 2
+    python bench/no_labels.py --only rounds --round-targets filtered
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from no_label_rows import ROWS, SMOL_VARIANTS, run_rows  # noqa: E402
+from results_file import write_results  # noqa: E402
 from teachers import kd_run as kd  # noqa: E402
 from teachers import minilm_path, prepare_data, smollm2_gguf  # noqa: E402
 
@@ -158,162 +168,6 @@ def teacher_row(
     return row
 
 
-# ---- issue 30: no labelled row anywhere, an embedding teacher, self-training rounds
-
-WIKI_TEMPLATE = "A Wikipedia article about a {}."
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson interval of an accuracy p measured on n rows."""
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
-def texts_only(work: Path, data: list[str], rows: int) -> tuple[Path, Path]:
-    """The transfer set as a CSV with a text column and nothing else, and the class names as a
-    JSON list: all the one command is given."""
-    import pandas as pd
-
-    folder = work / "data" / data[1]
-    texts = pd.read_parquet(folder / "unlabeled.parquet")[["text"]].head(rows)
-    csv, names = work / f"texts_{rows}.csv", work / "label_names.json"
-    texts.to_csv(csv, index=False)
-    info = json.loads((folder / "dataset_info.json").read_text())
-    names.write_text(json.dumps(info["label_names"]))
-    return csv, names
-
-
-def embedding_rows(work: Path, data: list[str], args: argparse.Namespace) -> dict:
-    """Teacher variants on the test rows (no labels read but for scoring), then the one
-    command with --rounds; each round's student scored on the same test rows."""
-    minilm = ["--teacher-model", minilm_path()]
-    test = ["--split", "test", "--max-samples", str(args.test_rows), "--teacher-cache", "disk"]
-    variants = {
-        "class names": ["--class-balance", "off"],
-        "class names, balanced": [],
-        "template": ["--prompt-template", WIKI_TEMPLATE, "--class-balance", "off"],
-        "template, balanced": ["--prompt-template", WIKI_TEMPLATE],
-    }
-    result: dict = {"teachers": {}, "rounds": []}
-    for label, flags in variants.items():
-        out = work / f"emb-{label.replace(' ', '').replace(',', '-')}.json"
-        if args.score_only and out.is_file():  # measured by the interrupted run
-            rep = json.loads(out.read_text())
-            seconds = rep["time_s"]
-        else:
-            rep, seconds = eval_teacher(work, data, out, *minilm, *flags, *test)
-        result["teachers"][label] = {
-            "accuracy": rep["accuracy"],
-            "predicted": rep["predicted"],
-            "wall_s": seconds,
-        }
-        print(f"  teacher {label}: {100 * rep['accuracy']:.1f}%", flush=True)
-    csv, names = texts_only(work, data, args.transfer_rows)
-    start = time.perf_counter()
-    out = work / "runs" / "embedding"
-    if not args.score_only:
-        distill_rounds(work, out, csv, names, minilm, args)
-    result["wall_s"] = time.perf_counter() - start
-    parent = sorted(out.glob("rounds_*"), key=lambda p: p.stat().st_mtime)[-1]
-    return score_rounds(work, data, parent, test, result)
-
-
-def distill_rounds(
-    work: Path, out: Path, csv: Path, names: Path, minilm: list[str], args: argparse.Namespace
-) -> None:
-    """The one command: texts and class names, --rounds self-training."""
-    kd(
-        "distill",
-        "--dataset",
-        str(csv),
-        "--label-names",
-        str(names),
-        *minilm,
-        "--prompt-template",
-        WIKI_TEMPLATE,
-        "--student-model",
-        minilm_path(),
-        "--student-layers",
-        "0,5",
-        "--epochs",
-        str(args.epochs),
-        "--rounds",
-        str(args.rounds),
-        "--teacher-cache",
-        "disk",
-        "--output-dir",
-        str(out),
-        work=work,
-    )
-
-
-def score_rounds(work: Path, data: list[str], parent: Path, test: list[str], result: dict) -> dict:
-    """Each finished round's student (and, after round 1, its teacher) on the test rows."""
-    rounds = json.loads((parent / "rounds.json").read_text())
-    for r in rounds["rounds"]:
-        run = Path(r["run"])
-        rep, _ = eval_teacher(
-            work,
-            data,
-            work / f"emb-round{r['round']}-student.json",
-            "--teacher-model",
-            str(run / "best_model"),
-            *test[:4],
-            "--teacher-cache",
-            "off",
-        )
-        config = json.loads((run / "config.json").read_text())
-        teacher_test = result["teachers"]["template, balanced"]["accuracy"]
-        if r["round"] > 1:  # the round's own teacher: MiniLM with the previous student
-            t_rep, _ = eval_teacher(
-                work,
-                data,
-                work / f"emb-round{r['round']}-teacher.json",
-                "--teacher-model",
-                r["teacher"],
-                "--prompt-template",
-                WIKI_TEMPLATE,
-                *test,
-            )
-            teacher_test = t_rep["accuracy"]
-        result["rounds"].append(
-            {
-                **r,
-                "student_test": rep["accuracy"],
-                "teacher_test": teacher_test,
-                "test_rows": rep["rows"],
-                "transfer_rows": config["data"]["unlabeled_rows"],
-                "validation_rows": config["data"]["validation_rows"],
-                "labelled_rows": config["data"]["train_rows"],
-                "epochs": config["epochs"],
-            }
-        )
-    result["stopped"] = rounds.get("stopped")
-    return result
-
-
-def embedding_table(r: dict, args: argparse.Namespace) -> str:
-    """The markdown table the docs copy verbatim."""
-    lines = [
-        "| teacher (all-MiniLM-L6-v2, no labels) | teacher test | student test (95% CI) "
-        "| round | transfer rows | epochs | wall s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, v in r["teachers"].items():
-        acc, wall = 100 * v["accuracy"], v["wall_s"]
-        lines.append(f"| {label} | {acc:.1f}% | - | - | - | - | {wall:.0f} |")
-    for x in r["rounds"]:
-        lo, hi = wilson(x["student_test"], x["test_rows"])
-        teacher = "template, balanced" if x["round"] == 1 else f"+ round-{x['round'] - 1} student"
-        lines.append(
-            f"| {teacher} | {100 * x['teacher_test']:.1f}% | {100 * x['student_test']:.1f}% "
-            f"({100 * lo:.1f}-{100 * hi:.1f}) | {x['round']} | {x['transfer_rows']} "
-            f"| {x['epochs']} | {x['total_time_s']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=str(REPO / "bench" / ".work" / "no_labels"))
@@ -330,31 +184,23 @@ def main() -> None:
     parser.add_argument(
         "--table-only", action="store_true", help="Print the table of the rows already run."
     )
-    parser.add_argument("--epochs", type=int, default=10, help="Embedding rows: epochs a round.")
-    parser.add_argument("--rounds", type=int, default=2, help="Embedding rows: --rounds.")
-    parser.add_argument(
-        "--score-only",
-        action="store_true",
-        help="Embedding rows: score the rounds an interrupted run finished (rounds.json).",
-    )
+    zero_label_options(parser)
     args = parser.parse_args()
     work = Path(args.work)
     data = prepare(work)
-    if args.only == "embedding":  # issue 30's rows: no labelled row anywhere
-        if not args.table_only:
-            result = embedding_rows(work, data["nolabels"], args)
-            (work / "result-embedding.json").write_text(json.dumps(result, indent=2))
-        result = json.loads((work / "result-embedding.json").read_text())
-        table = embedding_table(result, args)
-        print(table)
-        (REPO / "bench" / "results" / "no_labels_embedding.txt").write_text(
-            f"# python bench/no_labels.py --only embedding --transfer-rows {args.transfer_rows} "
-            f"--test-rows {args.test_rows} --epochs {args.epochs} --rounds {args.rounds}"
-            f"{' --score-only' if args.score_only else ''}\n"
-            "# DBpedia sample: no labelled row anywhere (the one command: texts + class names); "
-            "student = MiniLM layers 0,5; teacher accuracy balanced on the test rows themselves; "
-            f"distill time over the rounds {sum(x['total_time_s'] for x in result['rounds']):.0f} s"
-            f"\n\n{table}\n"
+    only = [k.strip() for k in args.only.split(",") if k.strip()]
+    if set(only) & set(ROWS):  # issue 30's rows: no labelled row anywhere
+        args.data = data["nolabels"]
+        lines = run_rows(work, [k for k in only if k in ROWS], args)
+        write_results(
+            [
+                "# DBpedia sample, no labelled row anywhere (the one command: texts + class "
+                "names); student = MiniLM layers 0,5; teachers balanced on the test rows "
+                "themselves where the row says so; 95% Wilson intervals",
+                "",
+                *lines,
+            ],
+            name=args.results_name,
         )
         return
     smol = ["--teacher-model", smollm2_gguf()]
@@ -371,7 +217,7 @@ def main() -> None:
         "c": ("oneshot", [*smol, "--few-shot", "14"], ["--alpha", "0.5", *NO_LABEL_FLAGS]),
     }
     # One file per row, so rows can run in separate processes (`--only a` and `--only c`).
-    for key in [k.strip() for k in args.only.split(",") if k.strip() and not args.table_only]:
+    for key in [] if args.table_only else only:
         name, teacher, student = rows[key]
         print(f"({key}) ...", flush=True)
         # a-old reuses (a)'s cached teacher logits: nothing of the teacher to time again.
@@ -422,6 +268,39 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
     print(
         "\n  rows: transfer rows (unlabelled) the student learnt from; s/row on/off: teacher "
         f"seconds per row with and without the prefix cache, on {args.off_rows} transfer rows"
+    )
+
+
+def zero_label_options(parser: argparse.ArgumentParser) -> None:
+    """Options of issue 30's rows (bench/no_label_rows.py)."""
+    parser.add_argument("--epochs", type=int, default=10, help="Student epochs (each round).")
+    parser.add_argument(
+        "--smol-students",
+        default="calibrated",
+        help="smol: the SmolLM2 variants to distil from, comma-separated: "
+        + ", ".join(SMOL_VARIANTS),
+    )
+    parser.add_argument("--ensemble-weights", choices=["equal", "agreement"], default="equal")
+    parser.add_argument(
+        "--ensemble-prompts",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="SmolLM2 prompts in the ensemble (2: three members, so agreement can differ).",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds: --rounds.")
+    parser.add_argument("--rounds-teacher", choices=["embedding", "ensemble"], default="embedding")
+    parser.add_argument("--round-targets", choices=["soft", "weighted", "filtered"], default="soft")
+    parser.add_argument("--round-min-confidence", type=float, default=0.5)
+    parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="Score the latest run (or rounds) folder of a row without distilling again.",
+    )
+    parser.add_argument(
+        "--results-name",
+        default="no_labels_zero",
+        help="bench/results/<name>.txt for issue 30's table.",
     )
 
 

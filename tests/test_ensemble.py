@@ -10,7 +10,7 @@ import torch
 
 from kdistill.cli import main
 from kdistill.errors import KdistillError
-from kdistill.teachers.ensemble import combine, parse_weights
+from kdistill.teachers.ensemble import agreement_weights, combine, parse_weights
 
 
 def test_combine_is_a_normalised_weighted_geometric_mean():
@@ -40,6 +40,42 @@ def test_weights_are_checked():
     for bad in ("1", "1,x", "-1,2", "0,0"):
         with pytest.raises(KdistillError, match="--teacher-weights"):
             parse_weights(bad, 2)
+
+
+def test_agreement_weights_give_a_dissenting_member_less_say():
+    """No label read: two members that agree with each other outweigh one that does not."""
+    torch.manual_seed(0)
+    truth = torch.randint(0, 4, (200,))
+    sure = torch.nn.functional.one_hot(truth, 4).float() * 4  # (200, 4): confident and right
+    noisy = sure + torch.randn(200, 4)  # mostly the same answers
+    dissenter = torch.randn(200, 4) * 4  # its own answers
+    w = agreement_weights([sure, noisy, dissenter])
+    assert sum(w) == pytest.approx(1.0)
+    assert w[2] < min(w[0], w[1]) and w[2] < 0.25
+    # Two members: each one's consensus is the other, so the weights are equal.
+    assert agreement_weights([sure, dissenter]) == pytest.approx([0.5, 0.5])
+    # Members that all agree share the weight equally.
+    assert agreement_weights([sure, sure, sure]) == pytest.approx([1 / 3] * 3)
+
+
+def test_agreement_weights_are_fitted_and_recorded(capsys, tmp_path, workdir, tiny_models):
+    """--teacher-weights agreement: eval-teacher's settings, cache record and member rows show
+    the weights fitted on the rows it scored; distill refuses it without the teacher cache."""
+    models = [str(tiny_models["bert_student"])] * 2 + [str(tiny_models["qwen_lm"])]
+    report = eval_teacher(tmp_path, models, "--teacher-weights", "agreement")
+    settings, record = report["settings"], report["teacher_cache"]
+    assert settings["weight_rule"] == "agreement"
+    assert settings["weights_fitted_on"] == report["rows"]
+    assert record["weight_rule"] == "agreement" and record["weights"] == settings["weights"]
+    assert sum(settings["weights"]) == pytest.approx(1.0)
+    # The two identical encoders agree with each other at least as well as with the LLM.
+    assert settings["weights"][0] == settings["weights"][1] >= settings["weights"][2]
+    assert [m["weight"] for m in report["members"][:3]] == settings["weights"]
+    argv = ["distill", "--dataset", "toy", "--teacher-model", ",".join(models)]
+    argv += ["--teacher-weights", "agreement", "--teacher-cache", "off"]
+    argv += ["--student-model", str(tiny_models["bert_student"]), "--allow-weak-teacher"]
+    assert main([*argv, "--output-dir", str(tmp_path / "runs")]) == 2
+    assert "drop --teacher-cache off" in capsys.readouterr().err
 
 
 def eval_teacher(tmp_path, models: list[str], *extra: str, name: str = "r") -> dict:

@@ -180,3 +180,32 @@ def test_a_batch_without_labels_is_pure_kd(batch):
     assert torch.allclose(out.loss, manual_kl(s, t, 3.0), atol=1e-6)
     assert out.ce == 0 and out.labeled_loss == 0 and out.num_labeled == 0
     assert torch.isfinite(out.loss)
+
+
+def test_row_weights_multiply_each_rows_kd_term(batch):
+    """--round-targets weighted: loss = mean_i of w_i * kl_i (unlabelled rows) and
+    w_i * alpha * kl_i + (1 - alpha) * ce_i (labelled ones), by hand on a toy batch."""
+    s, t, y = batch
+    y = y.clone()
+    y[5:] = -100
+    T, alpha = 2.0, 0.6
+    w = torch.tensor([0.5, 1.5, 1.0, 0.2, 1.8, 0.4, 1.6, 1.0])
+    kl = per_row_kl(s, t, T)
+    ce = F.cross_entropy(s[:5], y[:5], reduction="none")
+    expected = (
+        (alpha * (w[:5] * kl[:5]).mean() + (1 - alpha) * ce.mean()) * 5 + (w[5:] * kl[5:]).sum()
+    ) / 8
+    out = kd_loss(s, t, y, T, alpha, w)
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    assert torch.allclose(out.unlabeled_loss, (w[5:] * kl[5:]).mean(), atol=1e-6)
+    # Unlabelled rows only (the no-label case): the weighted mean of the rows' KD terms.
+    out = kd_loss(s, t, torch.full_like(y, -100), T, 1.0, w)
+    assert torch.allclose(out.loss, (w * kl).mean(), atol=1e-6)
+
+
+def test_unit_row_weights_give_the_unweighted_loss(batch):
+    s, t, y = batch
+    for alpha in (0.0, 0.5, 1.0):
+        plain = kd_loss(s, t, y, 3.0, alpha)
+        ones = kd_loss(s, t, y, 3.0, alpha, torch.ones(len(y)))
+        assert torch.allclose(plain.loss, ones.loss, atol=1e-6)

@@ -196,6 +196,12 @@ def test_one_command_trains_from_texts_and_class_names_alone(tmp_path, tiny_mode
         (["--class-prior", "Film=2"], "sum to 1"),
         (["--embedding-scale", "-1"], "--embedding-scale must be a number > 0"),
         (["--rounds", "0"], "--rounds must be in [1, 10]"),
+        (["--round-targets", "weighted"], "pass --rounds 2 or more"),
+        (["--round-min-confidence", "1.5"], "--round-min-confidence must be in (0, 1)"),
+        (
+            ["--rounds", "2", "--round-targets", "filtered", "--teacher-cache", "off"],
+            "drop --teacher-cache off",
+        ),
     ],
 )
 def test_one_command_bad_input_is_one_line(tmp_path, tiny_models, capsys, extra, needle):
@@ -216,6 +222,53 @@ def test_rounds_relabel_with_the_student_and_record_each_round(tmp_path, tiny_mo
     assert config["teacher"]["mode"] == "ensemble"
     assert 0.0 <= second["agreement_with_previous"] <= 1.0
     assert record["final_run"] == second["run"]
+
+
+def test_a_filtered_round_trains_on_fewer_rows_and_says_so(tmp_path, tiny_models):
+    """Round 2 drops the transfer rows its relabeller is unsure of (a threshold no row of a
+    random toy model reaches): each class keeps its floor, and the round trains on those."""
+    argv = one_command(tmp_path, tiny_models, "--rounds", "2", "--epochs", "1")
+    argv += ["--round-targets", "filtered", "--round-min-confidence", "0.99"]
+    assert main(argv) == 0
+    (parent,) = (tmp_path / "runs").glob("rounds_*")
+    record = json.loads((parent / "rounds.json").read_text())
+    assert record["round_targets"] == "filtered"
+    first, second = record["rounds"]
+    assert first["targets"]["mode"] == "soft" and first["targets"]["kept_rows"] == 36
+    targets = second["targets"]
+    assert targets["mode"] == "filtered" and targets["transfer_rows"] == 36
+    assert 0 < targets["kept_rows"] < 36 and targets["kept_by_floor"]
+    assert 0 < targets["mean_confidence"] < 1
+    history = json.loads((Path(second["run"]) / "history.json").read_text())
+    config = json.loads((Path(second["run"]) / "config.json").read_text())
+    assert config["data"]["unlabeled_rows"] == targets["kept_rows"]
+    assert history["epochs"][0]["train_samples"] == targets["kept_rows"]
+
+
+def test_a_weighted_round_records_its_confidence_weights(tmp_path, tiny_models):
+    argv = one_command(tmp_path, tiny_models, "--rounds", "2", "--epochs", "1")
+    assert main([*argv, "--round-targets", "weighted"]) == 0
+    (parent,) = (tmp_path / "runs").glob("rounds_*")
+    second = json.loads((parent / "rounds.json").read_text())["rounds"][1]
+    targets = second["targets"]
+    assert targets["mode"] == "weighted" and targets["kept_rows"] == 36
+    assert targets["weight_min"] <= 1.0 <= targets["weight_max"]
+    history = json.loads((Path(second["run"]) / "history.json").read_text())
+    assert history["epochs"][0]["train_samples"] == 36
+
+
+def test_agreement_weights_need_no_label_and_are_recorded(tmp_path, tiny_models):
+    """A three-member ensemble on texts alone, weighted by agreement: config.json shows the
+    weights fitted on the held-out slice's pass, history.json those of the transfer set's."""
+    more = [str(tiny_models["bert_student"]), str(tiny_models["qwen_lm"])]
+    argv = one_command(tmp_path, tiny_models, "--epochs", "1", "--teacher-weights", "agreement")
+    assert main([*argv, "--teacher-model", more[0], "--teacher-model", more[1]]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    settings = json.loads((run / "config.json").read_text())["teacher"]["settings"]
+    assert settings["weight_rule"] == "agreement" and settings["weights_fitted_on"] == 4
+    cache = json.loads((run / "history.json").read_text())["teacher_cache"]
+    assert cache["weight_rule"] == "agreement" and len(cache["weights"]) == 3
+    assert sum(cache["weights"]) == pytest.approx(1.0)
 
 
 def test_eval_teacher_reports_the_predicted_class_histogram(tmp_path, tiny_models, workdir):

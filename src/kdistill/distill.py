@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kdistill.config import DistillConfig
+from kdistill.errors import KdistillError
 from kdistill.files import atomic_write_json
 from kdistill.teachers.guards import chance_accuracy, check_teacher_strength
 from kdistill.training.calibration import calibrate_run_models, logits_as_trained
 from kdistill.training.checkpoint import CHECKPOINTS, save_model
-from kdistill.training.intermediate import setup_intermediate_losses
+from kdistill.training.intermediate import bind_intermediate, setup_intermediate_losses
 from kdistill.training.loaders import (
     digest_rows,
     load_transfer_set,
@@ -59,6 +60,7 @@ from kdistill.training.records import (
     write_epoch,
 )
 from kdistill.training.resume import RunCheckpoints, open_run_dir, resume_training
+from kdistill.training.round_targets import RelabelledTargets, relabelled_targets
 from kdistill.training.runs import discard_unstarted, finish_run_dir, run_name
 from kdistill.training.runtime import (
     RunSetup,
@@ -77,7 +79,6 @@ if TYPE_CHECKING:
 
     from kdistill.students.vocab import VocabTrim
     from kdistill.teachers.classifier import Teacher
-    from kdistill.training.intermediate import IntermediateLoss
     from kdistill.training.loop import EpochProgress, Training
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,17 @@ def distill(config: DistillConfig) -> Path:
     if config.rounds > 1:  # self-training: one distill run per round
         from kdistill.self_training import run_rounds
 
-        return run_rounds(config, distill)
+        return run_rounds(config, distill_run)
+    if config.round_targets != "soft":
+        raise KdistillError(
+            f"--round-targets {config.round_targets} shapes the targets of self-training's "
+            "relabelled rounds; pass --rounds 2 or more (or drop it)"
+        )
+    return distill_run(config)
+
+
+def distill_run(config: DistillConfig) -> Path:
+    """One distill run (a self-training round is one: --round-targets applies to its targets)."""
     created: list[Path] = []
     try:
         return _distill(config, created)
@@ -105,7 +116,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     """data, teacher, student, loaders, teacher check; then per epoch: train, evaluate, save."""
     from accelerate.utils import set_seed
 
-    config, run, unlabeled, teacher, t_dtype, selection = load_data_and_teacher(config)
+    config, run, unlabeled, teacher, t_dtype, selection, given = load_data_and_teacher(config)
     accelerator = run.accelerator
     student, s_tok, vocab, n_student, checkpointing = load_trainable_student(config, run, unlabeled)
     loaders = make_run_loaders(config, run, s_tok, teacher, unlabeled)
@@ -123,8 +134,9 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     history.update(selection)
     record_dir = partial_dir if checkpoint is None else None  # a resume has it recorded
     t_cal, temperature = resolve_temperatures(config, run, teacher, t, record_dir, history)
+    keep = intermediate is not None
     teacher_targets = make_teacher_targets(
-        config, run, teacher, t.train_tok, t_dtype, history, t_cal, intermediate is not None
+        config, run, teacher, t.train_tok, t_dtype, history, t_cal, keep, given
     )
     bind_intermediate(intermediate, config, t.student, teacher, teacher_targets, t_cal)
 
@@ -170,17 +182,28 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
 def load_data_and_teacher(
     config: DistillConfig,
-) -> tuple[DistillConfig, RunSetup, Dataset | None, Teacher | None, str, dict[str, Any]]:
-    """(config, run, transfer set, teacher, its dtype, how the epoch is chosen): the data with
-    the no-label recipe where it applies, and the frozen teacher. With no labelled validation
-    row, a held-out slice of the transfer set labelled by the teacher stands in for it."""
+) -> tuple[
+    DistillConfig,
+    RunSetup,
+    Dataset | None,
+    Teacher | None,
+    str,
+    dict[str, Any],
+    RelabelledTargets | None,
+]:
+    """(config, run, transfer set, teacher, its dtype, how the epoch is chosen, --round-targets'
+    targets): the data with the no-label recipe where it applies, and the frozen teacher. With
+    no labelled validation row, a held-out slice of the transfer set labelled by the teacher
+    stands in for it. Weighted or filtered round targets are computed here, before the loaders:
+    a filter drops transfer rows."""
     config = with_texts_only(config)  # --label-names: --dataset is the transfer set
     run = setup_run(config)  # device, precision, a fresh Accelerator, the seed, the data
     config = with_no_label_recipe(config, len(run.train))
     unlabeled = load_transfer_set(config, run)
     teacher, t_dtype = load_frozen_teacher(config, run)
     run, unlabeled, selection = teacher_validation(config, run, teacher, unlabeled, t_dtype)
-    return config, run, unlabeled, teacher, t_dtype, selection
+    unlabeled, given = relabelled_targets(config, run, teacher, unlabeled, t_dtype)
+    return config, run, unlabeled, teacher, t_dtype, selection, given
 
 
 def check_teacher(
@@ -216,23 +239,6 @@ def announce_run_time(
     if run.accelerator.is_main_process:
         log_estimate(estimate, run.accelerator.device.type)
     history["time_estimate"] = estimate.record()
-
-
-def bind_intermediate(
-    intermediate: IntermediateLoss | None,
-    config: DistillConfig,
-    student: torch.nn.Module,
-    teacher: Teacher | None,
-    teacher_targets: Any,
-    t_cal: float,
-) -> None:
-    """Hidden-state and relation losses: their step makes the online teacher pass (the logits
-    may still come from the cache)."""
-    if intermediate is None:
-        return
-    intermediate.calibration = t_cal
-    cached = config.teacher_cache != "off"
-    intermediate.bind(student, teacher, teacher_targets if cached else None)
 
 
 def start_checkpoints(
@@ -365,12 +371,6 @@ def make_run_loaders(
         encoders,
         len(unlabeled) if unlabeled is not None else 0,
     )
-
-
-# --------------------------------------------------------------------------- the teacher
-
-
-# --------------------------------------------------------------------------- each epoch
 
 
 # --------------------------------------------------------------------------- the end

@@ -8,7 +8,9 @@ compare and eval-teacher work on any of them. The student of round r-1 joins the
 equal-weight member of a teacher ensemble (a weighted geometric mean, `teachers.ensemble`): its
 mistakes are not the teacher's, so where they agree the targets sharpen and where they differ
 they soften. Each round's student trains with dropout on, so it is more than a copy of its
-targets.
+targets. --round-targets shapes the relabelled rounds' targets (`training.round_targets`): soft
+(the default: every row at full weight), weighted by the relabeller's confidence, or filtered
+to the rows it is confident on; round 1 learns from the teacher's soft targets whatever it is.
 
 The rounds stop early when they stop changing anything: the share of transfer rows on which a
 round's student gives the same class as the previous round's (round 1's: the teacher's, on the
@@ -45,7 +47,13 @@ def run_rounds(config: DistillConfig, distill_once: Callable[[DistillConfig], Pa
     # The first teacher's logits are computed once and reused by every round's ensemble.
     cache = "disk" if config.teacher_cache == "auto" else config.teacher_cache
     base = dataclasses.replace(config, rounds=1, teacher_cache=cache)
-    record: dict[str, Any] = {"rounds_asked": config.rounds, "teacher": teacher, "rounds": []}
+    record: dict[str, Any] = {
+        "rounds_asked": config.rounds,
+        "teacher": teacher,
+        "round_targets": config.round_targets,
+        "round_min_confidence": config.round_min_confidence,
+        "rounds": [],
+    }
     previous: list[int] | None = None
     last_agreement: float | None = None
     run_dir = parent
@@ -57,6 +65,7 @@ def run_rounds(config: DistillConfig, distill_once: Callable[[DistillConfig], Pa
             teacher_model=round_teacher,
             # A student run is a classifier: each member's kind is found from its folder.
             teacher_mode=base.teacher_mode if previous is None else "auto",
+            round_targets="soft" if previous is None else config.round_targets,
         )
         logger.info("self-training round %d/%d: teacher %s", r, config.rounds, round_teacher)
         run_dir = distill_once(round_config)
@@ -67,18 +76,7 @@ def run_rounds(config: DistillConfig, distill_once: Callable[[DistillConfig], Pa
             agreement = best.get("val_accuracy")
         else:
             agreement = sum(a == b for a, b in zip(labels, previous, strict=True)) / len(labels)
-        record["rounds"].append(
-            {
-                "round": r,
-                "run": str(run_dir),
-                "teacher": round_teacher,
-                "agreement_with_previous": agreement,
-                "best_epoch": best.get("epoch"),
-                "best_val_accuracy": best.get("val_accuracy"),
-                "model_selection": history.get("model_selection"),
-                "total_time_s": history.get("total_time_s"),
-            }
-        )
+        record["rounds"].append(round_record(r, run_dir, round_teacher, agreement, history))
         atomic_write_json(parent / "rounds.json", record)
         logger.info("round %d: agreement with the previous round's labels %s", r, agreement)
         if (
@@ -93,6 +91,25 @@ def run_rounds(config: DistillConfig, distill_once: Callable[[DistillConfig], Pa
     record["final_run"] = str(run_dir)
     atomic_write_json(parent / "rounds.json", record)
     return run_dir
+
+
+def round_record(
+    r: int, run_dir: Path, teacher: str, agreement: float | None, history: dict[str, Any]
+) -> dict[str, Any]:
+    """What rounds.json records of one round."""
+    best = history.get("best") or {}
+    return {
+        "round": r,
+        "run": str(run_dir),
+        "teacher": teacher,
+        "agreement_with_previous": agreement,
+        # kept rows, their relabeller's mean confidence (filtered: the class floor)
+        "targets": history.get("targets"),
+        "best_epoch": best.get("epoch"),
+        "best_val_accuracy": best.get("val_accuracy"),
+        "model_selection": history.get("model_selection"),
+        "total_time_s": history.get("total_time_s"),
+    }
 
 
 def student_labels(model_dir: Path, config: DistillConfig) -> list[int]:

@@ -238,7 +238,10 @@ class TeacherOptions(LoadOptions):
         None,
         "Teacher ensemble: comma-separated weights, one per member (each --teacher-model, times "
         "each --prompt-template x --label-words set), combined as normalise(sum_k w_k log p_k), "
-        "weights scaled to sum 1 (default: equal).",
+        "weights scaled to sum 1 (default: equal). agreement: no labels read, each member "
+        "weighted by how often its class is the other members' consensus on the texts scored "
+        "(the transfer set in distill; needs the teacher cache); with two members that is "
+        "equal weights.",
     )
     label_descriptions: str | None = _opt(
         None,
@@ -333,7 +336,7 @@ class TeacherOptions(LoadOptions):
                 "--prompt-template must contain the {text} slot where the example goes (a prompt "
                 "teacher), or the {} slot where a class description goes (an embedding teacher)",
             )
-        if self.teacher_weights is not None:
+        if self.teacher_weights is not None and self.teacher_weights.strip() != "agreement":
             from kdistill.teachers.ensemble import parse_weights
 
             n = len(self.teacher_weights.split(","))

@@ -251,6 +251,20 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         "early when a round's agreement with the previous round's labels changes by under a "
         "point. Each round is a run folder under one rounds folder, with rounds.json.",
     )
+    round_targets: str = _opt(
+        "soft",
+        "With --rounds: what the relabelled rounds (2 on) learn from. soft: every transfer row's "
+        "soft targets at full weight; weighted: each row's KD term times the relabeller's "
+        "confidence (its largest class probability), normalised to mean 1; filtered: rows under "
+        "--round-min-confidence dropped, each class keeping at least its most confident fifth. "
+        "Round 1 (the teacher alone) is always soft.",
+        choices=["soft", "weighted", "filtered"],
+    )
+    round_min_confidence: float = _opt(
+        0.5,
+        "--round-targets filtered: the relabeller's largest class probability a transfer row "
+        "needs to be kept, in (0, 1).",
+    )
     seeds: str | None = _opt(
         None,
         "Comma-separated seeds, e.g. 1,2,3: one run per seed (each as --seed would train it), "
@@ -270,6 +284,7 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         self.seed_list()
         _check(self.student_lora >= 0, f"--student-lora must be >= 0 (got {self.student_lora})")
         _check(1 <= self.rounds <= 10, f"--rounds must be in [1, 10] (got {self.rounds})")
+        self._check_round_targets()
         _check(self.save_steps >= 0, f"--save-steps must be >= 0 (got {self.save_steps})")
         _check(
             not (self.resume and self.resume_from),
@@ -283,6 +298,11 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
         self._check_teacher_losses()
         _check_training(self)
         self._check_teacher()
+        _check(
+            not (str(self.teacher_weights).strip() == "agreement" and self.teacher_cache == "off"),
+            "--teacher-weights agreement fits the weights on the whole transfer set, which "
+            "--teacher-cache off never scores at once; drop --teacher-cache off",
+        )
         _check(
             self.student_layers is None or self.student_num_layers is None,
             "--student-layers and --student-num-layers: pass one of them, not both",
@@ -330,6 +350,31 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
                     f"{flag} {value} needs the teacher, and --alpha 0 trains without one; "
                     "pass --alpha > 0",
                 )
+
+    def _check_round_targets(self) -> None:
+        """--round-targets and --round-min-confidence (--rounds is checked by distill: a round's
+        own run has --rounds 1)."""
+        allowed = ("soft", "weighted", "filtered")
+        _check(
+            self.round_targets in allowed,
+            f"--round-targets must be one of {', '.join(allowed)} (got {self.round_targets})",
+        )
+        _check(
+            0.0 < self.round_min_confidence < 1.0,
+            f"--round-min-confidence must be in (0, 1) (got {self.round_min_confidence})",
+        )
+        if self.round_targets == "soft":
+            return
+        _check(
+            self.teacher_cache != "off",
+            f"--round-targets {self.round_targets} reads the relabeller's answers on the whole "
+            "transfer set before training; drop --teacher-cache off",
+        )
+        _check(
+            not (self.round_targets == "weighted" and self.uses_intermediate()),
+            "--round-targets weighted weights the KD term per row, which the --hidden-loss / "
+            "--attention-loss step does not; use filtered or soft",
+        )
 
     def uses_intermediate(self) -> bool:
         """Whether the loss reads hidden states or attention inputs (an online teacher pass)."""

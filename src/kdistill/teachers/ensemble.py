@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 COMBINE = "log-linear/1"  # weighted geometric mean of the members' distributions
+AGREEMENT = "agreement"  # --teacher-weights agreement: weights from the members' agreement
 
 
 def combine(member_logits: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
@@ -60,6 +61,27 @@ def combine(member_logits: list[torch.Tensor], weights: list[float]) -> torch.Te
         (w / total) * z.float().log_softmax(-1) for w, z in zip(weights, member_logits, strict=True)
     )
     return mixed.log_softmax(-1)  # (batch, C)
+
+
+def agreement_weights(member_logits: list[torch.Tensor]) -> list[float]:
+    """--teacher-weights agreement: each member weighted by how often its class is the one the
+    other members' consensus gives, on the rows scored, no label read:
+
+        a_k = mean_i [ argmax z_k(x_i) == argmax combine(z_j for j != k, equal weights)(x_i) ]
+        w_k = a_k / sum_j a_j
+
+    A member that disagrees with the others gets less say. With two members each one's 'others'
+    is the other, so the agreement is shared and the weights equal: agreement can only tell
+    members apart from three on. (Equal weights if no member agrees with any consensus.)"""
+    n = len(member_logits)
+    preds = [z.argmax(-1) for z in member_logits]
+    agree = []
+    for k in range(n):
+        others = [z for j, z in enumerate(member_logits) if j != k]
+        consensus = combine(others, [1.0] * len(others)).argmax(-1)
+        agree.append(float((preds[k] == consensus).float().mean()))
+    total = sum(agree)
+    return [a / total for a in agree] if total > 0 else [1.0 / n] * n
 
 
 def parse_weights(spec: str | None, n_members: int) -> list[float]:
@@ -141,11 +163,20 @@ class EnsembleTeacher:
 
     mode = "ensemble"
 
-    def __init__(self, members: list[Teacher], weights: list[float], max_length: int) -> None:
+    def __init__(
+        self,
+        members: list[Teacher],
+        weights: list[float],
+        max_length: int,
+        weight_rule: str | None = None,
+    ) -> None:
         if len(members) < 2:
             raise KdistillError("an ensemble needs at least 2 members")
         self.members = members
         self.weights = parse_weights(",".join(str(w) for w in weights), len(members))
+        # AGREEMENT: the weights are refitted on the rows of each cached pass (None: as given).
+        self.weight_rule = weight_rule
+        self.weights_fitted_on: int | None = None  # rows of the pass that fitted them
         self.max_length = max_length
         self.name = "ensemble(" + ",".join(m.name for m in members) + ")"
         self.tokenizer = ByteTokenizer()
@@ -161,9 +192,11 @@ class EnsembleTeacher:
         return {"input_ids": ids, "attention_mask": [[1] * len(r) for r in ids]}
 
     def settings(self) -> dict[str, Any]:
+        rule = {"weight_rule": self.weight_rule, "weights_fitted_on": self.weights_fitted_on}
         return {
             "combine": COMBINE,
             "weights": self.weights,
+            **(rule if self.weight_rule else {}),
             "members": [member_record(m) for m in self.members],
         }
 
@@ -276,13 +309,15 @@ def load_ensemble(
                     options.prefix_cache,
                 )
             )
-    weights = parse_weights(options.teacher_weights, len(members))
+    rule = AGREEMENT if str(options.teacher_weights).strip() == AGREEMENT else None
+    weights = [1.0] * len(members) if rule else parse_weights(options.teacher_weights, len(members))
     logger.info(
-        "teacher ensemble of %d: %s",
+        "teacher ensemble of %d: %s%s",
         len(members),
         "; ".join(f"{member_label(m)} (w {w:g})" for m, w in zip(members, weights, strict=True)),
+        " (weights from agreement, fitted on each pass)" if rule else "",
     )
-    return EnsembleTeacher(members, weights, max_length)
+    return EnsembleTeacher(members, weights, max_length, rule)
 
 
 def ensemble_logits_for(
@@ -316,10 +351,19 @@ def ensemble_logits_for(
         took = time.perf_counter() - member_start
         records.append({"member": member_label(member), **record, "time_s": took})
     teacher.member_logits = outs
+    if teacher.weight_rule == AGREEMENT:
+        teacher.weights, teacher.weights_fitted_on = agreement_weights(outs), len(texts)
+        logger.info(
+            "ensemble weights from agreement on %d texts: %s",
+            len(texts),
+            ", ".join(f"{w:.3f}" for w in teacher.weights),
+        )
     record = {
         "mode": mode,
         "key": "+".join(r["key"] for r in records),
         "hit": all(r["hit"] for r in records),
+        "weights": teacher.weights,
+        "weight_rule": teacher.weight_rule or "given",
         "members": records,
         "time_s": time.perf_counter() - start,
     }

@@ -359,3 +359,20 @@ def setup_intermediate_losses(
         return None
 
     return setup_intermediate(config, student, teacher, train_tok, kept_ids)
+
+
+def bind_intermediate(
+    intermediate: IntermediateLoss | None,
+    config: DistillConfig,
+    student: torch.nn.Module,
+    teacher: Teacher | None,
+    teacher_targets: Any,
+    t_cal: float,
+) -> None:
+    """Hidden-state and relation losses: their step makes the online teacher pass (the logits
+    may still come from the cache)."""
+    if intermediate is None:
+        return
+    intermediate.calibration = t_cal
+    cached = config.teacher_cache != "off"
+    intermediate.bind(student, teacher, teacher_targets if cached else None)

@@ -15,6 +15,7 @@ import torch
 
 from kdistill.errors import KdistillError
 from kdistill.training.losses import DistillLoss, KDLoss, kd_loss
+from kdistill.training.round_targets import WeightedTargets
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -227,7 +228,9 @@ def train_step(
             parts = cross_entropy_parts(student_logits, batch["labels"])
         else:
             teacher_logits = teacher(batch)  # (batch, num_labels): cached, or under no_grad
-            parts = kd_loss(student_logits, teacher_logits, batch["labels"], temperature, alpha)
+            # --round-targets weighted: each row's KD term times its relabeller's confidence.
+            w = teacher.weights(batch) if isinstance(teacher, WeightedTargets) else None
+            parts = kd_loss(student_logits, teacher_logits, batch["labels"], temperature, alpha, w)
         return _finish_step(parts, student.parameters(), optimizer, scheduler, accelerator, where)
 
 

@@ -32,9 +32,18 @@ class KDLoss(NamedTuple):
     num_unlabeled: int
 
 
-def _kl(log_p_s: torch.Tensor, log_p_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(p_t || p_s), mean over rows."""
-    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+def _kl(
+    log_p_s: torch.Tensor,
+    log_p_t: torch.Tensor,
+    temperature: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """T^2 * KL(p_t || p_s), mean over rows; with `weights` (rows,), mean over rows of w_i KL_i."""
+    if weights is None:
+        kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    else:
+        per_row = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
+        kl = (weights.float() * per_row).mean()
     return kl * temperature**2
 
 
@@ -45,19 +54,26 @@ def _row_terms(
     labels: torch.Tensor,
     labeled: torch.Tensor,
     temperature: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(T^2 KL over every row, over the labelled rows, over the unlabelled rows, CE over the
-    labelled rows); a kind of row the batch lacks gives 0."""
+    labelled rows), the KL terms weighted per row by `weights`; a kind of row the batch lacks
+    gives 0."""
     zero = s.new_zeros(())
-    kl = _kl(log_p_s, log_p_t, temperature)  # every row
+    kl = _kl(log_p_s, log_p_t, temperature, weights)  # every row
     n_labeled = int(labeled.sum())
     if n_labeled == labels.shape[0]:  # the common case, kept free of indexing
         return kl, kl, zero, F.cross_entropy(s, labels)
     unlabeled = ~labeled
-    kl_unl = _kl(log_p_s[unlabeled], log_p_t[unlabeled], temperature)
+
+    def part(rows: torch.Tensor) -> torch.Tensor:
+        w = weights[rows] if weights is not None else None
+        return _kl(log_p_s[rows], log_p_t[rows], temperature, w)
+
+    kl_unl = part(unlabeled)
     if not n_labeled:
         return kl, zero, kl_unl, zero
-    kl_lab = _kl(log_p_s[labeled], log_p_t[labeled], temperature)
+    kl_lab = part(labeled)
     return kl, kl_lab, kl_unl, F.cross_entropy(s[labeled], labels[labeled])
 
 
@@ -67,6 +83,7 @@ def kd_loss(
     labels: torch.Tensor,
     temperature: float,
     alpha: float,
+    weights: torch.Tensor | None = None,
 ) -> KDLoss:
     """Hinton et al. (2015) distillation loss, over a batch that may hold unlabelled rows.
 
@@ -91,6 +108,10 @@ def kd_loss(
     1/T^2 otherwise), so alpha means the same at every temperature. `kl` is returned with the
     T^2 factor included.
 
+    `weights` (batch,), optional: kl_i becomes w_i * kl_i (--round-targets weighted gives each
+    row its relabeller's confidence, mean 1 over the transfer set); None is w_i = 1, the loss
+    above exactly.
+
     Shapes: logits (batch, num_labels), labels (batch,). The teacher's logits carry no gradient.
     Computed in float32 whatever the autocast dtype: log-softmax in bf16 loses the small
     probabilities that carry the teacher's "dark knowledge".
@@ -103,7 +124,7 @@ def kd_loss(
     n = labels.shape[0]
     n_labeled = int(labeled.sum())
     n_unlabeled = n - n_labeled
-    kl, kl_lab, kl_unl, ce = _row_terms(s, log_p_s, log_p_t, labels, labeled, temperature)
+    kl, kl_lab, kl_unl, ce = _row_terms(s, log_p_s, log_p_t, labels, labeled, temperature, weights)
     # alpha 0 and 1 are exact, not 0 * kl (which is NaN if kl is inf).
     if alpha == 0.0:
         labeled_loss = ce

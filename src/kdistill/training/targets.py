@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from kdistill.config import DistillConfig
     from kdistill.teachers.classifier import Teacher
     from kdistill.training.loop import TeacherLogits
+    from kdistill.training.round_targets import RelabelledTargets
     from kdistill.training.runtime import RunSetup
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,6 +87,7 @@ def make_teacher_targets(
     history: dict[str, Any],
     t_cal: float = 1.0,
     keep_teacher: bool = False,
+    given: RelabelledTargets | None = None,
 ) -> TeacherLogits | None:
     """The teacher's logits for a training batch: online every batch (--teacher-cache off, the
     seed's loop), or the logits of every training example computed once in a length-sorted
@@ -93,7 +95,8 @@ def make_teacher_targets(
     the cache key. None with no teacher (alpha 0: plain cross-entropy). Records the cache in
     history["teacher_cache"]. The logits are divided by `t_cal` (--teacher-calibration);
     `keep_teacher` keeps it on the device after the cache pass (the intermediate losses run it
-    online for its hidden states)."""
+    online for its hidden states). `given`: --round-targets' logits (and row weights), computed
+    before the loaders (`training.round_targets`); history["targets"] records them."""
     accelerator = run.accelerator
     if teacher is None:
         history["teacher_cache"] = {"mode": "none", "reason": "--alpha 0: no teacher"}
@@ -109,23 +112,33 @@ def make_teacher_targets(
 
         return online
     from kdistill.teachers.cache import teacher_logits_for
+    from kdistill.training.round_targets import WeightedTargets, targets_record
 
-    texts = list(train_tok.select_columns(["text"])[:]["text"])
-    cache, history["teacher_cache"] = teacher_logits_for(
-        config.teacher_cache,
-        teacher,
-        train_tok,
-        texts,
-        config,
-        accelerator,
-        run.data.num_labels,
-        t_dtype,
-    )
+    if given is not None:
+        cache, history["teacher_cache"] = given.logits, given.cache
+        history["targets"] = given.record
+    else:
+        texts = list(train_tok.select_columns(["text"])[:]["text"])
+        cache, history["teacher_cache"] = teacher_logits_for(
+            config.teacher_cache,
+            teacher,
+            train_tok,
+            texts,
+            config,
+            accelerator,
+            run.data.num_labels,
+            t_dtype,
+        )
+        history["targets"] = targets_record(cache)
+    if len(cache) != len(train_tok):
+        raise RuntimeError(f"{len(cache)} teacher rows for {len(train_tok)} training rows")
     cache = cache.to(accelerator.device)
     if t_cal != 1.0:
         cache = cache / t_cal
     if not keep_teacher:
         release_teacher(teacher, accelerator.device)
+    if given is not None and given.weights is not None:
+        return WeightedTargets(cache, given.weights.to(accelerator.device))
 
     def cached(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return cache.index_select(0, batch["row"])
