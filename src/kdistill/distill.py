@@ -68,6 +68,7 @@ from kdistill.training.runtime import (
 )
 from kdistill.training.samplers import sampler_state
 from kdistill.training.targets import evaluate_teacher, make_teacher_targets, resolve_temperatures
+from kdistill.training.transfer_text import TransferText, add_transfer_text, record_transfer_text
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -105,7 +106,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     """data, teacher, student, loaders, teacher check; then per epoch: train, evaluate, save."""
     from accelerate.utils import set_seed
 
-    config, run, unlabeled, teacher, t_dtype, selection = load_data_and_teacher(config)
+    config, run, unlabeled, teacher, t_dtype, selection, made = load_data_and_teacher(config)
     accelerator = run.accelerator
     student, s_tok, vocab, n_student, checkpointing = load_trainable_student(config, run, unlabeled)
     loaders = make_run_loaders(config, run, s_tok, teacher, unlabeled)
@@ -127,6 +128,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         config, run, teacher, t.train_tok, t_dtype, history, t_cal, intermediate is not None
     )
     bind_intermediate(intermediate, config, t.student, teacher, teacher_targets, t_cal)
+    record_transfer_text(made, teacher_targets, t.train_tok, run.data.label_names, record_dir)
 
     # Reseed: what ran before (teacher evaluation or cache pass) must not shift dropout and
     # shuffling, so the same seed trains the same student with or without a cache.
@@ -170,17 +172,19 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
 
 def load_data_and_teacher(
     config: DistillConfig,
-) -> tuple[DistillConfig, RunSetup, Dataset | None, Teacher | None, str, dict[str, Any]]:
-    """(config, run, transfer set, teacher, its dtype, how the epoch is chosen): the data with
-    the no-label recipe where it applies, and the frozen teacher. With no labelled validation
-    row, a held-out slice of the transfer set labelled by the teacher stands in for it."""
+) -> tuple[DistillConfig, RunSetup, Dataset | None, Teacher | None, str, dict, TransferText | None]:
+    """(config, run, transfer set, teacher, its dtype, how the epoch is chosen, the texts made
+    for it): the data with the no-label recipe where it applies, and the frozen teacher. With no
+    labelled validation row, a held-out slice of the transfer set labelled by the teacher stands
+    in for it. --augment and --generate texts join the transfer set."""
     config = with_texts_only(config)  # --label-names: --dataset is the transfer set
     run = setup_run(config)  # device, precision, a fresh Accelerator, the seed, the data
     config = with_no_label_recipe(config, len(run.train))
     unlabeled = load_transfer_set(config, run)
     teacher, t_dtype = load_frozen_teacher(config, run)
+    unlabeled, made = add_transfer_text(config, run, teacher, unlabeled)
     run, unlabeled, selection = teacher_validation(config, run, teacher, unlabeled, t_dtype)
-    return config, run, unlabeled, teacher, t_dtype, selection
+    return config, run, unlabeled, teacher, t_dtype, selection, made
 
 
 def check_teacher(
@@ -360,12 +364,6 @@ def make_run_loaders(
         encoders,
         len(unlabeled) if unlabeled is not None else 0,
     )
-
-
-# --------------------------------------------------------------------------- the teacher
-
-
-# --------------------------------------------------------------------------- each epoch
 
 
 # --------------------------------------------------------------------------- the end

@@ -191,5 +191,6 @@ def load_transfer_set(config: DistillConfig, run: RunSetup) -> Dataset | None:
         warn_unlabeled_overlap(unlabeled, run.data)
         logger.info("%s: %d unlabelled rows", config.unlabeled_data, len(unlabeled))
     n_unlabeled = len(unlabeled) if unlabeled is not None else 0
+    n_unlabeled += config.generate * run.data.num_labels  # texts to be written (--generate)
     check_training_rows(config.dataset, len(run.train), n_unlabeled, config)
     return unlabeled
