@@ -220,6 +220,7 @@ def test_generated_texts_are_labelled_by_the_teacher(workdir, tiny_models, train
         (["--generate", "2", "--generate-top-p", "0"], "--generate-top-p must be in (0, 1]"),
         (["--generate", "2", "--generate-temperature", "0"], "--generate-temperature must be > 0"),
         (["--generate", "2", "--generate-prompt", "write"], "needs a {label} slot"),
+        (["--generate", "2", "--generate-max-new-tokens", "0"], "must be >= 1"),
         (["--augment-rate", "1"], "--augment-rate must be in (0, 1)"),
     ],
 )
@@ -246,3 +247,17 @@ def test_generate_without_a_causal_lm_is_one_line(workdir, tiny_models, trained_
         capsys,
     )
     assert "no trained MLM head" in line
+    line = error_line(
+        distill_args(
+            trained_teacher,
+            tiny_models["bert_student"],
+            "--generate",
+            "2",
+            "--generator-model",
+            str(tiny_models["qwen_lm"]),
+            "--generate-chat-template",
+            "on",
+        ),
+        capsys,
+    )
+    assert "has no chat template" in line

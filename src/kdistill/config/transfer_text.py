@@ -50,10 +50,20 @@ class TransferTextOptions:
     generate_temperature: float = _opt(0.8, "--generate: sampling temperature, > 0.")
     generate_top_p: float = _opt(0.95, "--generate: nucleus sampling's top-p, in (0, 1].")
     generate_max_new_tokens: int = _opt(64, "--generate: most new tokens per text.")
-    generate_prompt: str = _opt(
-        "Here is a short text about {label}:\n",
-        "--generate: what the LLM continues, with a {label} slot for the class's description "
-        "(its --label-descriptions sentence, else its name split into words).",
+    generate_prompt: str | None = _opt(
+        None,
+        "--generate: the instruction (or, without a chat template, the text the LLM continues), "
+        "with a {label} slot for the class's description (its --label-descriptions sentence, "
+        "else its name split into words, lower-cased). Default: 'Write a short text about "
+        "{label}.' as a chat turn, 'Here is a short text about {label}:' continued otherwise. "
+        "Naming the domain helps, e.g. 'Write the first sentence of an encyclopedia article "
+        "about a {label}.'",
+    )
+    generate_chat_template: str = _opt(
+        "auto",
+        "--generate: put the prompt in the tokenizer's chat template as a user turn; auto: when "
+        "the tokenizer has one (an instruct model).",
+        choices=["auto", "on", "off"],
     )
 
     def _check_transfer_text(self, alpha: float) -> None:
@@ -88,7 +98,7 @@ class TransferTextOptions:
             f"--generate-max-new-tokens must be >= 1 (got {self.generate_max_new_tokens})",
         )
         _check(
-            "{label}" in self.generate_prompt,
+            self.generate_prompt is None or "{label}" in self.generate_prompt,
             "--generate-prompt needs a {label} slot, e.g. 'Here is a short text about {label}:'",
         )
         for flag, n in (("--augment", self.augment), ("--generate", self.generate)):

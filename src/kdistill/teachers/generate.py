@@ -60,12 +60,45 @@ def load_generator(
     return model, tokenizer
 
 
+def generator_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The --generator-model's tokenizer alone (its prompts are part of the cache key)."""
+    return load_tokenizer(check_model_path(name, FLAG), FLAG)
+
+
+CHAT_PROMPT = "Write a short text about {label}."
+PLAIN_PROMPT = "Here is a short text about {label}:\n"
+
+
 def class_prompts(
-    template: str, label_names: list[str], descriptions: dict[str, list[str]]
+    template: str | None,
+    label_names: list[str],
+    descriptions: dict[str, list[str]],
+    tokenizer: PreTrainedTokenizerBase,
+    chat: str = "auto",
 ) -> list[str]:
-    """One prompt per class: `template` with its {label} slot filled by the class's first
-    description (its name split into words by default)."""
-    return [template.replace("{label}", descriptions[name][0]) for name in label_names]
+    """One prompt per class: `template` (by default an instruction for a chat model, a lead-in
+    to continue for a base model) with its {label} slot filled by the class's first
+    description; as a user turn in the tokenizer's chat template where `chat` asks (auto: where
+    it has one)."""
+    from kdistill.errors import KdistillError
+
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if chat == "on" and not has_chat:
+        raise KdistillError(
+            "--generate-chat-template on: the generator's tokenizer has no chat template; "
+            "pass auto or off"
+        )
+    use_chat = has_chat and chat != "off"
+    template = template or (CHAT_PROMPT if use_chat else PLAIN_PROMPT)
+    prompts = [template.replace("{label}", descriptions[name][0]) for name in label_names]
+    if not use_chat:
+        return prompts
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
 
 
 def first_text(continuation: str) -> str:

@@ -121,12 +121,18 @@ def generate_run(
 ) -> MadeTexts:
     """--generate N: N texts per class written by the generator (the prompt teacher's LLM, or
     --generator-model), from the cache when it has them."""
-    from kdistill.teachers.embedding import read_descriptions
-    from kdistill.teachers.generate import Sampling, class_prompts
+    from kdistill.teachers.generate import Sampling, class_prompts, generator_tokenizer
 
     names = run.data.label_names
-    descriptions = read_descriptions(config.label_descriptions, None, names)
-    prompts = class_prompts(config.generate_prompt, names, descriptions)
+    source = config.generator_model or _teacher_generator_name(teacher)
+    tokenizer = generator_tokenizer(source) if config.generator_model else teacher.tokenizer
+    prompts = class_prompts(
+        config.generate_prompt,
+        names,
+        _descriptions(config, names),
+        tokenizer,
+        config.generate_chat_template,
+    )
     sampling = Sampling(
         config.generate_temperature,
         config.generate_top_p,
@@ -134,14 +140,9 @@ def generate_run(
         min(config.teacher_batch_size, 32),
         config.seed,
     )
-    source = config.generator_model or _teacher_generator_name(teacher)
-    parts = {
-        "kind": "generate",
-        "n": config.generate,
-        "prompts": prompts,
-        "generator": _model_identity(source),
-        **sampling.__dict__,
-    }
+    identity = _model_identity(source)
+    parts = {"kind": "generate", "n": config.generate, "prompts": prompts, "generator": identity}
+    parts.update(sampling.__dict__)  # the batch size too: how many rows a pass holds moves draws
     record.settings["generate"] = {"generator": source, "prompts": prompts, **sampling.__dict__}
 
     def make() -> MadeTexts:
@@ -156,6 +157,17 @@ def generate_run(
 
     made, record.from_cache["generate"] = cached_made(cache_key(parts, [], held_out), make)
     return made
+
+
+def _descriptions(config: DistillConfig, names: list[str]) -> dict[str, list[str]]:
+    """Each class's descriptions: --label-descriptions' sentences, else its name split into
+    words, lower-cased to read as a noun in a sentence ('a mean of transportation')."""
+    from kdistill.teachers.embedding import read_descriptions
+
+    given = read_descriptions(config.label_descriptions, None, names)
+    if config.label_descriptions:
+        return given
+    return {name: [d.lower() for d in ds] for name, ds in given.items()}
 
 
 def _teacher_generator_name(teacher: Teacher) -> str:
