@@ -184,10 +184,17 @@ def test_augmented_texts_join_the_transfer_set_without_labels(
     # The labelled rows are the training split's; every made row is unlabelled (KD term only).
     assert epoch["train_labeled_samples"] == config["data"]["train_rows"]
     assert epoch["train_unlabeled_samples"] == made["count"]
+    # compare's HTML report shows what the student learned from, escaped.
+    from kdistill.evaluation.html_report import _transfer_text_html
+
+    record["augment"]["sample"][0]["text"] = "<b>x</b>"
+    (run_dir / "transfer_text.json").write_text(json.dumps(record))
+    page = _transfer_text_html([{"name": "s", "run_dir": str(run_dir)}, {"name": "t"}])
+    assert f"s: augment made {made['count']} texts" in page and "&lt;b&gt;x" in page
     # A second run reads the made texts from the cache.
     again = json.loads((run(args) / "transfer_text.json").read_text())
     assert again["from_cache"] == {"augment": True}
-    assert again["augment"]["sample"] == made["sample"]
+    assert again["augment"]["count"] == made["count"]
 
 
 def test_generated_texts_are_labelled_by_the_teacher(workdir, tiny_models, trained_teacher):
