@@ -268,3 +268,14 @@ def test_generate_without_a_causal_lm_is_one_line(workdir, tiny_models, trained_
         capsys,
     )
     assert "has no chat template" in line
+
+
+def test_a_sweep_with_made_text_runs_its_points_in_turn():
+    """Lockstep loads its own data: a sweep asking for made text trains each point as a distill
+    run (which makes it) instead of silently training without it."""
+    from kdistill.config import SweepConfig
+    from kdistill.training.lockstep import unsupported_reason
+
+    base = dict(dataset="d", student_model="s", teacher_model="t", temperature="2,3")
+    assert "--augment/--generate" in unsupported_reason(SweepConfig(**base, augment=2))
+    assert "--augment/--generate" in unsupported_reason(SweepConfig(**base, generate=5))
