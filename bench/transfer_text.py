@@ -26,7 +26,7 @@ is packaged, so without it that method is left out. The table goes to
 bench/results/transfer_text.txt; a rerun reuses the runs in --work.
 
     python bench/transfer_text.py                  # the full bench (hours on 2 CPU cores)
-    python bench/transfer_text.py --quick          # a reduced version, about 10 minutes
+    python bench/transfer_text.py --quick          # a reduced version, meant for ~10 minutes
     python bench/transfer_text.py --rows 60 --epochs 1 --cases a --students tiny   # a smoke test
 """
 
@@ -77,13 +77,14 @@ def parse_args() -> argparse.Namespace:
     add(
         "--quick",
         action="store_true",
-        help="A reduced version (about 10 minutes): the bert-tiny student, (a) 300 and (b) 120 "
-        "rows, 2 made texts per row, 2 epochs, (c) 8 texts per class, 400 test rows.",
+        help="A reduced version (meant for about 10 minutes on 2 CPU cores; not timed yet): the "
+        "bert-tiny student, (a) 240 and (b) 120 rows, 2 made texts per row, 2 epochs, (c) 6 "
+        "texts per class, 300 test rows.",
     )
     args = parser.parse_args()
     if args.quick:
-        args.students, args.rows_a, args.rows_b, args.augment_n = "tiny", 300, 120, 2
-        args.epochs, args.generate_per_class, args.test_rows = 2, 8, args.test_rows or 400
+        args.students, args.rows_a, args.rows_b, args.augment_n = "tiny", 240, 120, 2
+        args.epochs, args.generate_per_class, args.test_rows = 2, 6, args.test_rows or 300
     if args.rows:
         args.rows_a = args.rows_b = args.rows
     if args.augment_model:
