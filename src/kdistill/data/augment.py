@@ -179,12 +179,13 @@ def cache_key(parts: dict[str, Any], texts: list[str], held_out: list[str]) -> d
         "format": CACHE_FORMAT,
         **parts,
         "rows": len(texts),
-        "texts": _digest(texts),
-        "held_out": _digest(sorted(held_out)),
+        "texts": digest(texts),
+        "held_out": digest(sorted(held_out)),
     }
 
 
-def _digest(texts: list[str]) -> str:
+def digest(texts: list[str]) -> str:
+    """sha256 of the strings in order."""
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode())
