@@ -39,7 +39,7 @@ from kdistill.training.intermediate import bind_intermediate, setup_intermediate
 from kdistill.training.loaders import (
     digest_rows,
     load_transfer_set,
-    make_loaders,
+    make_run_loaders,
     with_no_label_recipe,
 )
 from kdistill.training.loop import (
@@ -70,11 +70,11 @@ from kdistill.training.runtime import (
 )
 from kdistill.training.samplers import sampler_state
 from kdistill.training.targets import evaluate_teacher, make_teacher_targets, resolve_temperatures
+from kdistill.training.transfer_text import TransferText, add_transfer_text, record_transfer_text
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from datasets import Dataset
-    from torch.utils.data import DataLoader
     from transformers import PreTrainedTokenizerBase
 
     from kdistill.students.vocab import VocabTrim
@@ -116,7 +116,8 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     """data, teacher, student, loaders, teacher check; then per epoch: train, evaluate, save."""
     from accelerate.utils import set_seed
 
-    config, run, unlabeled, teacher, t_dtype, selection, given = load_data_and_teacher(config)
+    loaded = load_data_and_teacher(config)
+    config, run, unlabeled, teacher, t_dtype, selection, given, made = loaded
     accelerator = run.accelerator
     student, s_tok, vocab, n_student, checkpointing = load_trainable_student(config, run, unlabeled)
     loaders = make_run_loaders(config, run, s_tok, teacher, unlabeled)
@@ -139,6 +140,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
         config, run, teacher, t.train_tok, t_dtype, history, t_cal, keep, given
     )
     bind_intermediate(intermediate, config, t.student, teacher, teacher_targets, t_cal)
+    record_transfer_text(made, teacher_targets, t.train_tok, run.data.label_names, record_dir)
 
     # Reseed: what ran before (teacher evaluation or cache pass) must not shift dropout and
     # shuffling, so the same seed trains the same student with or without a cache.
@@ -190,20 +192,23 @@ def load_data_and_teacher(
     str,
     dict[str, Any],
     RelabelledTargets | None,
+    TransferText | None,
 ]:
     """(config, run, transfer set, teacher, its dtype, how the epoch is chosen, --round-targets'
-    targets): the data with the no-label recipe where it applies, and the frozen teacher. With
-    no labelled validation row, a held-out slice of the transfer set labelled by the teacher
-    stands in for it. Weighted or filtered round targets are computed here, before the loaders:
-    a filter drops transfer rows."""
+    targets, the texts made for it): the data with the no-label recipe where it applies, and the
+    frozen teacher. --augment and --generate texts join the transfer set. With no labelled
+    validation row, a held-out slice of the transfer set labelled by the teacher stands in for
+    it. Weighted or filtered round targets are computed here, before the loaders: a filter drops
+    transfer rows."""
     config = with_texts_only(config)  # --label-names: --dataset is the transfer set
     run = setup_run(config)  # device, precision, a fresh Accelerator, the seed, the data
     config = with_no_label_recipe(config, len(run.train))
     unlabeled = load_transfer_set(config, run)
     teacher, t_dtype = load_frozen_teacher(config, run)
+    unlabeled, made = add_transfer_text(config, run, teacher, unlabeled)
     run, unlabeled, selection = teacher_validation(config, run, teacher, unlabeled, t_dtype)
     unlabeled, given = relabelled_targets(config, run, teacher, unlabeled, t_dtype)
-    return config, run, unlabeled, teacher, t_dtype, selection, given
+    return config, run, unlabeled, teacher, t_dtype, selection, given, made
 
 
 def check_teacher(
@@ -342,35 +347,6 @@ def load_trainable_student(
     if config.compile:
         student = torch.compile(student)
     return student, s_tok, vocab, n_student, checkpointing
-
-
-def make_run_loaders(
-    config: DistillConfig,
-    run: RunSetup,
-    s_tok: PreTrainedTokenizerBase,
-    teacher: Teacher | None,
-    unlabeled: Dataset | None,
-) -> tuple[DataLoader, DataLoader, Dataset]:
-    """Training batches (labelled then unlabelled rows) and validation batches, tokenised for
-    the student and, when it runs online, the teacher (which builds its own prompts)."""
-    from kdistill.data.unlabeled import with_unlabeled
-
-    # Cached logits: the teacher's inputs are not needed, unless the intermediate losses run it.
-    cached = teacher is not None and config.teacher_cache != "off"
-    cached = cached and not config.uses_intermediate()
-    tokenizers, encoders = {"student": s_tok}, None
-    if teacher is not None:
-        tokenizers["teacher"], encoders = teacher.tokenizer, {"teacher": teacher}
-    return make_loaders(
-        with_unlabeled(run.train, unlabeled),
-        run.val,
-        tokenizers,
-        config,
-        run.accelerator,
-        ("student",) if cached else None,
-        encoders,
-        len(unlabeled) if unlabeled is not None else 0,
-    )
 
 
 # --------------------------------------------------------------------------- the end

@@ -19,11 +19,14 @@ from kdistill.config.common import (
     _lr_scheduler_opt,
     _opt,
 )
+from kdistill.config.transfer_text import TransferTextOptions
 from kdistill.errors import KdistillError
 
 
 @dataclass
-class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions, ConfigBase):
+class DistillConfig(
+    TransferTextOptions, TeacherOptions, TrainingOptions, DataOptions, DeviceOptions, ConfigBase
+):
     """Train a student from a frozen teacher: loss = alpha * T^2 * KL + (1 - alpha) * CE
     + hidden_weight * L_hidden + attention_weight * L_rel (the last two with --hidden-loss and
     --attention-loss)."""
@@ -312,6 +315,7 @@ class DistillConfig(TeacherOptions, TrainingOptions, DataOptions, DeviceOptions,
             f"--keep-top-tokens must be >= 0 (got {self.keep_top_tokens})",
         )
         self._check_unlabeled()
+        self._check_transfer_text(self.alpha)
         _check_push_to_hub(self.push_to_hub)
 
     def _check_teacher_losses(self) -> None:

@@ -232,6 +232,39 @@ def _configs_html(models: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _transfer_text_html(models: list[dict[str, Any]]) -> str:
+    """What each student learned from beyond its labelled rows: the texts --augment and
+    --generate made (the run's transfer_text.json), counted, with the teacher's answers and a
+    sample, folded away."""
+    parts = []
+    for m in models:
+        record_path = Path(m["run_dir"]) / "transfer_text.json" if m.get("run_dir") else None
+        if record_path is None or not record_path.is_file():
+            continue
+        record = json.loads(record_path.read_text())
+        for kind in ("augment", "generate"):
+            made = record.get(kind)
+            if not made:
+                continue
+            line = f"{m['name']}: {kind} made {made['count']:,} texts"
+            if "agreement" in made:
+                agreement = _num(made["agreement"], "{:.1f}", 100)
+                line += f", the teacher agreeing with the class written for on {agreement}%"
+            histogram = ", ".join(f"{k} {v}" for k, v in made.get("teacher_histogram", {}).items())
+            rows = [
+                [html.escape(str(x)) for x in (s["text"], s.get("written_for") or s["method"])]
+                + [html.escape(s.get("teacher", "-"))]
+                for s in made.get("sample", [])
+            ]
+            parts.append(
+                f"<details><summary>{html.escape(line)}</summary>"
+                f"<p>teacher's classes: {html.escape(histogram or '-')}</p>"
+                f"{_table(['text', 'method or class written for', 'teacher'], rows, 3)}"
+                "</details>"
+            )
+    return "<h2>Made transfer text</h2>" + "".join(parts) if parts else ""
+
+
 def write_html_report(results: dict[str, Any], path: Path, figures: dict[str, Path]) -> None:
     """One self-contained HTML file (figures inlined) so the report survives being mailed or
     copied off the machine; every string from the results is escaped."""
@@ -272,6 +305,7 @@ the rows; macro-F1 averages the classes present in the split; ECE = expected cal
 {_gain_html(results.get("distillation_gain"))}
 {_figures_html(figures)}
 {_per_class_html(models)}
+{_transfer_text_html(models)}
 {_configs_html(models)}
 </body>
 </html>

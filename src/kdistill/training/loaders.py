@@ -17,21 +17,12 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
     from transformers import PreTrainedTokenizerBase
 
-    from kdistill.config import DistillConfig, FinetuneConfig
+    from kdistill.config import FinetuneConfig
     from kdistill.data.prepare import LabelledData
-from typing import TYPE_CHECKING
+    from kdistill.teachers.classifier import Teacher
 
 from kdistill.config import DistillConfig, no_label_recipe
-from kdistill.training.runtime import (
-    RunSetup,
-)
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator
-    from datasets import Dataset
-    from torch.utils.data import DataLoader
-    from transformers import PreTrainedTokenizerBase
-
+from kdistill.training.runtime import RunSetup
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +111,35 @@ def make_loaders(
     return train_loader, val_loader, train_tok
 
 
+def make_run_loaders(
+    config: DistillConfig,
+    run: RunSetup,
+    s_tok: PreTrainedTokenizerBase,
+    teacher: Teacher | None,
+    unlabeled: Dataset | None,
+) -> tuple[DataLoader, DataLoader, Dataset]:
+    """Training batches (labelled then unlabelled rows) and validation batches, tokenised for
+    the student and, when it runs online, the teacher (which builds its own prompts)."""
+    from kdistill.data.unlabeled import with_unlabeled
+
+    # Cached logits: the teacher's inputs are not needed, unless the intermediate losses run it.
+    cached = teacher is not None and config.teacher_cache != "off"
+    cached = cached and not config.uses_intermediate()
+    tokenizers, encoders = {"student": s_tok}, None
+    if teacher is not None:
+        tokenizers["teacher"], encoders = teacher.tokenizer, {"teacher": teacher}
+    return make_loaders(
+        with_unlabeled(run.train, unlabeled),
+        run.val,
+        tokenizers,
+        config,
+        run.accelerator,
+        ("student",) if cached else None,
+        encoders,
+        len(unlabeled) if unlabeled is not None else 0,
+    )
+
+
 def train_batching(
     train_tok: Dataset, config: DistillConfig | FinetuneConfig, unlabeled_rows: int
 ) -> dict[str, Any]:
@@ -191,5 +211,6 @@ def load_transfer_set(config: DistillConfig, run: RunSetup) -> Dataset | None:
         warn_unlabeled_overlap(unlabeled, run.data)
         logger.info("%s: %d unlabelled rows", config.unlabeled_data, len(unlabeled))
     n_unlabeled = len(unlabeled) if unlabeled is not None else 0
+    n_unlabeled += config.generate * run.data.num_labels  # texts to be written (--generate)
     check_training_rows(config.dataset, len(run.train), n_unlabeled, config)
     return unlabeled

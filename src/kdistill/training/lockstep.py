@@ -67,6 +67,7 @@ def unsupported_reason(config: SweepConfig, num_processes: int = 1) -> str | Non
         (config.uses_intermediate(), "--hidden-loss/--attention-loss (an online teacher pass)"),
         (config.teacher_calibration != "off", "--teacher-calibration auto"),
         (config.head_learning_rate_scale != 1.0, "--head-learning-rate-scale"),
+        (config.augment > 0 or config.generate > 0, "--augment/--generate (made transfer text)"),
     ]
     found = [why for bad, why in reasons if bad]
     return ", ".join(found) if found else None

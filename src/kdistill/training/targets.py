@@ -143,6 +143,7 @@ def make_teacher_targets(
     def cached(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return cache.index_select(0, batch["row"])
 
+    cached.logits = cache  # type: ignore[attr-defined]  # (rows, classes): the run's record reads it
     return cached
 
 
