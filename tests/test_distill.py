@@ -310,14 +310,14 @@ def test_gradient_checkpointing_auto_follows_the_student_size(tiny_models, monke
 
     model, _ = load_student(str(tiny_models["bert_student"]), CLASSES, seed=0)
     assert loop.apply_gradient_checkpointing(model, "auto") is False
-    assert not model.is_gradient_checkpointing
+    assert not model.is_activation_checkpointing
     assert loop.apply_gradient_checkpointing(model, "off") is False
     monkeypatch.setattr(loop, "CHECKPOINTING_MIN_PARAMS", 1000)
     assert loop.apply_gradient_checkpointing(model, "auto") is True
-    assert model.is_gradient_checkpointing
+    assert model.is_activation_checkpointing
     fresh, _ = load_student(str(tiny_models["qwen_lm"]), CLASSES, seed=0)
     assert loop.apply_gradient_checkpointing(fresh, "on") is True
-    assert fresh.is_gradient_checkpointing and fresh.config.use_cache is False
+    assert fresh.is_activation_checkpointing and fresh.config.use_cache is False
 
 
 def test_optimizer_is_fused_and_spares_biases_and_norms(tiny_models):

@@ -45,7 +45,7 @@ def spy_on_training(monkeypatch) -> dict[str, Any]:
         seen["epochs"].append(
             {
                 "teacher_freed": all(p.is_meta for p in weights),
-                "checkpointing": student.is_gradient_checkpointing,
+                "checkpointing": student.is_activation_checkpointing,
                 "counts": counts,
             }
         )
@@ -103,6 +103,6 @@ def test_auto_leaves_small_students_alone(tiny_models):
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert_student"])
     assert loop.apply_gradient_checkpointing(model, "auto") is False
-    assert not model.is_gradient_checkpointing
+    assert not model.is_activation_checkpointing
     assert loop.apply_gradient_checkpointing(model, "on") is True
-    assert model.is_gradient_checkpointing
+    assert model.is_activation_checkpointing

@@ -22,7 +22,6 @@ mean pooling, which is how all-MiniLM-L6-v2 was trained.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,27 +49,17 @@ def read_descriptions(
     `spec` is a JSON file mapping class names to a sentence or a list of them; classes it leaves
     out are described by their name split into words. `template` (a `{}` or `{label}` slot)
     wraps every description. Unknown classes and empty descriptions are one-line errors."""
-    from kdistill.teachers.label_words import default_label_word
+    from kdistill.teachers.label_words import (
+        check_known_classes,
+        default_label_word,
+        read_class_map,
+    )
 
     given: dict[str, Any] = {}
     if spec:
-        path = Path(spec).expanduser()
-        try:
-            given = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise KdistillError(f"--label-descriptions {spec}: cannot read it as JSON ({e})") from e
-        if not isinstance(given, dict):
-            raise KdistillError(
-                f"--label-descriptions {spec}: the JSON must map class names to a sentence or a "
-                'list of sentences, e.g. {"Company": ["a business", "a firm"]}'
-            )
-        unknown = [k for k in given if k not in label_names]
-        if unknown:
-            shown = ", ".join(label_names[:6]) + (" ..." if len(label_names) > 6 else "")
-            raise KdistillError(
-                f"--label-descriptions {spec}: unknown class {unknown[0]!r}; the classes are: "
-                f"{shown}"
-            )
+        what = 'a sentence or a list of sentences, e.g. {"Company": ["a business", "a firm"]}'
+        given = read_class_map(spec, "--label-descriptions", what)
+        check_known_classes(given, label_names, f"--label-descriptions {spec}")
     out: dict[str, list[str]] = {}
     for name in label_names:
         value = given.get(name, default_label_word(name))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from kdistill.errors import KdistillError
 
@@ -21,18 +22,30 @@ def default_label_word(name: str) -> str:
     return " ".join(re.sub(r"[_\-]+", " ", spaced).split())
 
 
+def read_class_map(spec: str, flag: str, what: str) -> dict[str, Any]:
+    """A JSON file holding one object keyed by class name (--label-words, --label-descriptions):
+    unreadable JSON or any other shape is a one-line error naming the flag and what it maps to."""
+    try:
+        mapping = json.loads(Path(spec).expanduser().read_text())
+    except (OSError, ValueError) as e:
+        raise KdistillError(f"{flag} {spec}: cannot read it as JSON ({e})") from e
+    if not isinstance(mapping, dict):
+        raise KdistillError(f"{flag} {spec}: the JSON must map class names to {what}")
+    return mapping
+
+
+def check_known_classes(given: dict[str, Any], label_names: list[str], flag: str) -> None:
+    """A class the data does not have is a typo: its entry would be silently ignored."""
+    unknown = [n for n in given if n not in label_names]
+    if unknown:
+        shown = ", ".join(label_names[:6]) + (" ..." if len(label_names) > 6 else "")
+        raise KdistillError(f"{flag}: unknown class {unknown[0]!r}; the classes are: {shown}")
+
+
 def _read_spec(spec: str) -> dict[str, str]:
     """A JSON file mapping class names to words, or `Name=word,Name=word`."""
-    path = Path(spec).expanduser()
-    if path.is_file() or spec.endswith(".json"):
-        try:
-            mapping = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise KdistillError(f"--label-words {spec}: cannot read it as JSON ({e})") from e
-        if not isinstance(mapping, dict):
-            raise KdistillError(
-                f"--label-words {spec}: the JSON must be an object mapping class names to words"
-            )
+    if Path(spec).expanduser().is_file() or spec.endswith(".json"):
+        mapping = read_class_map(spec, "--label-words", "words")
         return {str(k): "" if v is None else str(v) for k, v in mapping.items()}
     mapping = {}
     for item in spec.split(","):
@@ -57,12 +70,7 @@ def parse_label_words(spec: str | None, label_names: list[str]) -> dict[str, str
 
 def resolve_label_words(given: dict[str, str], label_names: list[str]) -> dict[str, str]:
     """`given` completed with default words and checked (see `parse_label_words`)."""
-    unknown = [n for n in given if n not in label_names]
-    if unknown:
-        shown = ", ".join(label_names[:6]) + (" ..." if len(label_names) > 6 else "")
-        raise KdistillError(
-            f"--label-words: unknown class {unknown[0]!r}; the classes are: {shown}"
-        )
+    check_known_classes(given, label_names, "--label-words")
     words = {
         n: " ".join(given[n].split()) if n in given else default_label_word(n) for n in label_names
     }

@@ -110,7 +110,9 @@ def apply_gradient_checkpointing(model: PreTrainedModel, setting: str, device: s
     if on:
         # Non-reentrant: also correct when the embeddings are frozen (LoRA), where the reentrant
         # variant would see no input that needs a gradient and drop the adapters' gradients.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = False
     return on
