@@ -85,3 +85,28 @@ def test_lockstep_names_student_lora():
     from kdistill.training.lockstep import unsupported_reason
 
     assert "--student-lora" in unsupported_reason(SweepConfig(student_lora=8))
+
+
+def test_a_bf16_checkpoint_trains_on_float32_master_weights(tmp_path, tiny_models):
+    """Qwen2.5-0.5B is published in bf16, and transformers 5 loads a checkpoint in its own
+    dtype. On bf16 weights AdamW's small updates round away; the student must train in float32
+    (mixed precision computes in bf16 from those weights)."""
+    from transformers import AutoModelForCausalLM
+
+    from kdistill.students.load import load_student
+
+    folder = tmp_path / "bf16-lm"
+    AutoModelForCausalLM.from_pretrained(tiny_models["qwen_lm"]).to(torch.bfloat16).save_pretrained(
+        folder
+    )
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tiny_models["qwen_lm"] / name).read_bytes())
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    model, _ = load_student(str(folder), CLASSES, 0)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # What bf16 would have lost: an update of a quarter of a bf16 step leaves the weight as it
+    # was in bf16 and moves it in float32.
+    w = torch.tensor([0.02])
+    step = 0.25 * 0.02 * 2**-7
+    assert (w.bfloat16() - step).item() == w.bfloat16().item()
+    assert (w - step).item() != w.item()

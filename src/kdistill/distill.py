@@ -116,8 +116,7 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     """data, teacher, student, loaders, teacher check; then per epoch: train, evaluate, save."""
     from accelerate.utils import set_seed
 
-    loaded = load_data_and_teacher(config)
-    config, run, unlabeled, teacher, t_dtype, selection, given, made = loaded
+    config, run, unlabeled, teacher, t_dtype, selection, given, made = load_data_and_teacher(config)
     accelerator = run.accelerator
     student, s_tok, vocab, n_student, checkpointing = load_trainable_student(config, run, unlabeled)
     loaders = make_run_loaders(config, run, s_tok, teacher, unlabeled)
@@ -136,9 +135,8 @@ def _distill(config: DistillConfig, created: list[Path]) -> Path:
     record_dir = partial_dir if checkpoint is None else None  # a resume has it recorded
     t_cal, temperature = resolve_temperatures(config, run, teacher, t, record_dir, history)
     keep = intermediate is not None
-    teacher_targets = make_teacher_targets(
-        config, run, teacher, t.train_tok, t_dtype, history, t_cal, keep, given
-    )
+    args = (t.train_tok, t_dtype, history, t_cal, keep, given)
+    teacher_targets = make_teacher_targets(config, run, teacher, *args)
     bind_intermediate(intermediate, config, t.student, teacher, teacher_targets, t_cal)
     record_transfer_text(made, teacher_targets, t.train_tok, run.data.label_names, record_dir)
 

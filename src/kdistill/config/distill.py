@@ -19,13 +19,20 @@ from kdistill.config.common import (
     _lr_scheduler_opt,
     _opt,
 )
+from kdistill.config.self_training import SelfTrainingOptions
 from kdistill.config.transfer_text import TransferTextOptions
 from kdistill.errors import KdistillError
 
 
 @dataclass
 class DistillConfig(
-    TransferTextOptions, TeacherOptions, TrainingOptions, DataOptions, DeviceOptions, ConfigBase
+    SelfTrainingOptions,
+    TransferTextOptions,
+    TeacherOptions,
+    TrainingOptions,
+    DataOptions,
+    DeviceOptions,
+    ConfigBase,
 ):
     """Train a student from a frozen teacher: loss = alpha * T^2 * KL + (1 - alpha) * CE
     + hidden_weight * L_hidden + attention_weight * L_rel (the last two with --hidden-loss and
@@ -247,27 +254,6 @@ class DistillConfig(
         "it the transfer set. With no labelled row anywhere the epoch is picked by agreement "
         "with the teacher on a held-out tenth of the texts (at most 500 rows).",
     )
-    rounds: int = _opt(
-        1,
-        "Self-training rounds: after a round, its student joins the teacher (an equal-weight "
-        "ensemble) to relabel the transfer set, and a fresh student learns from that. Stops "
-        "early when a round's agreement with the previous round's labels changes by under a "
-        "point. Each round is a run folder under one rounds folder, with rounds.json.",
-    )
-    round_targets: str = _opt(
-        "soft",
-        "With --rounds: what the relabelled rounds (2 on) learn from. soft: every transfer row's "
-        "soft targets at full weight; weighted: each row's KD term times the relabeller's "
-        "confidence (its largest class probability), normalised to mean 1; filtered: rows under "
-        "--round-min-confidence dropped, each class keeping at least its most confident fifth. "
-        "Round 1 (the teacher alone) is always soft.",
-        choices=["soft", "weighted", "filtered"],
-    )
-    round_min_confidence: float = _opt(
-        0.5,
-        "--round-targets filtered: the relabeller's largest class probability a transfer row "
-        "needs to be kept, in (0, 1).",
-    )
     seeds: str | None = _opt(
         None,
         "Comma-separated seeds, e.g. 1,2,3: one run per seed (each as --seed would train it), "
@@ -286,7 +272,6 @@ class DistillConfig(
         _check_finite(self)
         self.seed_list()
         _check(self.student_lora >= 0, f"--student-lora must be >= 0 (got {self.student_lora})")
-        _check(1 <= self.rounds <= 10, f"--rounds must be in [1, 10] (got {self.rounds})")
         self._check_round_targets()
         _check(self.save_steps >= 0, f"--save-steps must be >= 0 (got {self.save_steps})")
         _check(
@@ -354,31 +339,6 @@ class DistillConfig(
                     f"{flag} {value} needs the teacher, and --alpha 0 trains without one; "
                     "pass --alpha > 0",
                 )
-
-    def _check_round_targets(self) -> None:
-        """--round-targets and --round-min-confidence (--rounds is checked by distill: a round's
-        own run has --rounds 1)."""
-        allowed = ("soft", "weighted", "filtered")
-        _check(
-            self.round_targets in allowed,
-            f"--round-targets must be one of {', '.join(allowed)} (got {self.round_targets})",
-        )
-        _check(
-            0.0 < self.round_min_confidence < 1.0,
-            f"--round-min-confidence must be in (0, 1) (got {self.round_min_confidence})",
-        )
-        if self.round_targets == "soft":
-            return
-        _check(
-            self.teacher_cache != "off",
-            f"--round-targets {self.round_targets} reads the relabeller's answers on the whole "
-            "transfer set before training; drop --teacher-cache off",
-        )
-        _check(
-            not (self.round_targets == "weighted" and self.uses_intermediate()),
-            "--round-targets weighted weights the KD term per row, which the --hidden-loss / "
-            "--attention-loss step does not; use filtered or soft",
-        )
 
     def uses_intermediate(self) -> bool:
         """Whether the loss reads hidden states or attention inputs (an online teacher pass)."""

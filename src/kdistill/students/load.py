@@ -105,10 +105,18 @@ def _from_weights(
     name: str, flag: str, label_names: list[str], same_labels: bool
 ) -> PreTrainedModel:
     """The checkpoint with a head for the data set's classes: kept when it was trained for
-    exactly these class names, else fresh."""
+    exactly these class names, else fresh.
+
+    In float32 whatever the checkpoint's dtype: transformers 5 loads a bf16 checkpoint (as
+    Qwen2.5 is published) in bf16, and AdamW on bf16 weights drops every update smaller than
+    half a bf16 step of the weight (at lr 5e-5 most of them). Mixed precision computes in bf16
+    from these float32 master weights."""
+    import torch
+
     model, info = load_classifier(
         name,
         flag,
+        dtype=torch.float32,
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={k: i for i, k in enumerate(label_names)},
