@@ -46,3 +46,34 @@ def test_tiny_bench_end_to_end(tmp_path, dbpedia_csv):
         assert ratio == pytest.approx(estimate / measured, rel=0.05)
         assert tokens > 0 and 0 < peak < 100
     assert not seed_pair.RESULTS.with_name("seed_pair_tiny.txt").exists()
+
+
+@pytest.mark.slow
+def test_real_shape_pair_runs_a_few_steps(tmp_path, dbpedia_csv, monkeypatch):
+    """The seed's pair at its published shapes (random weights): the 1.78B prompt teacher scores
+    28 rows (one per class, train and validation) and the 0.49B student takes 2 optimizer steps
+    with checkpointing on, within this machine's memory, and saves a float32 classifier of the
+    real vocabulary."""
+    import json
+
+    from safetensors import safe_open
+
+    from kdistill.cli import main
+
+    teacher, student = seed_pair.build_models(tmp_path / "models", "real")
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare-data", "--dataset", str(dbpedia_csv), "--name", "dbpedia"]) == 0
+    argv = ["distill", "--dataset", "dbpedia", "--teacher-model", str(teacher)]
+    argv += ["--student-model", str(student), "--max-train-samples", "14"]
+    argv += ["--max-val-samples", "14", "--batch-size", "7", "--epochs", "1"]
+    assert main([*argv, "--max-length", "128", "--allow-weak-teacher"]) == 0
+    (run,) = (tmp_path / "outputs" / "student_soft_distill").iterdir()
+    history = json.loads((run / "history.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["gradient_checkpointing"] is True
+    assert config["resolved"]["total_optimizer_steps"] == 2
+    (epoch,) = history["epochs"]
+    assert epoch["train_loss"] == epoch["train_loss"] and epoch["train_loss"] > 0  # finite
+    with safe_open(run / "best_model" / "model.safetensors", "pt") as f:
+        embedding = f.get_tensor("model.embed_tokens.weight")
+    assert embedding.shape == (151936, 896) and str(embedding.dtype) == "torch.float32"
