@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdistill.data.digests import texts_digest
 from kdistill.data.model_files import cache_root
 from kdistill.files import atomic_write_json
 
@@ -179,18 +180,9 @@ def cache_key(parts: dict[str, Any], texts: list[str], held_out: list[str]) -> d
         "format": CACHE_FORMAT,
         **parts,
         "rows": len(texts),
-        "texts": digest(texts),
-        "held_out": digest(sorted(held_out)),
+        "texts": texts_digest(texts),
+        "held_out": texts_digest(sorted(held_out)),
     }
-
-
-def digest(texts: list[str]) -> str:
-    """sha256 of the strings in order."""
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode())
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def cache_path(key: dict[str, Any], cache_dir: Path | None = None) -> Path:

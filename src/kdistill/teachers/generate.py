@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kdistill.data.augment import Deduper, MadeTexts
-from kdistill.data.model_files import hf_kwargs, load_error, load_tokenizer
+from kdistill.data.model_files import load_tokenizer
 from kdistill.data.model_paths import check_model_path
 
 if TYPE_CHECKING:
@@ -47,17 +47,9 @@ def load_generator(
     name: str, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The --generator-model causal LM (a folder, Hub id or .gguf), frozen, and its tokenizer."""
-    from transformers import AutoModelForCausalLM
+    from kdistill.teachers.prompt import load_frozen_causal_lm
 
-    path = check_model_path(name, FLAG)
-    tokenizer = load_tokenizer(path, FLAG)
-    extra = {"dtype": dtype} if dtype is not None else {}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **hf_kwargs(weights=True), **extra)
-    except Exception as e:
-        raise load_error(FLAG, name, e) from e
-    model.eval().requires_grad_(False)
-    return model, tokenizer
+    return load_frozen_causal_lm(check_model_path(name, FLAG), FLAG, dtype)
 
 
 def generator_tokenizer(name: str) -> PreTrainedTokenizerBase:

@@ -373,6 +373,23 @@ class PromptTeacher:
 # --------------------------------------------------------------------------- loading
 
 
+def load_frozen_causal_lm(
+    path: str, flag: str, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM for inference only (a prompt teacher, a --generate writer), in `dtype` where
+    given, under the load policy; a failure is a one-line error naming `flag`."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(path, flag)
+    extra = {"dtype": dtype} if dtype is not None else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **hf_kwargs(weights=True), **extra)
+    except Exception as e:
+        raise load_error(flag, path, e) from e
+    model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
 def load_prompt_teacher(
     name: str,
     label_names: list[str],
@@ -383,17 +400,8 @@ def load_prompt_teacher(
     """A frozen causal LM and its tokenizer as a prompt teacher. `dtype` (torch.bfloat16, say)
     loads the weights in that precision: the teacher only runs inference. `prefix_cache` (auto,
     off): reuse the keys and values of the tokens all prompts share."""
-    from transformers import AutoModelForCausalLM
-
     flag = "--teacher-model"
     check_template(settings.template)
     name = check_model_path(name, flag)
-    tokenizer = load_tokenizer(name, flag)
-    extra = {"dtype": dtype} if dtype is not None else {}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name, **hf_kwargs(weights=True), **extra)
-    except Exception as e:
-        raise load_error(flag, name, e) from e
-    model.eval()
-    model.requires_grad_(False)
+    model, tokenizer = load_frozen_causal_lm(name, flag, dtype)
     return PromptTeacher(model, tokenizer, label_names, name, settings, prefix_cache)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdistill.data.augment import MadeTexts, augment_texts, cache_key, cached_made, digest
+from kdistill.data.augment import MadeTexts, augment_texts, cache_key, cached_made
+from kdistill.data.digests import texts_digest
 from kdistill.errors import KdistillError
 from kdistill.files import atomic_write_json
 
@@ -93,7 +94,7 @@ def augment_run(
         "n": config.augment,
         "seed": config.seed,
         "rate": config.augment_rate,
-        "labels": digest([str(label) for label in labels]),  # swap reads the classes
+        "labels": texts_digest([str(label) for label in labels]),  # swap reads the classes
         "mlm": _model_identity(config.augment_model) if "mlm" in methods else None,
     }
     record.settings["augment"] = {k: v for k, v in parts.items() if k not in ("kind", "labels")}
