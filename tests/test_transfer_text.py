@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import CLASSES
+from test_unlabeled import distill_args as unlabeled_args
+from test_unlabeled import run
 
 from kdistill.cli import main
 from kdistill.data import augment as kaug
@@ -24,32 +26,8 @@ SOURCES = [
 
 
 def distill_args(teacher: Path, student: Path, *extra: str) -> list[str]:
-    return [
-        "--dataset",
-        "toy",
-        "--teacher-model",
-        str(teacher),
-        "--student-model",
-        str(student),
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--mixed-precision",
-        "no",
-        "--learning-rate",
-        "3e-3",
-        "--allow-weak-teacher",
-        *extra,
-    ]
-
-
-def run(argv: list[str]) -> Path:
-    parent = Path("outputs/student_soft_distill")
-    before = set(parent.iterdir()) if parent.is_dir() else set()
-    assert main(argv, command="distill") == 0
-    (new,) = set(parent.iterdir()) - before
-    return new
+    """test_unlabeled's one-epoch toy run, on the prepared toy data."""
+    return unlabeled_args(teacher, student, "toy", *extra)
 
 
 def error_line(argv: list[str], capsys) -> str:
